@@ -1,0 +1,3 @@
+from anytimectl.cli import main
+
+main()
