@@ -1,0 +1,202 @@
+"""AMB and FMB gradients in TensorFlow, behind the flat-buffer Engine interface of the master-worker protocol.
+
+The AMB micro-batch loop is one compiled `tf.while_loop`. Two details make its clock honest (environment.md):
+the timestamp that the loop condition reads is taken under a control dependency on the micro-batch's
+gradients, and `parallel_iterations=1`, so the next micro-batch starts only after the previous one is done and
+timed. Without them TF reorders the clock reads and reports a dozen micro-batches in a fraction of a millisecond.
+FMB is the same loop with one micro-batch and no deadline, so the two methods share every line of arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from anytimectl.errors import UsageError
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """TensorFlow's C++ start-up notes (CUDA probing, oneDNN) ignore TF_CPP_MIN_LOG_LEVEL; hide them from users."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with _native_stderr_silenced():
+    import tensorflow as tf
+
+from anytimectl.backends.tensorflow.models import build_model  # noqa: E402
+
+OPTIMIZERS = ("rms", "adam", "sgd", "momentum")
+#: the original's abbreviations
+OPTIMIZER_ALIASES = {"adm": "adam", "mom": "momentum", "rmsprop": "rms"}
+EVAL_CHUNK = 1024
+
+
+def configure(threads: int, seed: int) -> None:
+    """Thread pools and seeds must be set before TensorFlow runs its first op."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # already initialised in this process (tests); keep what is there
+        pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    name = OPTIMIZER_ALIASES.get(name, name)
+    if name == "rms":
+        return keras.optimizers.RMSprop(learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if name == "momentum":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    raise UsageError(f"unknown optimizer '{name}' for --optimizer; choose one of {', '.join(OPTIMIZERS)}")
+
+
+class TensorFlowEngine:
+    """A Keras model as flat float32 buffers: [trainable values, non-trainable float values (batch-norm stats)].
+
+    Batch-norm moving statistics travel too: workers return them weighted by their example count and the master
+    averages them, so the evaluated model carries the statistics of the data it was trained on (the original
+    synced trainable variables only).
+    """
+
+    def __init__(self, model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str,
+                 learning_rate: float, weight_decay: float):
+        self.model = build_model(model, input_shape, num_classes)
+        self.trainable = list(self.model.trainable_variables)
+        self.statistics = [v for v in self.model.non_trainable_variables if "float" in str(v.dtype)]
+        self.trainable_count = int(sum(np.prod(v.shape) for v in self.trainable))
+        self.param_count = self.trainable_count + int(sum(np.prod(v.shape) for v in self.statistics))
+        self.weight_decay = weight_decay
+        self.optimizer = make_optimizer(optimizer, learning_rate)
+        self.optimizer.build(self.trainable)
+        spec = tf.TensorSpec((None, *input_shape), tf.float32)
+        labels = tf.TensorSpec((None,), tf.int64)
+        self._compute = tf.function(self._compute_graph, input_signature=[
+            spec, labels, tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float64)], reduce_retracing=True)
+        flat = tf.TensorSpec((None,), tf.float32)
+        self._apply = tf.function(self._apply_graph, input_signature=[flat, tf.TensorSpec((), tf.float32)])
+        self._set = tf.function(self._set_graph, input_signature=[flat])
+        self._get = tf.function(self._get_graph, input_signature=[])
+        self._evaluate = tf.function(self._evaluate_graph, input_signature=[spec, labels])
+
+    def trace(self) -> None:
+        """Build the master's graphs now, so that tracing does not land in the first step's time."""
+        for function in (self._apply, self._set, self._get, self._evaluate):
+            function.get_concrete_function()
+
+    # --- the Engine interface -------------------------------------------------------------------------------
+    def get_params(self) -> np.ndarray:
+        return self._get().numpy()
+
+    def set_params(self, flat: np.ndarray) -> None:
+        self._set(tf.constant(flat[: self.param_count]))
+
+    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> tuple[np.ndarray, int, int]:
+        flat, count, done = self._compute(
+            tf.constant(x), tf.constant(y), tf.constant(micro_batches, tf.int32),
+            tf.constant(deadline if math.isfinite(deadline) else 1e300, tf.float64))
+        return flat.numpy(), int(count), int(done)
+
+    def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
+        return float(self._apply(tf.constant(reduced), tf.constant(learning_rate, tf.float32)))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        loss_sum = correct = 0.0
+        for start in range(0, len(x), EVAL_CHUNK):
+            batch_loss, batch_correct = self._evaluate(tf.constant(x[start:start + EVAL_CHUNK]),
+                                                       tf.constant(y[start:start + EVAL_CHUNK]))
+            loss_sum += float(batch_loss)
+            correct += float(batch_correct)
+        return loss_sum / len(x), correct / len(x)
+
+    # --- graphs ---------------------------------------------------------------------------------------------
+    def _loss_sum(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = self.model(x, training=training)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        return tf.reduce_sum(losses), logits
+
+    def _compute_graph(self, x, y, micro_batches, deadline):
+        total = tf.shape(x)[0]
+
+        def keep_going(i, count, loss_sum, now, *sums):
+            return tf.logical_and(i < micro_batches, tf.logical_or(tf.equal(i, 0), now < deadline))
+
+        def micro_batch(i, count, loss_sum, now, *sums):
+            start = (i * total) // micro_batches
+            end = ((i + 1) * total) // micro_batches
+            with tf.GradientTape() as tape:
+                loss, _ = self._loss_sum(x[start:end], y[start:end], training=True)
+            grads = tape.gradient(loss, self.trainable)
+            sums = [s + g for s, g in zip(sums, grads, strict=True)]
+            with tf.control_dependencies([*sums, loss]):
+                now = tf.timestamp()
+            return (i + 1, count + (end - start), loss_sum + loss, now, *sums)
+
+        start_state = (tf.constant(0), tf.constant(0), tf.constant(0.0), tf.timestamp(),
+                       *[tf.zeros(v.shape, tf.float32) for v in self.trainable])
+        done, count, loss_sum, _, *sums = tf.while_loop(
+            keep_going, micro_batch, start_state, parallel_iterations=1)
+        n = tf.cast(count, tf.float32)
+        parts = [tf.reshape(s, [-1]) for s in sums]
+        parts += [tf.reshape(tf.convert_to_tensor(v), [-1]) * n for v in self.statistics]
+        parts += [tf.reshape(n, [1]), tf.reshape(loss_sum, [1])]
+        return tf.concat(parts, 0), count, done
+
+    def _apply_graph(self, reduced, learning_rate):
+        n = reduced[-2]
+        grads, offset = [], 0
+        for variable in self.trainable:
+            size = int(np.prod(variable.shape))
+            grad = tf.reshape(reduced[offset:offset + size], variable.shape) / n
+            grads.append(grad + self.weight_decay * tf.convert_to_tensor(variable))  # decay once per update
+            offset += size
+        self.optimizer.learning_rate.assign(learning_rate)
+        self.optimizer.apply_gradients(zip(grads, self.trainable, strict=True))
+        for variable in self.statistics:
+            size = int(np.prod(variable.shape))
+            variable.assign(tf.reshape(reduced[offset:offset + size], variable.shape) / n)
+            offset += size
+        return reduced[-1] / n
+
+    def _get_graph(self):
+        return tf.concat([tf.reshape(tf.convert_to_tensor(v), [-1]) for v in self.trainable + self.statistics], 0)
+
+    def _set_graph(self, flat):
+        offset = 0
+        for variable in self.trainable + self.statistics:
+            size = int(np.prod(variable.shape))
+            variable.assign(tf.reshape(flat[offset:offset + size], variable.shape))
+            offset += size
+        return tf.constant(0)
+
+    def _evaluate_graph(self, x, y):
+        loss, logits = self._loss_sum(x, y, training=False)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float32))
+        return loss, correct

@@ -1,0 +1,97 @@
+"""The networks, in Keras: the original system's mnist and cifar10 models, its toy models, and small defaults.
+
+Parameter counts of the originals (trainable values) are part of the contract and tested:
+mnist 3,274,634; cifar10 4,607,178. Every model returns logits.
+"""
+
+from __future__ import annotations
+
+import keras
+from anytimectl.backends.tensorflow import MODELS
+from keras import layers
+
+from anytimectl.errors import UsageError
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    builders = {
+        "digits-cnn": _digits_cnn, "mlp": _mlp, "mnist": _mnist, "cifar10": _cifar10,
+        "toy-conv": _toy_conv, "toy-fc": _toy_fc,
+    }
+    if name not in builders:
+        raise UsageError(f"unknown model '{name}' for --model; choose one of {', '.join(MODELS)}")
+    try:
+        return builders[name](tuple(input_shape), num_classes)
+    except ValueError as error:
+        raise UsageError(f"--model {name} does not fit inputs of shape {tuple(input_shape)}: "
+                         f"{str(error).splitlines()[0]}; pick the model made for this dataset") from None
+
+
+def _digits_cnn(shape: tuple[int, ...], classes: int) -> keras.Model:
+    """Small enough for a laptop demo, heavy enough (about 10 MFLOP per example) that compute time is
+    comparable to scaled straggler delays, which is what makes AMB's effect visible."""
+    return keras.Sequential([
+        keras.Input(shape),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(classes),
+    ], name="digits-cnn")
+
+
+def _mlp(shape: tuple[int, ...], classes: int) -> keras.Model:
+    return keras.Sequential([
+        keras.Input(shape), layers.Flatten(), layers.Dense(32, activation="relu"), layers.Dense(classes),
+    ], name="mlp")
+
+
+def _mnist(shape: tuple[int, ...], classes: int) -> keras.Model:
+    return keras.Sequential([
+        keras.Input(shape),
+        layers.Conv2D(32, 5, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 5, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(1024, activation="relu"),
+        layers.Dense(classes),
+    ], name="mnist")
+
+
+def _cifar10(shape: tuple[int, ...], classes: int) -> keras.Model:
+    """The original "conv10": bias-free convs, each followed by ReLU, max-pool and batch norm."""
+    init = keras.initializers.TruncatedNormal(stddev=0.08)
+    stack: list[layers.Layer] = [keras.Input(shape)]
+    for filters, kernel in ((64, 3), (128, 3), (256, 5), (512, 5)):
+        stack += [
+            layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer=init),
+            layers.ReLU(), layers.MaxPooling2D(2), layers.BatchNormalization(),
+        ]
+    stack.append(layers.Flatten())
+    for units in (128, 256, 512):
+        stack += [layers.Dense(units, activation="relu"), layers.Dropout(0.3), layers.BatchNormalization()]
+    stack.append(layers.Dense(classes))
+    return keras.Sequential(stack, name="cifar10")
+
+
+def _toy_conv(shape: tuple[int, ...], classes: int) -> keras.Model:
+    return keras.Sequential([
+        keras.Input(shape),
+        layers.Reshape((10, 10, 1)),
+        layers.Conv2D(32, 5, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 5, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(classes),
+    ], name="toy-conv")
+
+
+def _toy_fc(shape: tuple[int, ...], classes: int) -> keras.Model:
+    return keras.Sequential([
+        keras.Input(shape), layers.Flatten(),
+        layers.Dense(500, activation="relu"), layers.Dense(1000, activation="relu"),
+        layers.Dense(500, activation="relu"), layers.Dense(classes),
+    ], name="toy-fc")
