@@ -16,6 +16,7 @@ from typer.exceptions import TyperException
 
 from anytimectl import __version__
 from anytimectl.errors import UsageError
+from anytimectl.plots.command import plot
 
 app = typer.Typer(
     name="anytimectl",
@@ -90,7 +91,7 @@ _TRAIN_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
     ("json", bool, False, dict(help="No live view; print a JSON summary on stdout at the end.")),
 ]
 _AMB_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
-    ("partitions", int, 12, dict(help="Micro-batches the AMB batch is split into (the original's "
+    ("partitions", int, 6, dict(help="Micro-batches the AMB batch is split into (the original's "
                                       "amb_num_partitions).")),
     ("time_limit", str, "auto", dict(help="Seconds of compute per round, or auto: calibrate so the expected "
                                           "batch equals --match-batch.")),
@@ -153,6 +154,7 @@ Examples:
 """
 train_app.command("amb")(_make_train_command("amb", _AMB_DOC))
 train_app.command("fmb")(_make_train_command("fmb", _FMB_DOC))
+app.command(name="plot")(plot)
 
 
 def _choice(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:
@@ -249,11 +251,15 @@ def _resolve_train_options(method: str, v: dict[str, Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors of any origin end as one line and exit code 2."""
+    from anytimectl.launch import end_rank, is_rank_zero
+
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="anytimectl", standalone_mode=False)
-    except UsageError as error:
-        print(f"anytimectl: error: {error}", file=sys.stderr)
+    except UsageError as error:  # raised alike on every rank of a job: each leaves with 2, rank 0 says why
+        if is_rank_zero():
+            print(f"anytimectl: error: {error}", file=sys.stderr)
+        end_rank()
         sys.exit(error.exit_code)
     except TyperException as error:  # typer's own usage errors: no such option, bad value, missing argument
         context = getattr(error, "ctx", None)
@@ -261,8 +267,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"anytimectl: error: {error.format_message()}{hint}", file=sys.stderr)
         sys.exit(error.exit_code)
     except typer.Exit as done:
+        if done.exit_code:
+            end_rank()
         sys.exit(done.exit_code)
     except typer.Abort:
         print("anytimectl: aborted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+    code = result if isinstance(result, int) else 0
+    if code:
+        end_rank()
+    sys.exit(code)

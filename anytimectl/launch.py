@@ -198,3 +198,22 @@ def count_gpus() -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def is_rank_zero() -> bool:
+    """Whether this process should speak for the job (rank 0, or a process outside any job)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return True
+    return mpi.COMM_WORLD.Get_rank() == 0
+
+
+def end_rank() -> None:
+    """Finalize MPI before a deliberate non-zero exit that every rank takes together.
+
+    Under `python -m mpi4py` any non-zero exit triggers MPI_Abort and its alarming banner; after a collective
+    finalize the exit code passes through quietly. Never call this when other ranks are still waiting.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()

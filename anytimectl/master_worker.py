@@ -50,9 +50,11 @@ class Engine(Protocol):
     def set_params(self, flat: np.ndarray) -> None: ...
 
     def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> tuple[np.ndarray, int, int]:
-        """Gradients of the summed loss over micro-batches of (x, y), starting a new micro-batch only while
-        time.time() < deadline (at least one always runs). Returns the contribution buffer of length
-        param_count + 2 = [Σ grads, n x non-trainable values, n, Σ loss], the examples used, the micro-batches run."""
+        """Gradients of the summed loss over micro-batches of (x, y).
+
+        A micro-batch starts only when it is expected to end before `deadline` (time.time() seconds); at least
+        one always runs. Returns the contribution buffer of length param_count + 2 =
+        [Σ grads, n x non-trainable values, n, Σ loss], the examples used, and the micro-batches run."""
         ...
 
     def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
@@ -264,7 +266,9 @@ class Master:
             return
         micro_size = self.config.batch_size / self.config.partitions
         match = self.config.match_batch or self.config.batch_size
-        compute = float(np.mean(per_micro_batch)) * match / micro_size
+        # A micro-batch starts only if it can end before the deadline, which leaves on average half a
+        # micro-batch of the limit unused: budget for it.
+        compute = float(np.mean(per_micro_batch)) * (match / micro_size + 0.5)
         expected_delay = delay.mean() if delay else 0.0
         self.time_limit = compute + expected_delay
         self.on_event("calibrated the AMB time limit", time_limit=self.time_limit, compute_time=compute,

@@ -143,10 +143,8 @@ def _remove_if_empty(path: Path) -> None:
 
 
 def _fail_everywhere(rank: RankInfo, message: str) -> None:
-    """A usage error that every rank detects alike: each exits 2, only rank 0 speaks."""
-    if rank.rank == 0:
-        raise UsageError(message)
-    raise SystemExit(2)
+    """A usage error that every rank detects alike: each exits 2, only rank 0 speaks (see cli.main)."""
+    raise UsageError(message)
 
 
 def _run_rank(options: TrainOptions, rank: RankInfo) -> int:
@@ -155,7 +153,7 @@ def _run_rank(options: TrainOptions, rank: RankInfo) -> int:
 
     device = select_device(options.device, rank.rank, rank.local_rank, options.gpus_per_node)
     delay = parse_induce(options.induce)
-    run_dir = _open_run_dir(options, rank) if rank.is_master else None
+    run_dir = _open_run_dir_or_abort(options, rank) if rank.is_master else None
     stopper = Stopper()
     if rank.is_master:
         stopper.install()
@@ -230,6 +228,18 @@ def _encode_host(host: str, device: str) -> np.ndarray:
 def _decode_hosts(rows: np.ndarray) -> list[tuple[str, str]]:
     decoded = [bytes(row).rstrip(b"\0").decode(errors="replace").split("|", 1) for row in rows]
     return [(parts[0], parts[1] if len(parts) > 1 else "") for parts in decoded]
+
+
+def _open_run_dir_or_abort(options: TrainOptions, rank: RankInfo) -> RunDirectory:
+    """Only rank 0 can find the run directory taken; its workers are already waiting, so end the job at once."""
+    try:
+        return _open_run_dir(options, rank)
+    except UsageError as error:
+        if rank.size == 1:
+            raise
+        print(f"anytimectl: error: {error}", file=sys.stderr, flush=True)
+        rank.comm.abort(2)
+        raise
 
 
 def _open_run_dir(options: TrainOptions, rank: RankInfo) -> RunDirectory:

@@ -1,10 +1,12 @@
 """AMB and FMB gradients in TensorFlow, behind the flat-buffer Engine interface of the master-worker protocol.
 
-The AMB micro-batch loop is one compiled `tf.while_loop`. Two details make its clock honest (environment.md):
-the timestamp that the loop condition reads is taken under a control dependency on the micro-batch's
-gradients, and `parallel_iterations=1`, so the next micro-batch starts only after the previous one is done and
-timed. Without them TF reorders the clock reads and reports a dozen micro-batches in a fraction of a millisecond.
-FMB is the same loop with one micro-batch and no deadline, so the two methods share every line of arithmetic.
+The AMB micro-batch loop is one compiled `tf.while_loop` that treats the time limit as a deadline: a
+micro-batch starts only when it is expected to finish in time (at least one always runs). Two details make its
+clock honest (environment.md): the timestamp that the loop condition reads is taken under a control dependency
+on the micro-batch's gradients, and `parallel_iterations=1`, so the next micro-batch starts only after the
+previous one is done and timed. Without them TF reorders the clock reads and reports a dozen micro-batches in a
+fraction of a millisecond. FMB is the same loop with one micro-batch and no deadline, so the two methods share
+every line of arithmetic.
 """
 
 from __future__ import annotations
@@ -144,9 +146,14 @@ class TensorFlowEngine:
 
     def _compute_graph(self, x, y, micro_batches, deadline):
         total = tf.shape(x)[0]
+        loop_start = tf.timestamp()
 
         def keep_going(i, count, loss_sum, now, *sums):
-            return tf.logical_and(i < micro_batches, tf.logical_or(tf.equal(i, 0), now < deadline))
+            # Start a micro-batch only if, at this round's pace so far, it ends before the deadline. The
+            # original started one whenever the clock was below the limit and so overran it by up to a
+            # micro-batch, every round, on the slowest worker too.
+            pace = (now - loop_start) / tf.cast(tf.maximum(i, 1), tf.float64)
+            return tf.logical_and(i < micro_batches, tf.logical_or(tf.equal(i, 0), now + pace <= deadline))
 
         def micro_batch(i, count, loss_sum, now, *sums):
             start = (i * total) // micro_batches
@@ -159,7 +166,7 @@ class TensorFlowEngine:
                 now = tf.timestamp()
             return (i + 1, count + (end - start), loss_sum + loss, now, *sums)
 
-        start_state = (tf.constant(0), tf.constant(0), tf.constant(0.0), tf.timestamp(),
+        start_state = (tf.constant(0), tf.constant(0), tf.constant(0.0), loop_start,
                        *[tf.zeros(v.shape, tf.float32) for v in self.trainable])
         done, count, loss_sum, _, *sums = tf.while_loop(
             keep_going, micro_batch, start_state, parallel_iterations=1)

@@ -1,0 +1,38 @@
+"""Run under mpiexec by tests/test_comm.py: the comm layer's results, byte counts and waiting cost."""
+
+import json
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from anytimectl.comm import Comm, wait_all
+
+comm = Comm(MPI.COMM_WORLD)
+rank, size = comm.rank, comm.size
+report = {}
+
+send = np.full(1000, rank + 1, dtype=np.float32)
+recv = np.zeros_like(send) if rank == 0 else None
+comm.reduce_sum(send, recv).wait()
+if rank == 0:
+    report["reduce"] = float(recv[0])
+
+params = np.arange(10, dtype=np.float32) if rank == 0 else np.zeros(10, dtype=np.float32)
+comm.broadcast(params).wait()
+report_bcast = bool((params == np.arange(10)).all())
+flags = np.zeros((size, 1)) if rank == 0 else None
+comm.gather(np.array([float(report_bcast)]), flags).wait()
+if rank == 0:
+    report["bcast_everywhere"] = bool(flags.all())
+
+# Waiting cost: rank 0 waits while the others sleep for a second before sending.
+if rank != 0:
+    time.sleep(1.0)
+cpu0, wall0 = time.process_time(), time.perf_counter()
+wait_all([comm.reduce_sum(send, recv)])
+if rank == 0:
+    report["wait_cpu_fraction"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    report["bytes_received"] = comm.bytes.received
+    json.dump(report, sys.stdout)

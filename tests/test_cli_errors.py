@@ -1,0 +1,70 @@
+"""Bad input ends with one line on stderr naming the problem, exit code 2, and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import anytimectl
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["train", "amb", "--partitions", "300", "--batch-size", "256"], ["--partitions 300", "--batch-size 256"]),
+    (["train", "amb", "--time-limit", "0"], ["--time-limit 0", "positive"]),
+    (["train", "amb", "--time-limit", "-1.5"], ["--time-limit -1.5"]),
+    (["train", "amb", "--time-limit", "soon"], ["'soon'", "auto"]),
+    (["train", "fmb", "--dataset", "imagenet"], ["--dataset 'imagenet'", "digits"]),
+    (["train", "fmb", "--dataset", "mnist"], ["--data-dir"]),
+    (["train", "fmb", "--dataset", "mnist", "--data-dir", "/no/such/dir"], ["/no/such/dir"]),
+    (["train", "fmb", "--induce", "tornado"], ["tornado", "niagara"]),
+    (["train", "fmb", "--slow", "2x3"], ["2x3", "RANK:FACTOR"]),
+    (["train", "fmb", "--workers", "2", "--slow", "5:2"], ["rank 5"]),
+    (["train", "fmb", "--optimizer", "lbfgs"], ["lbfgs", "rms"]),
+    (["train", "fmb", "--test-size", "0"], ["--test-size 0"]),
+    (["train", "fmb", "--quiet", "--json"], ["--quiet", "--json"]),
+    (["train", "fmb", "--no-such-flag"], ["--no-such-flag"]),
+    (["train", "fmb", "--batch-size", "many"], ["--batch-size", "integer"]),
+    (["train", "fmb", "--model", "resnet"], ["resnet", "digits-cnn"]),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragments):
+    assert_one_line_error(anytimectl(*args, check=False, timeout=60), *fragments)
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("precious")
+    result = anytimectl("train", "fmb", "--out", str(tmp_path), "--name", "mine", "--steps", "1", check=False)
+    assert_one_line_error(result, "already exists")
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "precious"
+
+
+def test_existing_run_directory_is_refused_before_launching_workers(tmp_path):
+    (tmp_path / "mine").mkdir()
+    result = anytimectl("train", "fmb", "--workers", "2", "--out", str(tmp_path), "--name", "mine", check=False)
+    assert_one_line_error(result, "already exists")
+
+
+def test_help_imports_neither_tensorflow_nor_torch():
+    code = (
+        "import sys\n"
+        "from anytimectl.cli import main\n"
+        "for argv in (['--help'], ['train', 'amb', '--help'], ['train', 'fmb', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, done.code\n"
+        "assert 'tensorflow' not in sys.modules and 'torch' not in sys.modules, 'framework imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Examples" in result.stdout

@@ -1,0 +1,120 @@
+"""The TensorFlow engine's arithmetic and its time-limited micro-batch loop, in one process."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from anytimectl.data import BatchStream
+from anytimectl.master_worker import STAT, ProtocolConfig, Worker
+
+engine_module = pytest.importorskip("anytimectl.backends.tensorflow.engine")
+engine_module.configure(threads=1, seed=0)
+
+
+def make_engine(model: str = "digits-cnn", shape: tuple[int, ...] = (8, 8, 1), weight_decay: float = 0.0):
+    return engine_module.TensorFlowEngine(model, shape, 10, "sgd", 0.1, weight_decay)
+
+
+def batch(n: int, shape: tuple[int, ...] = (8, 8, 1), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape), dtype=np.float32), rng.integers(0, 10, n).astype(np.int64)
+
+
+def test_original_models_have_the_original_parameter_counts():
+    assert make_engine("mnist", (28, 28, 1)).trainable_count == 3_274_634
+    assert make_engine("cifar10", (32, 32, 3)).trainable_count == 4_607_178
+
+
+def test_amb_with_an_unreachable_time_limit_sums_the_same_gradients_as_fmb():
+    engine = make_engine()
+    x, y = batch(96)
+    fmb, fmb_count, fmb_done = engine.compute(x, y, 1, math.inf)
+    amb, amb_count, amb_done = engine.compute(x, y, 12, time.time() + 3600)
+    assert (fmb_count, fmb_done) == (96, 1)
+    assert (amb_count, amb_done) == (96, 12)
+    np.testing.assert_allclose(amb, fmb, rtol=1e-4, atol=1e-4 * np.abs(fmb).max())
+
+
+def test_uneven_micro_batches_use_every_example():
+    engine = make_engine()
+    x, y = batch(50)
+    _, count, done = engine.compute(x, y, 8, math.inf)
+    assert (count, done) == (50, 8)
+
+
+def test_a_passed_deadline_still_runs_one_micro_batch():
+    engine = make_engine()
+    x, y = batch(64)
+    _, count, done = engine.compute(x, y, 8, time.time() - 10)
+    assert (count, done) == (8, 1)
+
+
+def test_contribution_carries_example_count_and_summed_loss():
+    engine = make_engine()
+    x, y = batch(32)
+    flat, count, _ = engine.compute(x, y, 4, math.inf)
+    assert flat.shape == (engine.param_count + 2,)
+    assert flat[-2] == count == 32
+    mean_loss, _ = engine.evaluate(x, y)
+    assert flat[-1] / 32 == pytest.approx(mean_loss, rel=1e-4)
+
+
+def test_weight_decay_is_applied_once_per_update_not_per_micro_batch():
+    x, y = batch(64)
+    results = []
+    for micro_batches in (1, 16):
+        engine = make_engine(weight_decay=0.1)
+        engine.set_params(make_engine(weight_decay=0.1).get_params() * 0 + 0.01)
+        flat, _, _ = engine.compute(x, y, micro_batches, math.inf)
+        engine.apply(flat, 0.1)
+        results.append(engine.get_params())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-6)
+
+
+def test_batch_norm_statistics_travel_with_the_parameters():
+    engine = make_engine("cifar10", (32, 32, 3))
+    assert engine.param_count > engine.trainable_count
+    params = engine.get_params()
+    params[engine.trainable_count:] = 0.5
+    engine.set_params(params)
+    np.testing.assert_array_equal(engine.get_params(), params)
+
+
+def amb_worker(time_limit_rank_slowdown: float = 1.0) -> Worker:
+    x, y = batch(4096)
+    config = ProtocolConfig(method="amb", batch_size=512, partitions=64, time_limit=None, match_batch=None,
+                            steps=None, epochs=None, target_accuracy=None, log_every=1, seed=0,
+                            train_examples=4096)
+    return Worker(1, make_engine(), BatchStream(x, y, 0, 1), config, None, time_limit_rank_slowdown)
+
+
+def test_amb_round_overshoots_its_limit_by_at_most_one_micro_batch():
+    worker = amb_worker()
+    per_micro_batch = worker.warm_up(calibrate=True)
+    limit = 12 * per_micro_batch
+    for step in range(1, 6):
+        worker.round(step, limit)
+        compute = worker.stats[STAT["compute_time"]]
+        done = worker.stats[STAT["partitions_done"]]
+        assert 1 <= done < 64
+        # The clock is checked before each micro-batch: the last one may start just before the limit.
+        assert compute <= limit + 1.5 * per_micro_batch + 0.005
+
+
+def test_a_slow_rank_processes_fewer_examples_in_the_same_time():
+    fast, slow = amb_worker(), amb_worker(3.0)
+    per_micro_batch = fast.warm_up(calibrate=True)
+    slow.warm_up(calibrate=False)
+    limit = 24 * per_micro_batch
+    fast_examples = slow_examples = 0
+    for step in range(1, 4):
+        fast.round(step, limit)
+        slow.round(step, limit)
+        fast_examples += fast.stats[STAT["num_samples"]]
+        slow_examples += slow.stats[STAT["num_samples"]]
+        assert slow.stats[STAT["slow_padding"]] > 0
+    assert slow_examples < 0.7 * fast_examples

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from anytimectl.schedules import Schedule
+
+
+def test_constant():
+    assert Schedule("const", 0.1).at(100, 3.0) == 0.1
+
+
+def test_linear_reaches_its_end_at_the_last_step():
+    schedule = Schedule("linear", 0.1, linear_end=0.01, total_steps=11)
+    assert schedule.at(1, 0) == pytest.approx(0.1)
+    assert schedule.at(6, 0) == pytest.approx(0.055)
+    assert schedule.at(11, 0) == pytest.approx(0.01)
+
+
+def test_exponential_staircase_and_smooth():
+    assert Schedule("exponential", 1.0, decay_steps=50, decay_rate=0.9).at(50, 0) == 1.0
+    assert Schedule("exponential", 1.0, decay_steps=50, decay_rate=0.9).at(51, 0) == pytest.approx(0.9)
+    assert Schedule("exponential", 1.0, decay_steps=50, decay_rate=0.9, staircase=False).at(26, 0) == \
+        pytest.approx(0.9 ** 0.5)
+
+
+def test_epochs_halves_every_ten_epochs():
+    schedule = Schedule("epochs", 1.0, epochs_every=10, epochs_frac=0.5)
+    assert [schedule.at(1, e) for e in (0, 9.9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]

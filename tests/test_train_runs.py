@@ -1,0 +1,177 @@
+"""Real runs of `train amb|fmb`: in one process and as MPI jobs of 2 workers, on the built-in data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, anytimectl, metadata, table
+
+from anytimectl.rundir import COLLECT_COLUMNS, MASTER_COLUMNS, WORKER_COLUMNS, read_trace
+
+STEPS = 6
+FAST = ["--steps", str(STEPS), "--batch-size", "32", "--test-size", "100", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One 2-worker run of each method, shared by the tests that only read them."""
+    out = tmp_path_factory.mktemp("runs")
+    anytimectl("train", "amb", "--workers", "2", "--partitions", "4", "--induce", "cedar:0.2", "--out", str(out),
+               "--name", "amb", *FAST)
+    anytimectl("train", "fmb", "--workers", "2", "--induce", "cedar:0.2", "--out", str(out), "--name", "fmb", *FAST)
+    return {"amb": out / "amb", "fmb": out / "fmb"}
+
+
+@pytest.mark.parametrize("method", ["amb", "fmb"])
+def test_two_worker_run_writes_the_documented_tables(runs, method):
+    run = runs[method]
+    meta = metadata(run)
+    assert meta["status"] == "completed"
+    assert meta["world_size"] == 3 and meta["config"]["workers"] == 2
+    assert meta["summary"]["steps"] == STEPS
+    master, workers, collect = table(run, "master_stats"), table(run, "worker_stats"), table(run, "collect_stats")
+    assert tuple(master.columns) == MASTER_COLUMNS
+    assert tuple(workers.columns) == WORKER_COLUMNS
+    assert tuple(collect.columns) == COLLECT_COLUMNS
+    assert len(master) == STEPS and len(collect) == STEPS and len(workers) == 2 * STEPS
+    assert list(master.step) == list(range(1, STEPS + 1))
+    assert sorted(workers["rank"].unique()) == [1, 2]
+    assert (collect.total_samples == workers.groupby("master_step").num_samples.sum().values).all()
+    assert master.accuracy.notna().all()
+    assert (workers.compute_time >= workers.sleep_time).all()
+    first = workers[workers.master_step == 1]
+    assert (first[["last_send", "last_recv", "last_exit"]] == -1).all().all()
+
+
+def test_amb_batches_vary_and_fmb_batches_do_not(runs):
+    amb, fmb = table(runs["amb"], "worker_stats"), table(runs["fmb"], "worker_stats")
+    assert (fmb.num_samples == 32).all()
+    assert (amb.num_samples % 8 == 0).all() and (amb.num_samples <= 32).all()
+    assert metadata(runs["amb"])["config"]["time_limit"] > 0
+
+
+def test_events_are_bunyan_records(runs):
+    lines = (runs["amb"] / "events.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        assert {"v", "level", "name", "hostname", "pid", "time", "msg"} <= set(record)
+    assert records[-1]["msg"] == "run completed"
+
+
+def test_trace_has_every_phase_per_worker(runs):
+    events = read_trace(runs["fmb"] / "trace.json")
+    spans = [e for e in events if e["ph"] == "X"]
+    names = {(e["pid"], e["name"]) for e in spans}
+    for rank in (1, 2):
+        assert {(rank, "compute"), (rank, "send"), (rank, "recv")} <= names
+    assert (0, "collect") in names and (0, "evaluate") in names
+
+
+def test_single_process_run_with_json_summary(tmp_path):
+    result = anytimectl("train", "fmb", "--workers", "0", "--steps", "3", "--batch-size", "16", "--out",
+                        str(tmp_path), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert Path(summary["run_dir"]).is_dir()
+
+
+def test_target_accuracy_stops_the_run(tmp_path):
+    result = anytimectl("train", "fmb", "--workers", "0", "--target-accuracy", "0.5", "--log-every", "2",
+                        "--out", str(tmp_path), "--json", "--learning-rate", "0.003")
+    summary = json.loads(result.stdout)
+    assert summary["stopped_by"] == "target accuracy"
+    assert summary["final_accuracy"] >= 0.5
+
+
+def test_persistent_slow_rank_reports_fewer_examples(tmp_path):
+    anytimectl("train", "amb", "--workers", "2", "--slow", "2:4", "--time-limit", "0.2", "--batch-size", "256",
+               "--partitions", "32", "--steps", "5", "--out", str(tmp_path), "--name", "slow", "--quiet")
+    workers = table(tmp_path / "slow", "worker_stats")
+    per_rank = workers.groupby("rank").num_samples.mean()
+    assert per_rank[1] > 1.5 * per_rank[2]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "anytimectl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > rows:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError("no progress")
+
+
+def _ranks_of(parent: int) -> dict[int, int]:
+    """rank -> pid for the MPI ranks below a launcher process."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if variables.get(b"ANYTIMECTL_RUN_DIR") and b"PMI_RANK" in variables:
+            if int(variables.get(b"ANYTIMECTL_TEST_PARENT", b"0")) == parent:
+                ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the ranks")
+def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
+    marker = str(os.getpid())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anytimectl", "train", "fmb", "--workers", "2", "--steps", "100000", "--out",
+         str(tmp_path), "--name", "victim", "--quiet", "--batch-size", "16"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "ANYTIMECTL_TEST_PARENT": marker})
+    run = tmp_path / "victim"
+    _wait_for_rows(run / "master_stats.csv", 5, process)
+    ranks = _ranks_of(int(marker))
+    assert 1 in ranks, ranks
+    os.kill(ranks[1], signal.SIGKILL)
+    killed_at = time.time()
+    process.wait(timeout=60)
+    assert time.time() - killed_at < 30
+    assert process.returncode != 0
+    meta = metadata(run)
+    assert meta["status"] == "failed" and "exit code" in meta["reason"]
+    master = table(run, "master_stats")
+    assert len(master) >= 5 and list(master.step) == list(range(1, len(master) + 1))
+
+
+def test_ctrl_c_stops_cleanly_and_marks_the_run_interrupted(tmp_path):
+    process = _start(["train", "amb", "--workers", "2", "--steps", "100000", "--out", str(tmp_path),
+                      "--name", "stopped", "--batch-size", "32", "--partitions", "4"])
+    run = tmp_path / "stopped"
+    _wait_for_rows(run / "master_stats.csv", 3, process)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    meta = metadata(run)
+    assert meta["status"] == "interrupted"
+    assert meta["summary"]["steps"] == len(table(run, "master_stats"))
+    assert read_trace(run / "trace.json")[-1]["ph"] == "X"
+    assert "Traceback" not in stderr
+
+
+def test_python_dash_m_and_console_script_agree():
+    script = Path(sys.executable).parent / "anytimectl"
+    if not script.exists():
+        pytest.skip("console script not installed next to this Python")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("anytimectl ")
