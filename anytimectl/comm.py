@@ -46,9 +46,35 @@ class Pending:
 
         return not self.requests or bool(MPI.Request.Testall(self.requests))
 
-    def wait(self) -> float:
-        """Poll until every request completes; return the seconds spent waiting."""
+    def wait_until(self, done: Pending) -> None:
+        """Sleep-poll this group (driving its progress) until the requests of `done` have completed."""
+        pause = FIRST_SLEEP
+        spin_until = time.perf_counter() + SPIN_SECONDS
+        while True:
+            self.test_some()
+            if done.test():
+                return
+            if time.perf_counter() >= spin_until:
+                time.sleep(pause)
+                pause = min(MAX_SLEEP, pause * 2)
+
+    def test_some(self) -> None:
+        from mpi4py import MPI
+
+        if self.requests:
+            MPI.Request.Testsome(self.requests)
+
+    def wait(self, spin: bool = False) -> float:
+        """Poll until every request completes; return the seconds spent waiting.
+
+        spin=True never sleeps: for transfers already under way, where a sleeping poller would add up to
+        MAX_SLEEP of latency to every one of MPI's internal handshakes.
+        """
         start = time.perf_counter()
+        if spin:
+            while not self.test():
+                pass
+            return time.perf_counter() - start
         if self.test():
             return time.perf_counter() - start
         spin_until = start + SPIN_SECONDS
@@ -118,3 +144,17 @@ def wait_all(pendings: Sequence[Pending]) -> float:
     """Wait for several pending groups as one; returns the seconds spent."""
     merged = Pending([r for p in pendings for r in p.requests])
     return merged.wait()
+
+
+def wait_signal_then_bulk(signal: Pending, bulk: Pending) -> float:
+    """Sleep-poll until a small `signal` completes, then spin until the `bulk` transfer completes.
+
+    Waiting for stragglers can take seconds and must not burn a core; moving megabytes takes milliseconds and
+    must not wait on a sleeping poller. The signal (a tiny message sent together with the bulk one) tells the
+    two apart: once it is in, the bulk data is already on its way.
+    """
+    start = time.perf_counter()
+    both = Pending(signal.requests + bulk.requests)
+    both.wait_until(signal)
+    bulk.wait(spin=True)
+    return time.perf_counter() - start

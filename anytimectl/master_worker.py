@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from anytimectl.comm import wait_all
+from anytimectl.comm import wait_all, wait_signal_then_bulk
 from anytimectl.data import BatchStream
 from anytimectl.stragglers import DelayModel
 
@@ -177,6 +177,7 @@ class StepResult:
     wait_time: float
     total_samples: int
     worker_stats: np.ndarray  # (workers, len(STAT_FIELDS))
+    time_limit: float | None = None  # the AMB limit the workers used in this step
     test_loss: float | None = None
     accuracy: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -258,21 +259,41 @@ class Master:
         self.origin = time.time()
         self.best_accuracy: float | None = None
         self.steps_done = 0
+        self.auto = False
+        self.expected_delay = 0.0
+        self._compute_seconds = 0.0
+        self._micro_batches = 0.0
 
     def resolve_time_limit(self, per_micro_batch: np.ndarray, delay: DelayModel | None) -> None:
         """`--time-limit auto`: T = time for match_batch examples + E[delay], so that AMB's expected batch
-        equals the FMB batch it is compared with (the originals' convention for a fair comparison)."""
+        equals the FMB batch it is compared with (the originals' convention for a fair comparison).
+
+        The warm-up measurement starts it off; `recalibrate` then keeps it true to the micro-batch times
+        measured in the run itself, because ranks that share cores compute faster while others sleep than
+        in a warm-up where all of them compute at once.
+        """
         if self.config.method != "amb" or self.time_limit is not None:
             return
+        self.auto = True
+        self.expected_delay = delay.mean() if delay else 0.0
+        self._set_auto_limit(float(np.mean(per_micro_batch)))
+        self.on_event("calibrated the AMB time limit", time_limit=self.time_limit,
+                      expected_delay=self.expected_delay, per_micro_batch=[float(v) for v in per_micro_batch])
+
+    def recalibrate(self, stats: np.ndarray) -> None:
+        if not self.auto:
+            return
+        self._compute_seconds += float(np.sum(stats[:, STAT["compute_time"]] - stats[:, STAT["sleep_time"]]))
+        self._micro_batches += float(np.sum(stats[:, STAT["partitions_done"]]))
+        if self._micro_batches > 0:
+            self._set_auto_limit(self._compute_seconds / self._micro_batches)
+
+    def _set_auto_limit(self, per_micro_batch: float) -> None:
         micro_size = self.config.batch_size / self.config.partitions
         match = self.config.match_batch or self.config.batch_size
         # A micro-batch starts only if it can end before the deadline, which leaves on average half a
         # micro-batch of the limit unused: budget for it.
-        compute = float(np.mean(per_micro_batch)) * (match / micro_size + 0.5)
-        expected_delay = delay.mean() if delay else 0.0
-        self.time_limit = compute + expected_delay
-        self.on_event("calibrated the AMB time limit", time_limit=self.time_limit, compute_time=compute,
-                      expected_delay=expected_delay, per_micro_batch=[float(v) for v in per_micro_batch])
+        self.time_limit = per_micro_batch * (match / micro_size + 0.5) + self.expected_delay
 
     def should_stop(self, step: int) -> str | None:
         c = self.config
@@ -305,6 +326,8 @@ class Master:
             collect_start = time.time()
             reduced, stats, wait_time = collect(step)
             collect_end = time.time()
+            time_limit = self.time_limit
+            self.recalibrate(stats)
             if pending is not None:
                 self._finish_evaluation(pending, self.evaluator.join())
                 pending = None
@@ -315,7 +338,8 @@ class Master:
             loss = self.engine.apply(reduced, rate)
             apply_end = time.time()
             result = StepResult(step=step, time=apply_end - self.origin, loss=loss, learning_rate=rate,
-                                epoch=epoch, wait_time=wait_time, total_samples=total, worker_stats=stats)
+                                epoch=epoch, wait_time=wait_time, total_samples=total, worker_stats=stats,
+                                time_limit=time_limit)
             self.steps_done = step
             reason = self.should_stop(step)
             broadcast(step, STOP_FINISHED if reason else STOP_NONE)
@@ -344,7 +368,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
     """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run."""
     steps = 0
     while True:
-        wait_all([comm.broadcast(header), comm.broadcast(param_buffer)])
+        wait_signal_then_bulk(comm.broadcast(header), comm.broadcast(param_buffer))
         worker.received()
         if header[HEADER_STOP] != STOP_NONE:
             return steps
@@ -373,15 +397,17 @@ class MpiMasterTransport:
         self.all_stats = np.zeros((comm.size, len(STAT_FIELDS)))
 
     def collect(self, step: int) -> tuple[np.ndarray, np.ndarray, float]:
-        wait = wait_all([self.comm.reduce_sum(self.contribution, self.reduced),
-                         self.comm.gather(self.stats, self.all_stats)])
+        reduce = self.comm.reduce_sum(self.contribution, self.reduced)
+        # Every worker posts its stats together with its gradients: once all stats are in, the data is flowing.
+        wait = wait_signal_then_bulk(self.comm.gather(self.stats, self.all_stats), reduce)
         return self.reduced, self.all_stats[1:].copy(), wait
 
     def broadcast(self, step: int, stop: float) -> float:
         start = time.perf_counter()
         self.header[:] = (step, stop, self.master.time_limit or 0.0)
         self.params[:] = self.master.engine.get_params()
-        wait_all([self.comm.broadcast(self.header), self.comm.broadcast(self.params)])
+        self.comm.broadcast(self.header).wait(spin=True)
+        self.comm.broadcast(self.params).wait(spin=True)
         return time.perf_counter() - start
 
     def abort_workers(self) -> None:

@@ -25,7 +25,7 @@ WORKER_COLUMNS = (
     "time", "master_step", "rank", "num_samples", "last_send", "last_recv", "last_exit", "sleep_time",
     "compute_time", "master_wait_time", "host", "round_start", "partitions_done", "bytes_sent", "bytes_recv",
 )
-COLLECT_COLUMNS = ("step", "worker_count", "wait_time", "total_samples")
+COLLECT_COLUMNS = ("step", "worker_count", "wait_time", "total_samples", "time_limit")
 
 #: Bunyan's numeric levels.
 LEVELS = {"debug": 20, "info": 30, "warn": 40, "error": 50}

@@ -13,6 +13,7 @@ import os
 import platform
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -316,6 +317,7 @@ def _master(options: TrainOptions, rank: RankInfo, engine: Any, protocol: Protoc
     transport: Any = (MpiMasterTransport(master, rank.comm, engine.param_count) if local_worker is None
                       else LocalTransport(master, local_worker))
     recorder.master = master
+    recorder.cpu_start = time.process_time()
     try:
         with view:
             steps, reason = master.run(transport.collect, transport.broadcast)
@@ -348,6 +350,7 @@ class _Recorder:
         self.last_test_loss: float | None = None
         self.samples_per_worker = np.zeros(len(hosts))
         self.steps = 0
+        self.cpu_start = 0.0
         trace = run_dir.trace
         trace.name_process(0, "master")
         for rank, host in enumerate(hosts, start=1):
@@ -380,7 +383,7 @@ class _Recorder:
                 trace.span("recv", rank, s[STAT["prev_recv_start"]], s[STAT["prev_exit_start"]], step=r.step - 1)
                 trace.span("exit", rank, s[STAT["prev_exit_start"]], start, step=r.step - 1)
         tables["worker_stats"].write(rows)
-        tables["collect_stats"].write([(r.step, len(r.worker_stats), r.wait_time, r.total_samples)])
+        tables["collect_stats"].write([(r.step, len(r.worker_stats), r.wait_time, r.total_samples, r.time_limit)])
         extra = r.extra
         if "collect_start" in extra:
             trace.span("collect", 0, extra["collect_start"], extra["collect_end"], step=r.step)
@@ -412,6 +415,8 @@ class _Recorder:
             "epochs": self.last.epoch if self.last else 0.0,
             "mean_worker_batch": float(self.samples_per_worker.mean() / steps) if steps else None,
             "time_limit": master.time_limit,
+            # Rank 0's CPU time over the run, evaluation thread included: shows what waiting costs it.
+            "master_cpu_fraction": (time.process_time() - self.cpu_start) / wall if wall > 0 else None,
         }
 
 

@@ -15,23 +15,12 @@ from helpers import REPO, anytimectl, metadata, table
 
 from anytimectl.rundir import COLLECT_COLUMNS, MASTER_COLUMNS, WORKER_COLUMNS, read_trace
 
-STEPS = 6
-FAST = ["--steps", str(STEPS), "--batch-size", "32", "--test-size", "100", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """One 2-worker run of each method, shared by the tests that only read them."""
-    out = tmp_path_factory.mktemp("runs")
-    anytimectl("train", "amb", "--workers", "2", "--partitions", "4", "--induce", "cedar:0.2", "--out", str(out),
-               "--name", "amb", *FAST)
-    anytimectl("train", "fmb", "--workers", "2", "--induce", "cedar:0.2", "--out", str(out), "--name", "fmb", *FAST)
-    return {"amb": out / "amb", "fmb": out / "fmb"}
+STEPS = 6  # must match conftest.real_runs
 
 
 @pytest.mark.parametrize("method", ["amb", "fmb"])
-def test_two_worker_run_writes_the_documented_tables(runs, method):
-    run = runs[method]
+def test_two_worker_run_writes_the_documented_tables(real_runs, method):
+    run = real_runs[method]
     meta = metadata(run)
     assert meta["status"] == "completed"
     assert meta["world_size"] == 3 and meta["config"]["workers"] == 2
@@ -50,23 +39,24 @@ def test_two_worker_run_writes_the_documented_tables(runs, method):
     assert (first[["last_send", "last_recv", "last_exit"]] == -1).all().all()
 
 
-def test_amb_batches_vary_and_fmb_batches_do_not(runs):
-    amb, fmb = table(runs["amb"], "worker_stats"), table(runs["fmb"], "worker_stats")
+def test_amb_batches_vary_and_fmb_batches_do_not(real_runs):
+    amb, fmb = table(real_runs["amb"], "worker_stats"), table(real_runs["fmb"], "worker_stats")
     assert (fmb.num_samples == 32).all()
     assert (amb.num_samples % 8 == 0).all() and (amb.num_samples <= 32).all()
-    assert metadata(runs["amb"])["config"]["time_limit"] > 0
+    assert metadata(real_runs["amb"])["config"]["time_limit"] > 0
+    assert (table(real_runs["amb"], "collect_stats").time_limit > 0).all()
 
 
-def test_events_are_bunyan_records(runs):
-    lines = (runs["amb"] / "events.jsonl").read_text().splitlines()
+def test_events_are_bunyan_records(real_runs):
+    lines = (real_runs["amb"] / "events.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     for record in records:
         assert {"v", "level", "name", "hostname", "pid", "time", "msg"} <= set(record)
     assert records[-1]["msg"] == "run completed"
 
 
-def test_trace_has_every_phase_per_worker(runs):
-    events = read_trace(runs["fmb"] / "trace.json")
+def test_trace_has_every_phase_per_worker(real_runs):
+    events = read_trace(real_runs["fmb"] / "trace.json")
     spans = [e for e in events if e["ph"] == "X"]
     names = {(e["pid"], e["name"]) for e in spans}
     for rank in (1, 2):

@@ -7,9 +7,9 @@ mnist 3,274,634; cifar10 4,607,178. Every model returns logits.
 from __future__ import annotations
 
 import keras
-from anytimectl.backends.tensorflow import MODELS
 from keras import layers
 
+from anytimectl.backends.tensorflow import MODELS
 from anytimectl.errors import UsageError
 
 
