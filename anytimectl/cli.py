@@ -15,7 +15,9 @@ import typer
 from typer.exceptions import TyperException
 
 from anytimectl import __version__
+from anytimectl.bandwidth import bandwidth
 from anytimectl.errors import UsageError
+from anytimectl.partitions import partitions_app
 from anytimectl.plots.command import plot
 
 app = typer.Typer(
@@ -155,6 +157,8 @@ Examples:
 train_app.command("amb")(_make_train_command("amb", _AMB_DOC))
 train_app.command("fmb")(_make_train_command("fmb", _FMB_DOC))
 app.command(name="plot")(plot)
+app.add_typer(partitions_app, name="partitions")
+app.command(name="bandwidth")(bandwidth)
 
 
 def _choice(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:

@@ -46,24 +46,6 @@ class Pending:
 
         return not self.requests or bool(MPI.Request.Testall(self.requests))
 
-    def wait_until(self, done: Pending) -> None:
-        """Sleep-poll this group (driving its progress) until the requests of `done` have completed."""
-        pause = FIRST_SLEEP
-        spin_until = time.perf_counter() + SPIN_SECONDS
-        while True:
-            self.test_some()
-            if done.test():
-                return
-            if time.perf_counter() >= spin_until:
-                time.sleep(pause)
-                pause = min(MAX_SLEEP, pause * 2)
-
-    def test_some(self) -> None:
-        from mpi4py import MPI
-
-        if self.requests:
-            MPI.Request.Testsome(self.requests)
-
     def wait(self, spin: bool = False) -> float:
         """Poll until every request completes; return the seconds spent waiting.
 
@@ -133,6 +115,50 @@ class Comm:
         self.bytes.received += buffer.nbytes
         return Pending().add(self.mpi.Irecv(buffer, source=source, tag=tag))
 
+    def collect(self, contribution: np.ndarray, reduced: np.ndarray | None, stats: np.ndarray,
+                all_stats: np.ndarray | None) -> float:
+        """One step's upward traffic: every rank's `contribution` summed into `reduced` at rank 0, and the
+        ranks' small `stats` gathered into `all_stats` beside it. Returns the seconds this rank spent.
+
+        Waiting for the slowest rank happens on small non-blocking messages, with sleeps: rank 0 until every
+        rank's stats are in, the others until rank 0 says go. Only then does everyone enter MPI's blocking
+        reduce, whose algorithms are faster than the non-blocking ones for large buffers and which now spins
+        only for the transfer itself.
+        """
+        from mpi4py import MPI
+
+        start = time.perf_counter()
+        gathered = self.gather(stats, all_stats)
+        go = np.zeros(1, dtype=np.int8)
+        if self.rank == 0:
+            gathered.wait()
+            self.broadcast(go).wait(spin=True)
+        else:
+            Pending(gathered.requests).add(self.broadcast(go).requests[0]).wait()
+        if self.rank == 0:
+            self.bytes.received += contribution.nbytes * (self.size - 1)
+        else:
+            self.bytes.sent += contribution.nbytes
+        self.mpi.Reduce(contribution, reduced, op=MPI.SUM, root=0)
+        return time.perf_counter() - start
+
+    def distribute(self, header: np.ndarray, params: np.ndarray) -> float:
+        """One step's downward traffic: a small `header` and the `params` from rank 0 to every rank.
+
+        The others sleep until the header arrives (rank 0 may be busy for a while), then everyone takes
+        part in MPI's blocking broadcast of the parameters, which is already under way.
+        """
+        start = time.perf_counter()
+        header_sent = self.broadcast(header)
+        if self.rank == 0:
+            header_sent.wait(spin=True)
+            self.bytes.sent += params.nbytes * (self.size - 1)
+        else:
+            header_sent.wait()
+            self.bytes.received += params.nbytes
+        self.mpi.Bcast(params, root=0)
+        return time.perf_counter() - start
+
     def barrier(self) -> float:
         return Pending().add(self.mpi.Ibarrier()).wait()
 
@@ -140,21 +166,8 @@ class Comm:
         self.mpi.Abort(code)
 
 
-def wait_all(pendings: Sequence[Pending]) -> float:
+def wait_all(pendings: Sequence[Pending], spin: bool = False) -> float:
     """Wait for several pending groups as one; returns the seconds spent."""
     merged = Pending([r for p in pendings for r in p.requests])
-    return merged.wait()
+    return merged.wait(spin=spin)
 
-
-def wait_signal_then_bulk(signal: Pending, bulk: Pending) -> float:
-    """Sleep-poll until a small `signal` completes, then spin until the `bulk` transfer completes.
-
-    Waiting for stragglers can take seconds and must not burn a core; moving megabytes takes milliseconds and
-    must not wait on a sleeping poller. The signal (a tiny message sent together with the bulk one) tells the
-    two apart: once it is in, the bulk data is already on its way.
-    """
-    start = time.perf_counter()
-    both = Pending(signal.requests + bulk.requests)
-    both.wait_until(signal)
-    bulk.wait(spin=True)
-    return time.perf_counter() - start

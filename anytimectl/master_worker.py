@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from anytimectl.comm import wait_all, wait_signal_then_bulk
 from anytimectl.data import BatchStream
 from anytimectl.stragglers import DelayModel
 
@@ -368,7 +367,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
     """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run."""
     steps = 0
     while True:
-        wait_signal_then_bulk(comm.broadcast(header), comm.broadcast(param_buffer))
+        comm.distribute(header, param_buffer)
         worker.received()
         if header[HEADER_STOP] != STOP_NONE:
             return steps
@@ -378,7 +377,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         contribution = worker.round(step, time_limit if time_limit > 0 else None)
         worker.stats[STAT["bytes_sent"]] = comm.bytes.sent
         worker.stats[STAT["bytes_recv"]] = comm.bytes.received
-        wait_all([comm.reduce_sum(contribution, None), comm.gather(worker.stats, None)])
+        comm.collect(contribution, None, worker.stats, None)
         worker.sent()
         steps += 1
 
@@ -397,23 +396,20 @@ class MpiMasterTransport:
         self.all_stats = np.zeros((comm.size, len(STAT_FIELDS)))
 
     def collect(self, step: int) -> tuple[np.ndarray, np.ndarray, float]:
-        reduce = self.comm.reduce_sum(self.contribution, self.reduced)
-        # Every worker posts its stats together with its gradients: once all stats are in, the data is flowing.
-        wait = wait_signal_then_bulk(self.comm.gather(self.stats, self.all_stats), reduce)
+        wait = self.comm.collect(self.contribution, self.reduced, self.stats, self.all_stats)
         return self.reduced, self.all_stats[1:].copy(), wait
 
     def broadcast(self, step: int, stop: float) -> float:
         start = time.perf_counter()
         self.header[:] = (step, stop, self.master.time_limit or 0.0)
         self.params[:] = self.master.engine.get_params()
-        self.comm.broadcast(self.header).wait(spin=True)
-        self.comm.broadcast(self.params).wait(spin=True)
+        self.comm.distribute(self.header, self.params)
         return time.perf_counter() - start
 
     def abort_workers(self) -> None:
         """Tell waiting workers to stop (used when the master fails before or between steps)."""
         self.header[:] = (0, STOP_ABORT, 0)
-        wait_all([self.comm.broadcast(self.header), self.comm.broadcast(self.params)])
+        self.comm.distribute(self.header, self.params)
 
 
 class LocalTransport:

@@ -59,9 +59,10 @@ def prepare(
     paths: Sequence[Path],
     labels: Sequence[str] = (),
     warn: Callable[[str], None] | None = None,
+    kind: str | None = None,
 ) -> list[Run]:
-    """Load the runs, then give each its colour and label."""
-    runs = load_runs(list(paths), warn=warn)
+    """Load the runs that figure type `kind` draws, then give each its colour and label."""
+    runs = load_runs(list(paths), warn=warn, kind=kind)
     if len(labels) > len(runs):
         raise UsageError(f"{len(labels)} --label values for {len(runs)} run(s): {', '.join(r.name for r in runs)}")
     style.assign_colors(runs)
@@ -89,7 +90,7 @@ def build_figures(
     else:
         registry.check_figure_type(kind)
     if runs is None:
-        runs = prepare(paths or [], labels, warn)
+        runs = prepare(paths or [], labels, warn, kind=kind)
     ctx = registry.Context(runs=runs, opts=options or registry.Options(), show=show)
     with _style():
         out: list[Rendered] = []

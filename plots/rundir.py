@@ -40,8 +40,15 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "collect": ("collect_stats.csv", ("step", "worker_count", "wait_time", "total_samples")),
+    # the two studies' tables (`anytimectl partitions`, `anytimectl bandwidth`)
+    "partitions": ("partitions.csv", ("batch_size", "partitions", "partition_size", "time_per_step",
+                                      "time_per_sample", "overhead")),
+    "bandwidth": ("bandwidth.csv", ("workers", "elements", "bytes", "layer", "round_time")),
 }
-TEXT_COLUMNS = {"host"}
+TEXT_COLUMNS = {"host", "layer", "model"}
+#: run directories of the studies: metadata "command" -> (their table, the figure type that draws them)
+STUDIES = {"partitions": ("partitions", "partitions"), "bandwidth": ("bandwidth", "master_bandwidth")}
+STUDY_FIGURES = {figure: command for command, (_, figure) in STUDIES.items()}
 TRACE = "trace.json"
 
 
@@ -162,12 +169,21 @@ class Run:
         model = self.meta.get("straggler")
         return model if isinstance(model, dict) and model.get("components") else None
 
+    @property
+    def kind(self) -> str:
+        """"train", or the study that wrote it ("partitions", "bandwidth")."""
+        command = self.meta.get("command")
+        return command if command in STUDIES else "train"
+
     def file(self, table: str) -> Path:
         return self.path / TABLES[table][0]
 
     def _load(self, table: str) -> pd.DataFrame:
         path = self.file(table)
         if not path.is_file():
+            if self.kind != "train":
+                raise MissingTable(f"run {_short(self.path)} is a {self.kind} run, not a training run: draw it "
+                                   f"with --type {STUDIES[self.kind][1]}")
             raise MissingTable(f"run {_short(self.path)} has no {path.name}")
         return read_table(path, TABLES[table][1])
 
@@ -184,6 +200,16 @@ class Run:
     @cached_property
     def collect(self) -> pd.DataFrame:
         return self._load("collect").dropna(subset=["step"]).reset_index(drop=True)
+
+    @cached_property
+    def partitions(self) -> pd.DataFrame:
+        df = self._load("partitions").dropna(subset=["batch_size", "partitions", "time_per_step"])
+        return df.sort_values(["batch_size", "partitions"], kind="stable").reset_index(drop=True)
+
+    @cached_property
+    def bandwidth(self) -> pd.DataFrame:
+        df = self._load("bandwidth").dropna(subset=["workers", "elements", "round_time"])
+        return df.sort_values(["elements", "workers"], kind="stable").reset_index(drop=True)
 
     @cached_property
     def trace(self) -> pd.DataFrame:
@@ -239,6 +265,11 @@ def load_run(path: Path) -> Run:
     if not isinstance(meta, dict):
         raise UsageError(f"corrupt metadata {_short(path / METADATA)}: expected a JSON object")
     run = Run(path=path, meta=meta)
+    if run.kind != "train":
+        table = STUDIES[run.kind][0]
+        if run.table(table).empty:
+            raise UsageError(f"run {_short(path)} has no measurements yet ({TABLES[table][0]} has no complete row)")
+        return run
     try:
         master = run.master
     except MissingTable:
@@ -248,18 +279,37 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def load_runs(paths: list[Path], warn=None) -> list[Run]:
+def load_runs(paths: list[Path], warn=None, kind: str | None = None) -> list[Run]:
     """Load every run under `paths`. A run found inside a folder that has no steps yet is skipped with a warning
-    (a sweep just started should not stop the plot); one named directly, or all of them empty, is an error."""
+    (a sweep just started should not stop the plot); one named directly, or all of them empty, is an error.
+
+    `kind` is the figure type to draw: a study's figure (partitions, master_bandwidth) takes only that study's runs,
+    any other figure only training runs. Runs of the other sort found inside folders are skipped with a warning;
+    one named directly is an error saying which figure type draws it.
+    """
+    wanted = STUDY_FIGURES.get(kind or "", "train")
     runs: list[Run] = []
     skipped: list[str] = []
     for path, direct in find_runs(paths):
         try:
-            runs.append(load_run(path))
+            run = load_run(path)
         except UsageError as exc:
-            if direct or "no steps yet" not in str(exc):
+            if direct or "no steps yet" not in str(exc) and "no measurements yet" not in str(exc):
                 raise
             skipped.append(str(exc))
+            continue
+        if run.kind != wanted:
+            if wanted == "train":
+                message = (f"run {_short(path)} is a {run.kind} run, not a training run: draw it with "
+                           f"--type {STUDIES[run.kind][1]}")
+            else:
+                message = (f"run {_short(path)} is a {run.kind} run; --type {kind} draws runs of "
+                           f"`anytimectl {wanted}`")
+            if direct:
+                raise UsageError(message)
+            skipped.append(message)
+            continue
+        runs.append(run)
     for message in skipped:
         if warn is not None:
             warn(f"skipped: {message}")

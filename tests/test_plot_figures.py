@@ -13,13 +13,14 @@ import pandas as pd
 import plot_fixtures as fx
 import pytest
 import typer
+from typer.testing import CliRunner
+
+from anytimectl.errors import UsageError
 from anytimectl.plots import registry, render, style
 from anytimectl.plots.command import plot
 from anytimectl.plots.fig_panels import PANEL_MAIN
 from anytimectl.plots.fig_time_to_target import Target, reach, resolve_baseline, speedups
-from typer.testing import CliRunner
-
-from anytimectl.errors import UsageError
+from anytimectl.plots.rundir import STUDY_FIGURES
 
 AMB_LABEL, FMB_LABEL = "AMB B=192 T=0.3 s P=12", "FMB B=128"
 
@@ -52,7 +53,7 @@ def lines_of(ax, label):
 
 
 registry.load_all()
-ALL_TYPES = sorted(registry.FIGURES)
+ALL_TYPES = sorted(t for t in registry.FIGURES if t not in STUDY_FIGURES)  # studies: tests/test_partitions.py
 
 
 def test_registry_has_the_originals_axes_and_new_types():

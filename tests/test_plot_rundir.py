@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import plot_fixtures as fx
 import pytest
-from anytimectl.plots import render, rundir, style, workers
 
 from anytimectl.errors import UsageError
+from anytimectl.plots import render, rundir, style, workers
 
 
 @pytest.fixture(scope="module")

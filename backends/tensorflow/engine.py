@@ -1,11 +1,13 @@
 """AMB and FMB gradients in TensorFlow, behind the flat-buffer Engine interface of the master-worker protocol.
 
 The AMB micro-batch loop is one compiled `tf.while_loop` that treats the time limit as a deadline: a
-micro-batch starts only when it is expected to finish in time (at least one always runs). Two details make its
-clock honest (environment.md): the timestamp that the loop condition reads is taken under a control dependency
-on the micro-batch's gradients, and `parallel_iterations=1`, so the next micro-batch starts only after the
-previous one is done and timed. Without them TF reorders the clock reads and reports a dozen micro-batches in a
-fraction of a millisecond. FMB is the same loop with one micro-batch and no deadline, so the two methods share
+micro-batch starts only when it is expected to finish in time (at least one always runs). Its clock is honest
+(environment.md): every timestamp is taken under a control dependency on that micro-batch's gradients, or TF
+reorders the clock reads and reports a dozen micro-batches in a fraction of a millisecond. Two micro-batches may
+run at once (`parallel_iterations=2`, which hides much of the cost of small micro-batches): the condition for
+micro-batch i uses the clock read after micro-batch i-2 and counts micro-batch i-1, still running, in its
+prediction, so the deadline rule is the same as for a strict one-at-a-time loop (docs/partitions_bandwidth.md
+has the measurements). FMB is the same loop with one micro-batch and no deadline, so the two methods share
 every line of arithmetic.
 """
 
@@ -148,28 +150,39 @@ class TensorFlowEngine:
         total = tf.shape(x)[0]
         loop_start = tf.timestamp()
 
-        def keep_going(i, count, loss_sum, now, *sums):
-            # Start a micro-batch only if, at this round's pace so far, it ends before the deadline. The
-            # original started one whenever the clock was below the limit and so overran it by up to a
-            # micro-batch, every round, on the slowest worker too.
-            pace = (now - loop_start) / tf.cast(tf.maximum(i, 1), tf.float64)
-            return tf.logical_and(i < micro_batches, tf.logical_or(tf.equal(i, 0), now + pace <= deadline))
-
-        def micro_batch(i, count, loss_sum, now, *sums):
+        def gradients(i):
             start = (i * total) // micro_batches
             end = ((i + 1) * total) // micro_batches
             with tf.GradientTape() as tape:
                 loss, _ = self._loss_sum(x[start:end], y[start:end], training=True)
-            grads = tape.gradient(loss, self.trainable)
+            return tape.gradient(loss, self.trainable), loss, end - start
+
+        # The first micro-batch always runs, on its own: its clock reading starts the pace estimate.
+        first, first_loss, first_count = gradients(tf.constant(0))
+        with tf.control_dependencies([*first, first_loss]):
+            first_end = tf.timestamp()
+
+        def keep_going(i, count, loss_sum, known_end, known_done, last_end, *sums):
+            # Micro-batch i may start while micro-batch i-1 still runs (two iterations in flight), so the newest
+            # clock reading here is the end of micro-batch i-2 (`known_end`, `known_done` finished by then).
+            # Start micro-batch i only if, at this round's pace, it ends before the deadline: the ones in flight
+            # and it still have to run after `known_end`.
+            pace = (known_end - loop_start) / tf.cast(known_done, tf.float64)
+            ahead = tf.cast(i + 1 - known_done, tf.float64)
+            return tf.logical_and(i < micro_batches, known_end + ahead * pace <= deadline)
+
+        def micro_batch(i, count, loss_sum, known_end, known_done, last_end, *sums):
+            grads, loss, examples = gradients(i)
             sums = [s + g for s, g in zip(sums, grads, strict=True)]
             with tf.control_dependencies([*sums, loss]):
                 now = tf.timestamp()
-            return (i + 1, count + (end - start), loss_sum + loss, now, *sums)
+            # hand on the previous iteration's clock reading, which exists already: the condition for the
+            # next micro-batch need not wait for this one's gradients
+            return (i + 1, count + examples, loss_sum + loss, last_end, i, now, *sums)
 
-        start_state = (tf.constant(0), tf.constant(0), tf.constant(0.0), loop_start,
-                       *[tf.zeros(v.shape, tf.float32) for v in self.trainable])
-        done, count, loss_sum, _, *sums = tf.while_loop(
-            keep_going, micro_batch, start_state, parallel_iterations=1)
+        start_state = (tf.constant(1), first_count, first_loss, first_end, tf.constant(1), first_end, *first)
+        done, count, loss_sum, _, _, _, *sums = tf.while_loop(
+            keep_going, micro_batch, start_state, parallel_iterations=2)
         n = tf.cast(count, tf.float32)
         parts = [tf.reshape(s, [-1]) for s in sums]
         parts += [tf.reshape(tf.convert_to_tensor(v), [-1]) * n for v in self.statistics]

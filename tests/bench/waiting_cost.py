@@ -25,13 +25,15 @@ def measure(seconds: float) -> None:
     buffer = np.ones(1 << 16, dtype=np.float32)
     result = np.zeros_like(buffer) if comm.rank == 0 else None
     fractions = {}
-    for way in ("anytimectl (sleep-polled Ireduce)", "blocking MPI Reduce"):
+    stats = np.zeros(15)
+    all_stats = np.zeros((comm.size, 15)) if comm.rank == 0 else None
+    for way in ("anytimectl (Comm.collect, as training)", "blocking MPI Reduce"):
         world.Barrier()
         if comm.rank != 0:
             time.sleep(seconds)
         cpu, wall = time.process_time(), time.perf_counter()
         if way.startswith("anytimectl"):
-            comm.reduce_sum(buffer, result).wait()
+            comm.collect(buffer, result, stats, all_stats)
         else:
             world.Reduce(buffer, result, op=MPI.SUM, root=0)
         fractions[way] = (time.process_time() - cpu) / (time.perf_counter() - wall)

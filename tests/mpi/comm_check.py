@@ -7,7 +7,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from anytimectl.comm import Comm, wait_all
+from anytimectl.comm import Comm
 
 comm = Comm(MPI.COMM_WORLD)
 rank, size = comm.rank, comm.size
@@ -27,11 +27,26 @@ comm.gather(np.array([float(report_bcast)]), flags).wait()
 if rank == 0:
     report["bcast_everywhere"] = bool(flags.all())
 
-# Waiting cost: rank 0 waits while the others sleep for a second before sending.
+# A training step's traffic: collect (reduce + stats) and distribute (header + parameters).
+stats = np.full(3, float(rank))
+all_stats = np.zeros((size, 3)) if rank == 0 else None
+comm.collect(send, recv, stats, all_stats)
+header = np.array([7.0, 0.0]) if rank == 0 else np.zeros(2)
+params = np.arange(5, dtype=np.float32) * (1 if rank == 0 else 0)
+comm.distribute(header, params)
+ok = np.array([float(header[0] == 7.0 and params[4] == 4.0)])
+oks = np.zeros((size, 1)) if rank == 0 else None
+comm.gather(ok, oks).wait()
+if rank == 0:
+    report["collect_reduce"] = float(recv[0])
+    report["collect_stats"] = all_stats[:, 0].tolist()
+    report["distribute_everywhere"] = bool(oks.all())
+
+# Waiting cost: rank 0 collects while the others sleep for a second before sending.
 if rank != 0:
     time.sleep(1.0)
 cpu0, wall0 = time.process_time(), time.perf_counter()
-wait_all([comm.reduce_sum(send, recv)])
+comm.collect(send, recv, stats, all_stats)
 if rank == 0:
     report["wait_cpu_fraction"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     report["bytes_received"] = comm.bytes.received
