@@ -54,9 +54,10 @@ def model_elements(model: str) -> int:
     built to count them, which imports TensorFlow (a few seconds).
     """
     from anytimectl.backends.tensorflow.models import build_model
+    from anytimectl.backends.tensorflow.quiet_import import native_stderr_silenced
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    network = build_model(model, MODEL_INPUT[model], 10)
+    with native_stderr_silenced():  # building the model starts TensorFlow, which probes for CUDA aloud
+        network = build_model(model, MODEL_INPUT[model], 10)
     trainable = sum(int(np.prod(v.shape)) for v in network.trainable_variables)
     statistics_ = sum(int(np.prod(v.shape)) for v in network.non_trainable_variables if "float" in str(v.dtype))
     return trainable + statistics_ + 2

@@ -5,8 +5,6 @@ model arrives, computes (AMB: for the time limit, batch varies with the induced 
 then the sleep), sends, and waits for the master, which waits for every worker, applies and broadcasts. The
 tables follow the run-directory contract (original columns first, appended ones after), and so does the
 trace (one event per line, closing bracket only when the run completed).
-
-Importing this module also makes `anytimectl.plots` importable from a plain checkout (no install needed).
 """
 
 from __future__ import annotations
@@ -17,30 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
+from anytimectl.rundir import COLLECT_COLUMNS, MASTER_COLUMNS, WORKER_COLUMNS
 
 NIAGARA = [[0.0, 0.0, 0.4], [0.0, 0.4, 0.3], [2.0, 0.3, 0.2], [5.0, 0.3, 0.1]]
-MASTER_COLUMNS = ["time", "step", "loss", "learning_rate", "test_loss", "accuracy", "epoch"]
-WORKER_COLUMNS = [
-    "time",
-    "master_step",
-    "rank",
-    "num_samples",
-    "last_send",
-    "last_recv",
-    "last_exit",
-    "sleep_time",
-    "compute_time",
-    "master_wait_time",
-    "host",
-    "round_start",
-    "partitions_done",
-    "bytes_sent",
-    "bytes_recv",
-]
-COLLECT_COLUMNS = ["step", "worker_count", "wait_time", "total_samples"]
 
 
 def straggler_model(scale: float = 0.1) -> dict:
@@ -184,7 +161,7 @@ def make_run(
             "accuracy": accuracy,
             "epoch": cum / 1797.0,
         }
-    )[MASTER_COLUMNS].to_csv(path / "master_stats.csv", index=False, float_format="%.6f")
+    )[list(MASTER_COLUMNS)].to_csv(path / "master_stats.csv", index=False, float_format="%.6f")
 
     def prev(a):  # the previous step's value, -1 on the first step
         out = np.full_like(a, -1.0)
@@ -210,11 +187,12 @@ def make_run(
             "bytes_sent": 4 * 101_770,
             "bytes_recv": 4 * 101_770,
         }
-    )[WORKER_COLUMNS]
+    )[list(WORKER_COLUMNS)]
     wdf.to_csv(path / "worker_stats.csv", index=False, float_format="%.6f")
     pd.DataFrame(
-        {"step": steps_idx, "worker_count": W, "wait_time": collect_end - start.min(axis=1), "total_samples": total}
-    )[COLLECT_COLUMNS].to_csv(path / "collect_stats.csv", index=False, float_format="%.6f")
+        {"step": steps_idx, "worker_count": W, "wait_time": collect_end - start.min(axis=1), "total_samples": total,
+         "time_limit": time_limit if method == "amb" else np.nan}
+    )[list(COLLECT_COLUMNS)].to_csv(path / "collect_stats.csv", index=False, float_format="%.6f")
 
     if trace:
         write_trace(

@@ -13,36 +13,13 @@ every line of arithmetic.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
-from collections.abc import Iterator
 
 import numpy as np
 
+from anytimectl.backends.tensorflow.models import build_model
+from anytimectl.backends.tensorflow.quiet_import import keras, native_stderr_silenced, tf
 from anytimectl.errors import UsageError
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """TensorFlow's C++ start-up notes (CUDA probing, oneDNN) ignore TF_CPP_MIN_LOG_LEVEL; hide them from users."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-with _native_stderr_silenced():
-    import tensorflow as tf
-
-from anytimectl.backends.tensorflow.models import build_model  # noqa: E402
 
 OPTIMIZERS = ("rms", "adam", "sgd", "momentum")
 #: the original's abbreviations
@@ -57,19 +34,17 @@ def configure(threads: int, seed: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # already initialised in this process (tests); keep what is there
         pass
-    for gpu in tf.config.list_physical_devices("GPU"):
+    with native_stderr_silenced():
+        gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
-    import keras
-
     keras.utils.set_random_seed(seed)
 
 
 def make_optimizer(name: str, learning_rate: float):
-    import keras
-
     name = OPTIMIZER_ALIASES.get(name, name)
     if name == "rms":
         return keras.optimizers.RMSprop(learning_rate)

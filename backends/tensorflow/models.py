@@ -6,11 +6,11 @@ mnist 3,274,634; cifar10 4,607,178. Every model returns logits.
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
 from anytimectl.backends.tensorflow import MODELS
+from anytimectl.backends.tensorflow.quiet_import import keras
 from anytimectl.errors import UsageError
+
+layers = keras.layers
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
