@@ -71,7 +71,7 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
     command = [find_mpiexec(mpiexec), "-n", str(workers + 1)]
     if hosts:
         command += ["-hosts", hosts]
-    command += [sys.executable, "-m", "mpi4py", "-m", "anytimectl", *argv]
+    command += [*child_python(), "-m", "mpi4py", "-m", "anytimectl", *argv]
     child_env = {**os.environ, **env, RELAUNCHED: "1"}
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -83,6 +83,16 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
                 continue
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def child_python() -> list[str]:
+    """The interpreter command for the child processes we start (MPI ranks, isolated measurements).
+
+    `-P` keeps the working directory off sys.path: run from a source checkout, `python -m` would otherwise import
+    the checkout's `anytimectl/` (which lacks the installed `anytimectl.plots` and `anytimectl.backends`)
+    instead of the installed package.
+    """
+    return [sys.executable, "-P"]
 
 
 @dataclass

@@ -218,7 +218,9 @@ def measure_batch(spec: Spec, progress=None) -> list[dict[str, Any]]:
 
 def measure_in_subprocess(spec: Spec, timeout: float | None = None) -> list[dict[str, Any]]:
     """The same measurement in a fresh Python: its own TF runtime, thread pools and memory."""
-    command = [sys.executable, "-m", "anytimectl.partitions", json.dumps(asdict(spec))]
+    from anytimectl.launch import child_python
+
+    command = [*child_python(), "-m", "anytimectl.partitions", json.dumps(asdict(spec))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
