@@ -71,7 +71,7 @@ _TRAIN_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
     ("lr_epochs_every", float, 10.0, dict(help="epochs: epochs between decays.")),
     ("lr_epochs_frac", float, 0.5, dict(help="epochs: factor per decay.")),
     ("weight_decay", float, 5e-4, dict(help="L2 weight decay, applied once per update.")),
-    ("steps", int | None, None, dict(help="Stop after this many master steps [default: 100 when no --epochs "
+    ("steps", int | None, None, dict(help="Stop after this many master steps [default: 60 when no --epochs "
                                           "or --target-accuracy is given].")),
     ("epochs", float | None, None, dict(help="Stop after this many passes over the training set.")),
     ("target_accuracy", float | None, None, dict(help="Stop at the first evaluation reaching this test accuracy.")),
@@ -211,7 +211,7 @@ def _resolve_train_options(method: str, v: dict[str, Any]) -> Any:
         raise UsageError("--quiet and --json exclude each other; pick one")
     steps = v["steps"]
     if steps is None and v["epochs"] is None and v["target_accuracy"] is None:
-        steps = 100
+        steps = 60
     parse_induce(v["induce"])
     slow = parse_slow(v["slow"])
     if workers is not None and workers > 0:

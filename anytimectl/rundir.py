@@ -14,7 +14,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ LEVELS = {"debug": 20, "info": 30, "warn": 40, "error": 50}
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def reserve(out: Path, run_id: str | None, default_id: str) -> Path:

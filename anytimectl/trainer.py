@@ -82,7 +82,7 @@ class TrainOptions:
     lr_epochs_every: float = 10.0
     lr_epochs_frac: float = 0.5
     weight_decay: float = 5e-4
-    steps: int | None = 100
+    steps: int | None = 60
     epochs: float | None = None
     target_accuracy: float | None = None
     test_size: int = 500
