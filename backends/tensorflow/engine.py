@@ -6,8 +6,8 @@ micro-batch starts only when it is expected to finish in time (at least one alwa
 reorders the clock reads and reports a dozen micro-batches in a fraction of a millisecond. Two micro-batches may
 run at once (`parallel_iterations=2`, which hides much of the cost of small micro-batches): the condition for
 micro-batch i uses the clock read after micro-batch i-2 and counts micro-batch i-1, still running, in its
-prediction, so the deadline rule is the same as for a strict one-at-a-time loop (docs/partitions_bandwidth.md
-has the measurements). FMB is the same loop with one micro-batch and no deadline, so the two methods share
+prediction, so the deadline rule is the same as for a strict one-at-a-time loop (the README's "Micro-batch
+cost" has the measurements). FMB is the same loop with one micro-batch and no deadline, so the two methods share
 every line of arithmetic.
 """
 

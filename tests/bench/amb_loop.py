@@ -3,7 +3,7 @@
 Both loops run in one process on the same model and data, interleaved repetition by repetition, so machine noise
 hits both alike. Prints, per loop, the median time per step for 1 and P micro-batches and their ratio (per-sample
 cost of splitting). The `partitions eval` command measures the engine's loop alone; this script is the evidence
-for the choice of loop (see docs/partitions_bandwidth.md).
+for the choice of loop (see the README, "Micro-batch cost").
 
     .venv/bin/python tests/bench/amb_loop.py --model cifar10 --batch-size 512 --partitions 16 --threads 2
 """
