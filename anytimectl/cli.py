@@ -57,7 +57,7 @@ _TRAIN_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
     ("dataset", str, "digits", dict(help="digits (built in, default), iris, toy, mnist, fashion-mnist, cifar10.")),
     ("data_dir", Path | None, None, dict(help="Folder with the MNIST idx files or CIFAR-10 python batches.")),
     ("model", str | None, None, dict(help="digits-cnn, mlp, mnist, cifar10, toy-conv, toy-fc "
-                                          "[default: the dataset's own].")),
+                                          "(default: the dataset's own).")),
     ("workers", int | None, None, dict(help="Workers to launch on this machine (re-launches under mpiexec); "
                                             "0 runs in one process. Leave out under mpiexec/srun.")),
     ("batch_size", int, None, dict(help="Per-worker batch. AMB: the most a worker may process in one round.")),
@@ -71,8 +71,8 @@ _TRAIN_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
     ("lr_epochs_every", float, 10.0, dict(help="epochs: epochs between decays.")),
     ("lr_epochs_frac", float, 0.5, dict(help="epochs: factor per decay.")),
     ("weight_decay", float, 5e-4, dict(help="L2 weight decay, applied once per update.")),
-    ("steps", int | None, None, dict(help="Stop after this many master steps [default: 60 when no --epochs "
-                                          "or --target-accuracy is given].")),
+    ("steps", int | None, None, dict(help="Stop after this many master steps (default: 60 when no --epochs "
+                                          "or --target-accuracy is given).")),
     ("epochs", float | None, None, dict(help="Stop after this many passes over the training set.")),
     ("target_accuracy", float | None, None, dict(help="Stop at the first evaluation reaching this test accuracy.")),
     ("test_size", int, 500, dict(help="Test examples the master evaluates (-1: the whole test split).")),
@@ -82,12 +82,12 @@ _TRAIN_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
                                            "mix:MEAN,STD,WEIGHT;... or @FILE.json.")),
     ("slow", list[str] | None, None, dict(help="Persistent slow rank RANK:FACTOR (2:3 = rank 2 computes 3x "
                                                "slower); repeatable.")),
-    ("threads", int | None, None, dict(help="Threads per rank [default: cores / ranks on the host].")),
+    ("threads", int | None, None, dict(help="Threads per rank (default: cores / ranks on the host).")),
     ("device", str, "cpu", dict(help="cpu, gpu (every rank), gpu-workers (master on CPU) or gpu-master.")),
-    ("gpus_per_node", int | None, None, dict(help="GPUs per host for --device gpu* [default: detected].")),
+    ("gpus_per_node", int | None, None, dict(help="GPUs per host for --device gpu* (default: detected).")),
     ("out", Path, Path("runs"), dict(help="Folder that receives the run directory.")),
-    ("name", str | None, None, dict(help="Run directory name [default: METHOD-DATASET-wN-TIME]; must be new.")),
-    ("mpiexec", str | None, None, dict(help="mpiexec to re-launch with [default: the one next to this Python].")),
+    ("name", str | None, None, dict(help="Run directory name (default: METHOD-DATASET-wN-TIME); must be new.")),
+    ("mpiexec", str | None, None, dict(help="mpiexec to re-launch with (default: the one next to this Python).")),
     ("hosts", str | None, None, dict(help="Host list passed to mpiexec -hosts when re-launching.")),
     ("quiet", bool, False, dict(help="No live view; print only the run directory at the end.")),
     ("json", bool, False, dict(help="No live view; print a JSON summary on stdout at the end.")),
@@ -97,8 +97,8 @@ _AMB_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
                                       "amb_num_partitions).")),
     ("time_limit", str, "auto", dict(help="Seconds of compute per round, or auto: calibrate so the expected "
                                           "batch equals --match-batch.")),
-    ("match_batch", int | None, None, dict(help="auto: the expected batch to match [default: 2/3 of "
-                                                "--batch-size, the original's 242-of-356 headroom].")),
+    ("match_batch", int | None, None, dict(help="auto: the expected batch to match (default: 2/3 of "
+                                                "--batch-size, the original's 242-of-356 headroom).")),
 ]
 _DEFAULT_BATCH = {"amb": 192, "fmb": 128}
 
