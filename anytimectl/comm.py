@@ -78,6 +78,8 @@ class Comm:
         self.rank: int = mpi_comm.Get_rank()
         self.size: int = mpi_comm.Get_size()
         self.bytes = ByteCounter()
+        #: time.time() at which the last `collect` found every rank ready (its transfer began)
+        self.ready_at = 0.0
 
     def reduce_sum(self, send: np.ndarray, recv: np.ndarray | None, root: int = 0) -> Pending:
         """Element-wise sum of every rank's `send` into `recv` on `root` (recv ignored elsewhere)."""
@@ -135,6 +137,7 @@ class Comm:
             self.broadcast(go).wait(spin=True)
         else:
             Pending(gathered.requests).add(self.broadcast(go).requests[0]).wait()
+        self.ready_at = time.time()
         if self.rank == 0:
             self.bytes.received += contribution.nbytes * (self.size - 1)
         else:

@@ -28,7 +28,7 @@ from anytimectl.stragglers import DelayModel
 STAT_FIELDS = (
     "num_samples", "last_send", "last_recv", "last_exit", "sleep_time", "compute_time", "round_start",
     "partitions_done", "bytes_sent", "bytes_recv", "prev_send_start", "prev_recv_start", "prev_exit_start",
-    "slow_padding", "calibration",
+    "slow_padding", "calibration", "prev_compute_end",
 )
 STAT = {name: index for index, name in enumerate(STAT_FIELDS)}
 #: Header broadcast with the parameters: step, stop flag, the AMB time limit the workers must use.
@@ -86,6 +86,7 @@ class WorkerStats:
 
     round_start: float = 0.0
     compute_end: float = 0.0
+    send_start: float = 0.0  # every worker is done and the transfer starts (waiting before it is idle time)
     recv_start: float = 0.0
     exit_start: float = 0.0
 
@@ -148,16 +149,20 @@ class Worker:
         s[STAT["slow_padding"]] = padding
         prev = self.previous
         if prev.round_start > 0:
-            s[STAT["last_send"]] = prev.recv_start - prev.compute_end
-            s[STAT["last_recv"]] = prev.exit_start - prev.recv_start
+            # Waiting for the slowest worker before the transfer is idle time, like waiting for the model.
+            s[STAT["last_send"]] = prev.recv_start - prev.send_start
+            s[STAT["last_recv"]] = (prev.send_start - prev.compute_end) + (prev.exit_start - prev.recv_start)
             s[STAT["last_exit"]] = round_start - prev.exit_start
-            s[STAT["prev_send_start"]] = prev.compute_end
+            s[STAT["prev_compute_end"]] = prev.compute_end
+            s[STAT["prev_send_start"]] = prev.send_start
             s[STAT["prev_recv_start"]] = prev.recv_start
             s[STAT["prev_exit_start"]] = prev.exit_start
         self.previous = WorkerStats(round_start=round_start, compute_end=compute_end)
         return buffer
 
-    def sent(self) -> None:
+    def sent(self, transfer_start: float | None = None) -> None:
+        """The result is with the master; `transfer_start`: when every worker was ready and it began to move."""
+        self.previous.send_start = transfer_start or self.previous.compute_end
         self.previous.recv_start = time.time()
 
     def received(self) -> None:
@@ -378,7 +383,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         worker.stats[STAT["bytes_sent"]] = comm.bytes.sent
         worker.stats[STAT["bytes_recv"]] = comm.bytes.received
         comm.collect(contribution, None, worker.stats, None)
-        worker.sent()
+        worker.sent(comm.ready_at)
         steps += 1
 
 

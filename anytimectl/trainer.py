@@ -379,6 +379,8 @@ class _Recorder:
             if padding > 0:
                 trace.span("sleep", rank, end - padding, end, step=r.step, slow_rank=True)
             if s[STAT["prev_send_start"]] > 0:
+                trace.span("recv", rank, s[STAT["prev_compute_end"]], s[STAT["prev_send_start"]], step=r.step - 1,
+                           waiting_for="the slowest worker")
                 trace.span("send", rank, s[STAT["prev_send_start"]], s[STAT["prev_recv_start"]], step=r.step - 1)
                 trace.span("recv", rank, s[STAT["prev_recv_start"]], s[STAT["prev_exit_start"]], step=r.step - 1)
                 trace.span("exit", rank, s[STAT["prev_exit_start"]], start, step=r.step - 1)

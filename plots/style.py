@@ -96,7 +96,9 @@ def label_fields(run: Run) -> list[tuple[str, str]]:
         ("dataset", str(cfg.get("dataset") or "")),
         ("model", str(cfg.get("model") or "")),
         ("batch", f"B={_num(cfg['batch_size'])}" if cfg.get("batch_size") is not None else ""),
-        ("time_limit", f"T={time_limit:.3g} s" if isinstance(time_limit, (int, float)) else ""),
+        # an auto limit follows the run (collect_stats.csv has each step's): name the rule and what it matched
+        ("time_limit", f"T=auto (batch {_num(cfg.get('match_batch'))})" if cfg.get("time_limit_requested") == "auto"
+         and time_limit else f"T={time_limit:.3g} s" if isinstance(time_limit, (int, float)) else ""),
         # partitions only mean something with a time limit (AMB); FMB runs may record 1
         ("partitions", f"P={_num(cfg['partitions'])}" if cfg.get("partitions") and time_limit else ""),
         ("workers", f"W={_num(cfg['workers'])}" if cfg.get("workers") is not None else ""),

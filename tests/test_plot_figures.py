@@ -22,7 +22,7 @@ from anytimectl.plots.fig_panels import PANEL_MAIN
 from anytimectl.plots.fig_time_to_target import Target, reach, resolve_baseline, speedups
 from anytimectl.plots.rundir import STUDY_FIGURES
 
-AMB_LABEL, FMB_LABEL = "AMB B=192 T=0.3 s P=12", "FMB B=128"
+AMB_LABEL, FMB_LABEL = "AMB B=192 T=auto (batch 128) P=12", "FMB B=128"
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_time_to_target_figure_and_stdout(tmp_path):
     # AMB reaches 0.9 at 20 s, FMB at 50 s: speedup 2.5, FMB the default baseline
     assert ctx.notes[0].startswith("time to test accuracy ≥ 0.9 (raw curve")
     assert "baseline [2] FMB" in ctx.notes[0]
-    assert ctx.notes[1] == "  [1] AMB B=192 T=0.3 s P=12: 20 s at step 4, speedup ×2.50"
+    assert ctx.notes[1] == "  [1] AMB B=192 T=auto (batch 128) P=12: 20 s at step 4, speedup ×2.50"
     assert ctx.notes[2] == "  [2] FMB B=128: 50 s at step 5 (baseline)"
     bar_ax = figures[0].figure.axes[1]
     texts = [t.get_text().strip() for t in bar_ax.texts]

@@ -176,7 +176,7 @@ def test_corrupt_metadata(tmp_path):
 
 def test_labels_keep_only_what_differs(runs_root):
     runs = render.prepare([runs_root])
-    assert [r.label for r in runs] == ["AMB B=192 T=0.3 s P=12", "FMB B=128"]
+    assert [r.label for r in runs] == ["AMB B=192 T=auto (batch 128) P=12", "FMB B=128"]
     one = render.prepare([sorted(runs_root.iterdir())[1]])
     assert one[0].label == "FMB B=128 W=4 niagara×0.1"
 
