@@ -255,7 +255,7 @@ def _resolve_train_options(method: str, v: dict[str, Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors of any origin end as one line and exit code 2."""
-    from anytimectl.launch import end_rank, is_rank_zero
+    from anytimectl.launch import abort_job_if_ranked, end_rank, is_rank_zero
 
     command = typer.main.get_command(app)
     try:
@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("anytimectl: aborted", file=sys.stderr)
         sys.exit(130)
+    except BaseException:
+        abort_job_if_ranked()  # the other ranks would wait for this one forever
+        raise
     code = result if isinstance(result, int) else 0
     if code:
         end_rank()

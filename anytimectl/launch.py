@@ -227,3 +227,19 @@ def end_rank() -> None:
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         mpi.Finalize()
+
+
+def abort_job_if_ranked() -> None:
+    """After an unexpected error in one rank of a multi-rank job, end every rank now.
+
+    `python -m mpi4py` (our re-launch) does this itself; a user's plain `mpiexec -n 5 anytimectl ...` does not,
+    and without it the other ranks would wait in their next collective forever.
+    """
+    import traceback
+
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() < 2:
+        return
+    traceback.print_exc()
+    sys.stderr.flush()
+    mpi.COMM_WORLD.Abort(1)

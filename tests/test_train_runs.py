@@ -165,3 +165,18 @@ def test_python_dash_m_and_console_script_agree():
         pytest.skip("console script not installed next to this Python")
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("anytimectl ")
+
+
+def test_a_job_started_with_mpiexec_takes_its_size_from_the_job(tmp_path):
+    from anytimectl.launch import find_mpiexec
+
+    script = Path(sys.executable).parent / "anytimectl"
+    if not script.exists():
+        pytest.skip("console script not installed next to this Python")
+    result = subprocess.run([find_mpiexec(), "-n", "3", str(script), "train", "fmb", "--steps", "2", "--batch-size",
+                             "16", "--out", str(tmp_path), "--name", "direct", "--quiet"],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "direct")  # printed once, by rank 0
+    meta = metadata(tmp_path / "direct")
+    assert meta["status"] == "completed" and meta["world_size"] == 3 and meta["config"]["workers"] == 2
