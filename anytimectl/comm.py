@@ -1,8 +1,11 @@
 """Message passing for every backend: flat numpy buffers over mpi4py, waited on without burning a core.
 
 A rank blocked in an MPI call spins at 100% of a core (environment.md), which on an oversubscribed laptop
-steals the CPU from the ranks doing real work and makes every straggler look slower than it is. So every
-operation here is non-blocking and `wait` polls it with short sleeps: a waiting rank uses about 2% of a core.
+steals the CPU from the ranks doing real work and makes every straggler look slower than it is. So every wait
+that may last (for a straggler, for the master's update) is on a non-blocking operation that `wait` polls with
+short sleeps: a waiting rank uses a few percent of a core. Only once every rank is known to be ready do
+`collect` and `distribute` move the large buffers with MPI's blocking calls, whose algorithms are the fastest
+and which then spin only for the transfer itself.
 
 Buffers are contiguous numpy arrays (float32 for models) and travel as raw memory, never pickled.
 Byte counts are the payload this rank hands over or obtains, per operation, whatever algorithm MPI
@@ -12,7 +15,6 @@ uses underneath, so they compare across world sizes.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,10 +169,4 @@ class Comm:
 
     def abort(self, code: int) -> None:
         self.mpi.Abort(code)
-
-
-def wait_all(pendings: Sequence[Pending], spin: bool = False) -> float:
-    """Wait for several pending groups as one; returns the seconds spent."""
-    merged = Pending([r for p in pendings for r in p.requests])
-    return merged.wait(spin=spin)
 

@@ -7,7 +7,6 @@ keeping stdout for the final summary (or `--json`), which scripts read.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -141,6 +140,3 @@ def _ms(seconds: float) -> str:
         return "-"
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
-
-def is_terminal() -> bool:
-    return sys.stderr.isatty()

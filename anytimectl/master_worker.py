@@ -35,7 +35,7 @@ STAT = {name: index for index, name in enumerate(STAT_FIELDS)}
 HEADER_STEP, HEADER_STOP, HEADER_TIME_LIMIT = 0, 1, 2
 HEADER_SIZE = 3
 
-STOP_NONE, STOP_FINISHED, STOP_ABORT = 0.0, 1.0, 2.0
+STOP_NONE, STOP_FINISHED = 0.0, 1.0
 
 
 class Engine(Protocol):
@@ -262,7 +262,6 @@ class Master:
         self.time_limit = config.time_limit
         self.origin = time.time()
         self.best_accuracy: float | None = None
-        self.steps_done = 0
         self.auto = False
         self.expected_delay = 0.0
         self._compute_seconds = 0.0
@@ -344,7 +343,6 @@ class Master:
             result = StepResult(step=step, time=apply_end - self.origin, loss=loss, learning_rate=rate,
                                 epoch=epoch, wait_time=wait_time, total_samples=total, worker_stats=stats,
                                 time_limit=time_limit)
-            self.steps_done = step
             reason = self.should_stop(step)
             broadcast(step, STOP_FINISHED if reason else STOP_NONE)
             result.extra.update(collect_start=collect_start, collect_end=collect_end, apply_end=apply_end,
@@ -410,11 +408,6 @@ class MpiMasterTransport:
         self.params[:] = self.master.engine.get_params()
         self.comm.distribute(self.header, self.params)
         return time.perf_counter() - start
-
-    def abort_workers(self) -> None:
-        """Tell waiting workers to stop (used when the master fails before or between steps)."""
-        self.header[:] = (0, STOP_ABORT, 0)
-        self.comm.distribute(self.header, self.params)
 
 
 class LocalTransport:

@@ -33,6 +33,7 @@ from anytimectl.launch import (
     start_rank,
 )
 from anytimectl.master_worker import (
+    HEADER_SIZE,
     STAT,
     STAT_FIELDS,
     Evaluator,
@@ -115,8 +116,9 @@ def train(options: TrainOptions, argv: list[str]) -> int:
         return _relaunch_as_job(options, argv)
     rank = start_rank(options.threads)
     if rank.size > 1 and options.workers is not None and options.workers != rank.size - 1:
-        _fail_everywhere(rank, f"--workers {options.workers} disagrees with this MPI job of {rank.size} ranks "
-                               f"({rank.size - 1} workers); drop --workers when starting with mpiexec")
+        # every rank sees this alike: each leaves with 2 and only rank 0 speaks (cli.main)
+        raise UsageError(f"--workers {options.workers} disagrees with this MPI job of {rank.size} ranks "
+                         f"({rank.size - 1} workers); drop --workers when starting with mpiexec")
     if rank.size == 1 and in_mpi_job() and options.workers:
         raise UsageError("an MPI job of one rank has no workers; start it with -n 2 or more, "
                          "or run without mpiexec and use --workers N")
@@ -141,11 +143,6 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
-
-
-def _fail_everywhere(rank: RankInfo, message: str) -> None:
-    """A usage error that every rank detects alike: each exits 2, only rank 0 speaks (see cli.main)."""
-    raise UsageError(message)
 
 
 def _run_rank(options: TrainOptions, rank: RankInfo) -> int:
@@ -213,7 +210,7 @@ def _worker(worker: Worker, rank: RankInfo, device: str) -> None:
     comm.gather(_encode_host(rank.host, device), None).wait()
     comm.gather(worker.stats, None).wait()
     params = np.zeros(worker.engine.param_count, dtype=np.float32)
-    header = np.zeros(3)
+    header = np.zeros(HEADER_SIZE)
     worker_loop(worker, comm, params, header)
 
 
