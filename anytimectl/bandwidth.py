@@ -28,9 +28,10 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from anytimectl.backends.tensorflow import MODEL_INPUT
 from anytimectl.errors import UsageError
 from anytimectl.master_worker import HEADER_SIZE, STAT_FIELDS
-from anytimectl.partitions import MODEL_INPUT, parse_counts
+from anytimectl.ranges import parse_counts
 
 #: the per-worker stats vector a training step gathers beside the gradients
 STATS_SIZE = len(STAT_FIELDS)

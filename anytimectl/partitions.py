@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -28,74 +27,17 @@ from typing import Annotated, Any
 
 import typer
 
+from anytimectl.backends.tensorflow import MODEL_INPUT, MODELS
 from anytimectl.errors import UsageError
+from anytimectl.ranges import parse_counts
 
-#: the input shape of each model's own dataset; random data of this shape is what the study computes on
-MODEL_INPUT = {
-    "digits-cnn": (8, 8, 1), "mlp": (4,), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
-    "toy-conv": (100,), "toy-fc": (100,),
-}
 NUM_CLASSES = 10
+DEFAULT_THRESHOLD = 0.10
 COLUMNS = (
     "batch_size", "partitions", "partition_size", "time_per_step", "time_per_step_spread", "time_per_sample",
     "overhead", "overhead_spread", "threads", "steps", "repeats",
 )
-#: largest count a range may name (2^30): far beyond any batch or message this tool can hold in memory
-MAX_COUNT = 2**30
-DEFAULT_THRESHOLD = 0.10
-
-_TERM = re.compile(r"^\s*(\d+)\s*(?:\^\s*(\d+))?\s*$")
-
-
-# --- ranges: "4..4096", "2^10..2^22", "1,2,4", "16" ----------------------------------------------------------------
-def _term(text: str, flag: str) -> int:
-    match = _TERM.match(text)
-    if not match:
-        raise UsageError(f"{flag} {text!r}: not a number; give N, 2^K, A..B (powers of two) or a comma list")
-    base, exponent = int(match.group(1)), match.group(2)
-    if exponent is not None and int(exponent) > 62:
-        raise UsageError(f"{flag} {text!r}: too large (at most {MAX_COUNT} = 2^30)")
-    return base ** int(exponent) if exponent is not None else base
-
-
-def parse_counts(text: str, flag: str, maximum: int = MAX_COUNT) -> list[int]:
-    """Counts from a comma list of N, 2^K or A..B (A, 2A, 4A, ... up to B), sorted, without repeats.
-
-    Every count must be between 1 and `maximum`; an empty or reversed range is an error naming the flag.
-    """
-    values: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if ".." in part:
-            low_text, high_text = part.split("..", 1)
-            low, high = _term(low_text, flag), _term(high_text, flag)
-            if low < 1:
-                raise UsageError(f"{flag} {part!r}: a range starts at 1 or more")
-            if low > high:
-                raise UsageError(f"{flag} {part!r}: the range is empty ({low} > {high}); write LOW..HIGH")
-            if high > maximum:
-                raise UsageError(f"{flag} {part!r}: {high} is too large (at most {maximum})")
-            value = low
-            while value <= high:
-                values.append(value)
-                value *= 2
-        else:
-            values.append(_term(part, flag))
-    if not values:
-        raise UsageError(f"{flag} {text!r}: no values; give N, 2^K, A..B or a comma list")
-    for value in values:
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
-        if value > maximum:
-            raise UsageError(f"{flag} {value}: too large (at most {maximum})")
-    return sorted(set(values))
-
-
 def check_model(model: str) -> tuple[int, ...]:
-    from anytimectl.backends.tensorflow import MODELS
-
     if model not in MODELS:
         raise UsageError(f"--model {model!r} is not one of: {', '.join(MODELS)}")
     return MODEL_INPUT[model]

@@ -9,7 +9,8 @@ from helpers import anytimectl, metadata, table
 from test_cli_errors import assert_one_line_error
 
 from anytimectl.errors import UsageError
-from anytimectl.partitions import COLUMNS, overheads, parse_counts, recommend
+from anytimectl.partitions import COLUMNS, overheads, recommend
+from anytimectl.ranges import parse_counts
 
 
 def test_ranges_are_powers_of_two_lists_or_single_values():
