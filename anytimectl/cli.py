@@ -79,7 +79,7 @@ _TRAIN_OPTIONS: list[tuple[str, Any, Any, dict[str, Any]]] = [
     ("log_every", int, 1, dict(help="Evaluate every N steps.")),
     ("seed", int, 0, dict(help="Seed for initialisation, data order and straggler delays.")),
     ("induce", str | None, None, dict(help="Straggler delays: niagara, cedar, NAME:SCALE (niagara:0.1), "
-                                           "mix:MEAN,STD,WEIGHT;... or @FILE.json.")),
+                                           "'mix:MEAN,STD,WEIGHT;...' (quoted) or @FILE.json.")),
     ("slow", list[str] | None, None, dict(help="Persistent slow rank RANK:FACTOR (2:3 = rank 2 computes 3x "
                                                "slower); repeatable.")),
     ("threads", int | None, None, dict(help="Threads per rank (default: cores / ranks on the host).")),
