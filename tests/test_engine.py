@@ -118,3 +118,14 @@ def test_a_slow_rank_processes_fewer_examples_in_the_same_time():
         slow_examples += slow.stats[STAT["num_samples"]]
         assert slow.stats[STAT["slow_padding"]] > 0
     assert slow_examples < 0.7 * fast_examples
+
+
+def test_each_update_uses_the_learning_rate_it_is_given():
+    engine = make_engine()
+    x, y = batch(32)
+    flat, _, _ = engine.compute(x, y, 1, math.inf)
+    before = engine.get_params()
+    engine.apply(flat, 0.0)
+    np.testing.assert_array_equal(engine.get_params(), before)
+    engine.apply(flat, 0.1)
+    assert np.abs(engine.get_params() - before).max() > 1e-4

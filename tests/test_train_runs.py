@@ -180,3 +180,19 @@ def test_a_job_started_with_mpiexec_takes_its_size_from_the_job(tmp_path):
     assert result.stdout.strip() == str(tmp_path / "direct")  # printed once, by rank 0
     meta = metadata(tmp_path / "direct")
     assert meta["status"] == "completed" and meta["world_size"] == 3 and meta["config"]["workers"] == 2
+
+
+def test_epochs_stop_the_run(tmp_path):
+    result = anytimectl("train", "fmb", "--workers", "0", "--epochs", "0.5", "--batch-size", "64", "--out",
+                        str(tmp_path), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["stopped_by"] == "epochs"
+    assert 0.5 <= summary["epochs"] < 0.5 + 64 / 1437 + 1e-9  # stops at the first step that reaches it
+
+
+def test_learning_rate_schedule_reaches_the_optimizer_log(tmp_path):
+    anytimectl("train", "fmb", "--workers", "0", "--steps", "5", "--batch-size", "16", "--lr-schedule",
+               "exponential", "--lr-decay-steps", "2", "--lr-decay-rate", "0.5", "--out", str(tmp_path),
+               "--name", "lr", "--quiet")
+    rates = table(tmp_path / "lr", "master_stats").learning_rate.tolist()
+    assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
