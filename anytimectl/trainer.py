@@ -323,6 +323,8 @@ def _master(options: TrainOptions, rank: RankInfo, engine: Any, protocol: Protoc
         raise
     status = "interrupted" if stopper.reason else "completed"
     summary = recorder.summary(master, reason)
+    if rank.comm is not None:
+        summary.update(master_bytes_sent=rank.comm.bytes.sent, master_bytes_received=rank.comm.bytes.received)
     run_dir.finish(status, stopper.reason, summary)
     stopper.restore()
     _report(options, run_dir, summary, status)

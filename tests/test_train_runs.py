@@ -25,6 +25,9 @@ def test_two_worker_run_writes_the_documented_tables(real_runs, method):
     assert meta["status"] == "completed"
     assert meta["world_size"] == 3 and meta["config"]["workers"] == 2
     assert meta["summary"]["steps"] == STEPS
+    # every step the master obtains both workers' gradient buffers and sends both the parameters
+    assert meta["summary"]["master_bytes_received"] > 2 * STEPS * 4 * 150_000
+    assert meta["summary"]["master_bytes_sent"] > 2 * STEPS * 4 * 150_000
     master, workers, collect = table(run, "master_stats"), table(run, "worker_stats"), table(run, "collect_stats")
     assert tuple(master.columns) == MASTER_COLUMNS
     assert tuple(workers.columns) == WORKER_COLUMNS
