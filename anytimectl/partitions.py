@@ -37,6 +37,8 @@ COLUMNS = (
     "batch_size", "partitions", "partition_size", "time_per_step", "time_per_step_spread", "time_per_sample",
     "overhead", "overhead_spread", "threads", "steps", "repeats",
 )
+
+
 def check_model(model: str) -> tuple[int, ...]:
     if model not in MODELS:
         raise UsageError(f"--model {model!r} is not one of: {', '.join(MODELS)}")

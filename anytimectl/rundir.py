@@ -20,12 +20,19 @@ from typing import Any
 
 from anytimectl.errors import UsageError
 
-MASTER_COLUMNS = ("time", "step", "loss", "learning_rate", "test_loss", "accuracy", "epoch")
-WORKER_COLUMNS = (
+#: The original system's columns, in its order: every run keeps them, so existing analysis scripts keep working.
+ORIGINAL_MASTER_COLUMNS = ("time", "step", "loss", "learning_rate", "test_loss", "accuracy")
+ORIGINAL_WORKER_COLUMNS = (
     "time", "master_step", "rank", "num_samples", "last_send", "last_recv", "last_exit", "sleep_time",
-    "compute_time", "master_wait_time", "host", "round_start", "partitions_done", "bytes_sent", "bytes_recv",
+    "compute_time", "master_wait_time",
 )
-COLLECT_COLUMNS = ("step", "worker_count", "wait_time", "total_samples", "time_limit")
+ORIGINAL_COLLECT_COLUMNS = ("step", "worker_count", "wait_time", "total_samples")
+#: What anytimectl writes: the original columns, then its own appended ones (never inserted).
+MASTER_COLUMNS = (*ORIGINAL_MASTER_COLUMNS, "epoch")
+WORKER_COLUMNS = (
+    *ORIGINAL_WORKER_COLUMNS, "host", "round_start", "partitions_done", "bytes_sent", "bytes_recv",
+)
+COLLECT_COLUMNS = (*ORIGINAL_COLLECT_COLUMNS, "time_limit")
 
 #: Bunyan's numeric levels.
 LEVELS = {"debug": 20, "info": 30, "warn": 40, "error": 50}

@@ -18,28 +18,15 @@ import numpy as np
 import pandas as pd
 
 from anytimectl.errors import UsageError
+from anytimectl.rundir import ORIGINAL_COLLECT_COLUMNS, ORIGINAL_MASTER_COLUMNS, ORIGINAL_WORKER_COLUMNS
 
 METADATA = "metadata.json"
 
 # The original column names, which every run keeps (new columns may follow them). Numeric unless listed in TEXT.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "master": ("master_stats.csv", ("time", "step", "loss", "learning_rate", "test_loss", "accuracy")),
-    "workers": (
-        "worker_stats.csv",
-        (
-            "time",
-            "master_step",
-            "rank",
-            "num_samples",
-            "last_send",
-            "last_recv",
-            "last_exit",
-            "sleep_time",
-            "compute_time",
-            "master_wait_time",
-        ),
-    ),
-    "collect": ("collect_stats.csv", ("step", "worker_count", "wait_time", "total_samples")),
+    "master": ("master_stats.csv", ORIGINAL_MASTER_COLUMNS),
+    "workers": ("worker_stats.csv", ORIGINAL_WORKER_COLUMNS),
+    "collect": ("collect_stats.csv", ORIGINAL_COLLECT_COLUMNS),
     # the two studies' tables (`anytimectl partitions`, `anytimectl bandwidth`)
     "partitions": ("partitions.csv", ("batch_size", "partitions", "partition_size", "time_per_step",
                                       "time_per_sample", "overhead")),
