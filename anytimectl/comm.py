@@ -27,6 +27,12 @@ FIRST_SLEEP = 50e-6
 MAX_SLEEP = 1e-3
 
 
+def _MPI_BYTE() -> Any:
+    from mpi4py import MPI
+
+    return MPI.BYTE
+
+
 @dataclass
 class ByteCounter:
     sent: int = 0
@@ -48,11 +54,12 @@ class Pending:
 
         return not self.requests or bool(MPI.Request.Testall(self.requests))
 
-    def wait(self, spin: bool = False) -> float:
+    def wait(self, spin: bool = False, spin_seconds: float = SPIN_SECONDS) -> float:
         """Poll until every request completes; return the seconds spent waiting.
 
         spin=True never sleeps: for transfers already under way, where a sleeping poller would add up to
-        MAX_SLEEP of latency to every one of MPI's internal handshakes.
+        MAX_SLEEP of latency to every one of MPI's internal handshakes. `spin_seconds` is how long to spin
+        before the first sleep: longer for a large transfer that MPI progresses only while we call Test().
         """
         start = time.perf_counter()
         if spin:
@@ -61,7 +68,7 @@ class Pending:
             return time.perf_counter() - start
         if self.test():
             return time.perf_counter() - start
-        spin_until = start + SPIN_SECONDS
+        spin_until = start + spin_seconds
         while time.perf_counter() < spin_until:
             if self.test():
                 return time.perf_counter() - start
@@ -166,6 +173,62 @@ class Comm:
 
     def barrier(self) -> float:
         return Pending().add(self.mpi.Ibarrier()).wait()
+
+    # --- peer methods (no master): all-reduce, all-gather of byte payloads, partner exchange -------------------
+    def allreduce_sum(self, buffer: np.ndarray, out: np.ndarray | None = None) -> float:
+        """Every rank's `buffer` summed into `out` (default: in place) on every rank; returns seconds spent.
+
+        As in `collect`, the wait for the slowest rank is a sleep-polled non-blocking barrier, and only then does
+        everyone enter MPI's blocking all-reduce, which spins only for the transfer itself. Counted as handing
+        over the buffer once and obtaining the result once, whatever algorithm MPI uses.
+        """
+        from mpi4py import MPI
+
+        start = time.perf_counter()
+        self.barrier()
+        self.bytes.sent += buffer.nbytes
+        self.bytes.received += buffer.nbytes
+        if out is None:
+            self.mpi.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        else:
+            self.mpi.Allreduce(buffer, out, op=MPI.SUM)
+        return time.perf_counter() - start
+
+    def allgather_bytes(self, payload: np.ndarray) -> list[np.ndarray]:
+        """Every rank's byte payload (uint8, any length, empty allowed) to every rank, in rank order.
+
+        The sizes travel first on a sleep-polled non-blocking all-gather, which is also where ranks wait for the
+        slowest; then one blocking Allgatherv moves the bytes. Counted as handing over this rank's payload once
+        and obtaining every other rank's.
+        """
+        payload = np.ascontiguousarray(payload, dtype=np.uint8)
+        sizes = np.zeros(self.size, dtype=np.int64)
+        Pending().add(self.mpi.Iallgather(np.array([payload.size], dtype=np.int64), sizes)).wait()
+        offsets = np.zeros(self.size, dtype=np.int64)
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        gathered = np.empty(int(sizes.sum()), dtype=np.uint8)
+        self.mpi.Allgatherv(payload, [gathered, sizes, offsets, _MPI_BYTE()])
+        self.bytes.sent += payload.nbytes
+        self.bytes.received += int(sizes.sum()) - payload.nbytes
+        return [gathered[o:o + n] for o, n in zip(offsets, sizes, strict=True)]
+
+    def exchange(self, sends: list[tuple[int, np.ndarray]], receives: list[tuple[int, np.ndarray]],
+                 tag: int = 0) -> Pending:
+        """Point-to-point with partners: post every send and receive at once; the caller waits on the result
+        (`.wait(spin_seconds=...)`), so that a rank whose partner is late sleeps instead of spinning."""
+        pending = Pending()
+        for peer, buffer in receives:
+            self.bytes.received += buffer.nbytes
+            pending.add(self.mpi.Irecv(buffer, source=peer, tag=tag))
+        for peer, buffer in sends:
+            self.bytes.sent += buffer.nbytes
+            pending.add(self.mpi.Isend(buffer, dest=peer, tag=tag))
+        return pending
+
+    def dup(self) -> Comm:
+        """A separate communicator over the same ranks (collective): for traffic that must not mix with the
+        protocol's, such as the run shell's step reports. It counts its bytes apart."""
+        return Comm(self.mpi.Dup())
 
     def abort(self, code: int) -> None:
         self.mpi.Abort(code)

@@ -1,12 +1,18 @@
-"""The live view on the master: what every worker is doing, fed by the same step records that go to disk.
+"""The live view on rank 0: what every rank is doing, fed by the same rows that go to disk.
 
-On a terminal it is a rich table redrawn in place. Without one (piped, CI, a batch job's log) rich's Live
-prints nothing until the end, so we print one plain line per interval instead. Everything goes to stderr,
-keeping stdout for the final summary (or `--json`), which scripts read.
+On a terminal it is a rich table redrawn in place. Under mpiexec rank 0's output is a pipe even when the user sits
+at a terminal, so the re-launching parent, which knows, passes its terminal width down (`TERMINAL_WIDTH_VARIABLE`)
+and the table is drawn through mpiexec's forwarding; under a user's own `mpirun`, `--live table` forces it. Without
+a terminal (piped, CI, a batch job's log) rich's Live would print nothing until the end, so the view prints one
+plain line per interval instead. Everything goes to stderr, keeping stdout for the final summary (or `--json`).
+
+The view knows nothing of any method: rows are read through their `RowLayout`, and a method's own columns come as
+`LiveColumn`s naming a row field.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -15,12 +21,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from anytimectl.master_worker import STAT, StepResult
+from anytimectl.records import LiveColumn, RowLayout, StepRecord
+
+#: Set by the re-launching parent when the user's stderr is a terminal: its width in columns.
+TERMINAL_WIDTH_VARIABLE = "ANYTIMECTL_TERMINAL_WIDTH"
+#: Width of a forced table when nothing says how wide the terminal is.
+DEFAULT_WIDTH = 120
 
 
 @dataclass
-class WorkerTotals:
-    """Running sums per worker, in the project's timing words."""
+class RankTotals:
+    """Running sums per rank, in the project's timing words."""
 
     host: str = ""
     steps: int = 0
@@ -28,25 +39,27 @@ class WorkerTotals:
     sleep: float = 0.0
     send: float = 0.0
     recv: float = 0.0
+    phases: int = 0  # steps whose previous phases (send, recv) are known
     examples: float = 0.0
     round_time: float = 0.0
     last: dict[str, float] = field(default_factory=dict)
     _last_round_start: float = -1.0
 
-    def add(self, row: np.ndarray) -> None:
-        compute, sleep = row[STAT["compute_time"]], row[STAT["sleep_time"]]
+    def add(self, row: np.ndarray, layout: RowLayout) -> None:
+        compute, sleep = row[layout["compute_time"]], row[layout["sleep_time"]]
         self.steps += 1
         self.compute += compute
         self.sleep += sleep
-        self.examples += row[STAT["num_samples"]]
-        if row[STAT["last_send"]] >= 0:
-            self.send += row[STAT["last_send"]]
-            self.recv += row[STAT["last_recv"]]
-        if self._last_round_start > 0:
-            self.round_time += row[STAT["round_start"]] - self._last_round_start
-        self._last_round_start = row[STAT["round_start"]]
-        self.last = {"compute": compute, "sleep": sleep, "send": row[STAT["last_send"]],
-                     "recv": row[STAT["last_recv"]], "examples": row[STAT["num_samples"]]}
+        self.examples += row[layout["num_samples"]]
+        if row[layout["last_send"]] >= 0:
+            self.phases += 1
+            self.send += row[layout["last_send"]]
+            self.recv += row[layout["last_recv"]]
+        start = row[layout["round_start"]]
+        if self._last_round_start > 0 and start > self._last_round_start:
+            self.round_time += start - self._last_round_start
+        self._last_round_start = start
+        self.last = {name: float(row[layout[name]]) for name in layout.fields}
 
     @property
     def utilisation(self) -> float:
@@ -57,15 +70,32 @@ class WorkerTotals:
         return per_step / (self.round_time / (self.steps - 1))
 
 
+def _console(mode: str) -> tuple[Console, str]:
+    """The console and the mode it supports: `auto` becomes `table` where a user will see it, else `lines`."""
+    width = os.environ.get(TERMINAL_WIDTH_VARIABLE)
+    plain = Console(stderr=True)
+    if mode == "off":
+        return plain, "off"
+    if mode == "lines":
+        return plain, "lines"
+    if plain.is_terminal:
+        return plain, "table"
+    if width or mode == "table":
+        forced = Console(stderr=True, force_terminal=True, width=int(width) if width and width.isdigit()
+                         else DEFAULT_WIDTH)
+        return forced, "table"
+    return plain, "lines"
+
+
 class LiveView:
-    def __init__(self, title: str, hosts: list[str], mode: str = "auto", interval: float = 5.0):
-        """mode: "auto" (table on a terminal, lines otherwise), "lines", or "off" (--quiet / --json)."""
-        self.console = Console(stderr=True)
+    def __init__(self, title: str, hosts: dict[int, str], layout: RowLayout, mode: str = "auto",
+                 columns: tuple[LiveColumn, ...] = (), interval: float = 5.0):
+        """hosts: rank -> host of every rank that reports rows; mode: auto, table, lines or off."""
+        self.console, self.mode = _console(mode)
         self.title = title
-        self.workers = {rank: WorkerTotals(host=host) for rank, host in enumerate(hosts, start=1)}
-        if mode == "auto":
-            mode = "table" if self.console.is_terminal else "lines"
-        self.mode = mode
+        self.layout = layout
+        self.columns = columns
+        self.ranks = {rank: RankTotals(host=host) for rank, host in sorted(hosts.items())}
         self.interval = interval
         self.start = time.time()
         self.step = 0
@@ -91,14 +121,18 @@ class LiveView:
         if self.mode != "off":
             self.console.print(message, highlight=False)
 
-    def update(self, result: StepResult) -> None:
-        self.step = max(self.step, result.step)
-        self.loss = result.loss
-        self.epoch = result.epoch
-        if result.accuracy is not None:
-            self.accuracy = result.accuracy
-        for rank, row in enumerate(result.worker_stats, start=1):
-            self.workers[rank].add(row)
+    def update(self, record: StepRecord | None = None, ranks: list[int] | None = None,
+               rows: np.ndarray | None = None) -> None:
+        """A step's header values, and/or rows of any step (rows may arrive apart from their step)."""
+        if record is not None:
+            self.step = max(self.step, record.step)
+            self.loss = record.loss
+            self.epoch = record.epoch
+            if record.accuracy is not None:
+                self.accuracy = record.accuracy
+        if rows is not None and ranks is not None:
+            for rank, row in zip(ranks, rows, strict=True):
+                self.ranks.setdefault(rank, RankTotals()).add(row, self.layout)
         if self._live is not None:
             self._live.update(self._table())
         elif self.mode == "lines" and time.time() - self._last_line >= self.interval:
@@ -113,30 +147,39 @@ class LiveView:
                 f"epoch {self.epoch:.2f}  {rate:.2f} steps/s")
 
     def _line(self) -> str:
-        utilisation = [w.utilisation for w in self.workers.values()]
+        utilisation = [w.utilisation for w in self.ranks.values()]
         mean_util = np.nanmean(utilisation) if any(np.isfinite(utilisation)) else float("nan")
-        batch = np.mean([w.examples / max(1, w.steps) for w in self.workers.values()])
+        batch = np.mean([w.examples / max(1, w.steps) for w in self.ranks.values()])
         return f"{self.title}: {self._header()}  mean batch {batch:.1f}  utilisation {mean_util:.2f}"
 
     def _table(self) -> Table:
         table = Table(title=f"{self.title}\n{self._header()}", title_justify="left")
-        for column in ("rank", "host", "compute", "mean", "sleep", "send", "recv (idle)", "examples", "util"):
-            table.add_column(column, justify="right" if column not in ("host",) else "left")
-        for rank, w in self.workers.items():
+        headings = ["rank", "host", "compute", "mean", "sleep", "send", "recv (idle)", "examples", "util",
+                    *(column.title for column in self.columns)]
+        for heading in headings:
+            table.add_column(heading, justify="left" if heading == "host" else "right")
+        for rank, w in self.ranks.items():
             if not w.steps:
-                table.add_row(str(rank), w.host, *["-"] * 7)
+                table.add_row(str(rank), w.host, *["-"] * (len(headings) - 2))
                 continue
-            sent = w.steps - 1 if w.steps > 1 else 1
+            phases = max(1, w.phases)
+            own = [_value(column, w.last.get(column.row_field)) for column in self.columns]
             table.add_row(
-                str(rank), w.host, _ms(w.last["compute"]), _ms(w.compute / w.steps), _ms(w.sleep / w.steps),
-                _ms(w.send / sent), _ms(w.recv / sent), f"{w.examples / w.steps:.1f}",
-                "-" if not np.isfinite(w.utilisation) else f"{w.utilisation:.0%}",
+                str(rank), w.host, _ms(w.last["compute_time"]), _ms(w.compute / w.steps), _ms(w.sleep / w.steps),
+                _ms(w.send / phases) if w.phases else "-", _ms(w.recv / phases) if w.phases else "-",
+                f"{w.examples / w.steps:.1f}", "-" if not np.isfinite(w.utilisation) else f"{w.utilisation:.0%}",
+                *own,
             )
         return table
+
+
+def _value(column: LiveColumn, value: float | None) -> str:
+    if value is None or not np.isfinite(value) or value < 0:
+        return "-"
+    return column.format.format(value)
 
 
 def _ms(seconds: float) -> str:
     if seconds < 0:
         return "-"
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
-

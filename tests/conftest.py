@@ -1,13 +1,69 @@
-"""Shared fixtures: real 2-worker runs, made once per session and only read by the tests that use them."""
+"""Shared fixtures, and the rule that TensorFlow and torch never share a test process.
+
+`import tensorflow` followed by `import torchvision` segfaults (environment.md). Tests that import torch in-process
+live in tests/torch/; when a run collects both kinds (plain `python -m pytest`), that folder is left out of this
+process and run afterwards in a pytest process of its own, whose result counts in the exit status. A guard fails
+any test after which both frameworks are loaded.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import anytimectl
 
 REAL_RUN_STEPS = 6
+TORCH_DIR = Path(__file__).parent / "torch"
+_CHILD = "ANYTIMECTL_TORCH_TESTS"
+
+
+def _torch_only(config: pytest.Config) -> bool:
+    targets = [Path(arg.split("::")[0]).resolve() for arg in config.args if not arg.startswith("-")]
+    return bool(targets) and all(t == TORCH_DIR or TORCH_DIR in t.parents for t in targets)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if os.environ.get(_CHILD) or _torch_only(config):
+        return None
+    if collection_path == TORCH_DIR:
+        config.stash[_RUN_TORCH] = True
+        return True
+    return None
+
+
+_RUN_TORCH = pytest.StashKey[bool]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not config.stash.get(_RUN_TORCH, False):
+        return
+    if exitstatus not in (0, 5) and config.option.exitfirst:
+        return
+    args = [sys.executable, "-m", "pytest", "-q", str(TORCH_DIR)]
+    if config.option.exitfirst:
+        args.append("-x")
+    if config.option.keyword:
+        args += ["-k", config.option.keyword]
+    if config.option.markexpr:
+        args += ["-m", config.option.markexpr]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "torch tests (their own process: TensorFlow and torch never share one)")
+    child = subprocess.run(args, env={**os.environ, _CHILD: "1"}, cwd=config.rootpath)
+    if child.returncode not in (0, 5):
+        session.exitstatus = child.returncode
+
+
+@pytest.fixture(autouse=True)
+def _one_framework_per_process():
+    yield
+    if "tensorflow" in sys.modules and "torch" in sys.modules:
+        pytest.fail("TensorFlow and torch were both imported in one test process; torch tests belong in tests/torch/")
 
 
 @pytest.fixture(scope="session")

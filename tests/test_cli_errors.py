@@ -23,7 +23,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     (["train", "amb", "--time-limit", "0"], ["--time-limit 0", "positive"]),
     (["train", "amb", "--time-limit", "-1.5"], ["--time-limit -1.5"]),
     (["train", "amb", "--time-limit", "soon"], ["'soon'", "auto"]),
-    (["train", "fmb", "--dataset", "imagenet"], ["--dataset 'imagenet'", "digits"]),
+    (["train", "fmb", "--dataset", "imagenet"], ["--dataset", "'imagenet'", "digits"]),
     (["train", "fmb", "--dataset", "mnist"], ["--data-dir"]),
     (["train", "fmb", "--dataset", "mnist", "--data-dir", "/no/such/dir"], ["/no/such/dir"]),
     (["train", "fmb", "--induce", "tornado"], ["tornado", "niagara"]),
@@ -35,6 +35,17 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     (["train", "fmb", "--no-such-flag"], ["--no-such-flag"]),
     (["train", "fmb", "--batch-size", "many"], ["--batch-size", "integer"]),
     (["train", "fmb", "--model", "resnet"], ["resnet", "digits-cnn"]),
+    (["train", "fmb", "--learning-rate", "nan"], ["--learning-rate"]),
+    (["train", "fmb", "--learning-rate", "inf"], ["--learning-rate", "finite"]),
+    (["train", "amb", "--time-limit", "inf"], ["--time-limit inf"]),
+    (["train", "amb", "--time-limit", "nan"], ["--time-limit nan"]),
+    (["train", "fmb", "--lr-decay-steps", "0"], ["--lr-decay-steps"]),
+    (["train", "fmb", "--lr-epochs-every", "0"], ["--lr-epochs-every 0"]),
+    (["train", "fmb", "--epochs", "0"], ["--epochs 0"]),
+    (["train", "fmb", "--target-accuracy", "2"], ["--target-accuracy"]),
+    (["train", "fmb", "--device", "tpu"], ["--device", "'tpu'"]),
+    (["train", "fmb", "--backend", "jax"], ["--backend", "'jax'"]),
+    (["train", "fmb", "--induce", "mix:1,2"], ["--induce"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, fragments):
     assert_one_line_error(anytimectl(*args, check=False, timeout=60), *fragments)

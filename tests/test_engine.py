@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from anytimectl.data import BatchStream
-from anytimectl.master_worker import STAT, ProtocolConfig, Worker
+from anytimectl.protocols.master_worker import LAYOUT, ProtocolConfig, Worker
 
 engine_module = pytest.importorskip("anytimectl.backends.tensorflow.engine")
 engine_module.configure(threads=1, seed=0)
@@ -98,8 +98,8 @@ def test_amb_round_overshoots_its_limit_by_at_most_one_micro_batch():
     limit = 12 * per_micro_batch
     for step in range(1, 6):
         worker.round(step, limit)
-        compute = worker.stats[STAT["compute_time"]]
-        done = worker.stats[STAT["partitions_done"]]
+        compute = worker.row[LAYOUT["compute_time"]]
+        done = worker.row[LAYOUT["partitions_done"]]
         assert 1 <= done < 64
         # The clock is checked before each micro-batch: the last one may start just before the limit.
         assert compute <= limit + 1.5 * per_micro_batch + 0.005
@@ -114,9 +114,9 @@ def test_a_slow_rank_processes_fewer_examples_in_the_same_time():
     for step in range(1, 4):
         fast.round(step, limit)
         slow.round(step, limit)
-        fast_examples += fast.stats[STAT["num_samples"]]
-        slow_examples += slow.stats[STAT["num_samples"]]
-        assert slow.stats[STAT["slow_padding"]] > 0
+        fast_examples += fast.row[LAYOUT["num_samples"]]
+        slow_examples += slow.row[LAYOUT["num_samples"]]
+        assert slow.row[LAYOUT["slow_padding"]] > 0
     assert slow_examples < 0.7 * fast_examples
 
 

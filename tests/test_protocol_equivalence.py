@@ -1,5 +1,6 @@
 """FMB with W workers of batch B is the same update as one process on the W*B examples, through real MPI;
-AMB with an unreachable time limit is the same as FMB."""
+AMB with an unreachable time limit is the same as FMB. On each backend (each run is its own MPI job, so
+TensorFlow and torch never meet in one process)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from anytimectl.launch import find_mpiexec
 SCRIPT = Path(__file__).parent / "mpi" / "protocol_equivalence.py"
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 @pytest.mark.parametrize("method", ["fmb", "amb"])
-def test_distributed_steps_equal_single_process_steps_on_the_same_examples(method):
-    result = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), method],
+def test_distributed_steps_equal_single_process_steps_on_the_same_examples(method, backend):
+    result = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), method, backend],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

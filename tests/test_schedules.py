@@ -26,3 +26,8 @@ def test_exponential_staircase_and_smooth():
 def test_epochs_halves_every_ten_epochs():
     schedule = Schedule("epochs", 1.0, epochs_every=10, epochs_frac=0.5)
     assert [schedule.at(1, e) for e in (0, 9.9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_milestones_multiply_by_the_anneal_factor_at_each_epoch_passed():
+    schedule = Schedule("milestones", 0.01, milestones=(15, 30, 40), anneal=0.5)
+    assert [schedule.at(1, e) for e in (0, 14.9, 15, 31, 45)] == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.00125])

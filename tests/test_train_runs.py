@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 from helpers import REPO, anytimectl, metadata, table
 
-from anytimectl.rundir import COLLECT_COLUMNS, MASTER_COLUMNS, WORKER_COLUMNS, read_trace
+from anytimectl.protocols.master_worker import MasterWorkerProtocol
+from anytimectl.rundir import read_trace
+
+TABLES = MasterWorkerProtocol.columns.tables()
+MASTER_COLUMNS, WORKER_COLUMNS, COLLECT_COLUMNS = (TABLES[t] for t in ("master_stats", "worker_stats",
+                                                                        "collect_stats"))
 
 STEPS = 6  # must match conftest.real_runs
 

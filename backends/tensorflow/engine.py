@@ -195,3 +195,16 @@ class TensorFlowEngine:
         loss, logits = self._loss_sum(x, y, training=False)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float32))
         return loss, correct
+
+
+def create_engine(spec) -> TensorFlowEngine:
+    """The registry's constructor (anytimectl.backends.create_engine)."""
+    if spec.momentum is not None:
+        raise UsageError("the TensorFlow backend takes --optimizer momentum (0.9), not an explicit --momentum; "
+                         "use --backend torch for other momentum values")
+    return TensorFlowEngine(spec.model, spec.input_shape, spec.num_classes, spec.optimizer, spec.learning_rate,
+                            spec.weight_decay)
+
+
+def framework_versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__}

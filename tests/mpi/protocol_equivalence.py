@@ -1,7 +1,7 @@
-"""Run under `mpiexec -n 3` by tests/test_protocol_equivalence.py.
+"""Run under `mpiexec -n 3` by tests/test_protocol_equivalence.py: `protocol_equivalence.py METHOD BACKEND`.
 
-Two workers each hold a disjoint shard of B examples; after one synchronous step through the real MPI
-transport, rank 0 compares the model with one computed in a single process on all 2B examples.
+Two workers each hold a disjoint shard of B examples; after synchronous steps through the real MPI transport,
+rank 0 compares the model with one computed in a single process on all 2B examples.
 """
 
 import json
@@ -11,24 +11,24 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from anytimectl.backends.tensorflow.engine import TensorFlowEngine, configure
+from anytimectl.backends import EngineSpec, configure, create_engine
 from anytimectl.comm import Comm
 from anytimectl.data import BatchStream
-from anytimectl.master_worker import (
+from anytimectl.evaluation import Evaluator
+from anytimectl.protocols.master_worker import (
     HEADER_SIZE,
-    Evaluator,
     Master,
     MpiMasterTransport,
     ProtocolConfig,
-    Stopper,
     Worker,
     worker_loop,
 )
+from anytimectl.shell import Stopper
 
-method = sys.argv[1]
+method, backend = sys.argv[1], sys.argv[2]
 BATCH, PARTITIONS, STEPS, LR = 24, (4 if method == "amb" else 1), 2, 0.05
 comm = Comm(MPI.COMM_WORLD)
-configure(1, 0)
+configure(backend, 1, 0)
 rng = np.random.default_rng(7)
 x = rng.random((2 * BATCH, 8, 8, 1), dtype=np.float32)
 y = rng.integers(0, 10, 2 * BATCH).astype(np.int64)
@@ -37,8 +37,8 @@ config = ProtocolConfig(method=method, batch_size=BATCH, partitions=PARTITIONS,
                         epochs=None, target_accuracy=None, log_every=1, seed=0, train_examples=2 * BATCH)
 
 
-def engine() -> TensorFlowEngine:
-    return TensorFlowEngine("digits-cnn", (8, 8, 1), 10, "sgd", LR, 1e-3)
+def engine():
+    return create_engine(backend, EngineSpec("digits-cnn", (8, 8, 1), 10, "sgd", LR, 1e-3))
 
 
 if comm.rank == 0:

@@ -1,0 +1,89 @@
+"""What every training command checks before anything is launched, so that bad input costs no start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from anytimectl.errors import UsageError
+from anytimectl.options import DataOptions, LaunchOptions, LengthOptions, OutputOptions, StragglerOptions
+
+
+def resolve_model(data: DataOptions, backend: str) -> str:
+    """The model name, checked against the backend's list, or a user's `path/to/file.py:build`."""
+    from anytimectl import backends
+
+    if data.model is None:
+        return backends.default_model(backend, data.dataset)
+    if ":" in data.model and data.model.split(":", 1)[0].endswith(".py"):
+        path = Path(data.model.split(":", 1)[0]).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--model {data.model}: no such file {path}")
+        return data.model
+    names = backends.model_names(backend)
+    if data.model not in names:
+        raise UsageError(f"--model {data.model!r} is not a {backend} model; choose one of {', '.join(names)} "
+                         "or give your own as path/to/file.py:build")
+    return data.model
+
+
+def check_stragglers(stragglers: StragglerOptions, ranks: list[int]) -> None:
+    """Parse the delay model and the slow ranks now; a slow rank must exist in the job."""
+    from anytimectl.stragglers import parse_induce, parse_slow
+
+    parse_induce(stragglers.induce)
+    slow = parse_slow(stragglers.slow)
+    if ranks:
+        missing = sorted(rank for rank in slow if rank not in ranks)
+        if missing:
+            raise UsageError(f"--slow names rank {missing[0]}, but the ranks that compute are "
+                             f"{ranks[0]}..{ranks[-1]}")
+
+
+def check_devices(launch: LaunchOptions) -> None:
+    """A GPU run on a machine without one fails here, before any rank starts (the workers would find out last)."""
+    if launch.device == "cpu" or launch.workers is None:
+        return  # under a user's mpiexec the ranks may be on other hosts: they check for themselves
+    from anytimectl.launch import count_gpus
+
+    if not (launch.gpus_per_node or count_gpus()):
+        raise UsageError(f"--device {launch.device}: no GPU found on this machine; use --device cpu")
+
+
+def default_steps(length: LengthOptions, steps: int) -> int | None:
+    """Without any stop condition a run would go on forever: default to `steps` steps."""
+    if length.steps is None and length.epochs is None and length.target_accuracy is None:
+        return steps
+    return length.steps
+
+
+def common_config(launch: LaunchOptions, data: DataOptions, length: LengthOptions,
+                  stragglers: StragglerOptions, *groups: Any) -> dict[str, Any]:
+    """The resolved options that describe the run (not where its output goes), for metadata.json."""
+    config: dict[str, Any] = {}
+    for group in (data, length, stragglers, *groups):
+        config.update(dataclasses.asdict(group))
+    config["data_dir"] = str(data.data_dir) if data.data_dir else None
+    config.update(workers=launch.workers, threads=launch.threads, device=launch.device,
+                  gpus_per_node=launch.gpus_per_node)
+    return config
+
+
+def run_request(**fields: Any) -> int:
+    """Hand the request to the run shell (imported only now: it pulls in numpy and the runtime)."""
+    from anytimectl import shell
+    from anytimectl.protocols.base import RunRequest
+
+    return shell.run(RunRequest(argv=sys.argv[1:], **fields))
+
+
+def exit_with(code: int) -> None:
+    import typer
+
+    if code:
+        raise typer.Exit(code)
+
+
+__all__ = ["DataOptions", "LaunchOptions", "LengthOptions", "OutputOptions", "StragglerOptions"]

@@ -1,0 +1,328 @@
+"""Command-line options, declared once: typed choices, ranges and defaults, in groups every command reuses.
+
+Each group is a dataclass whose fields are `Annotated` Typer options. A command names the groups it takes as
+parameters (`launch: LaunchOptions`), and `@with_option_groups` spreads their fields into the command's
+signature for Typer, then hands the command the filled dataclasses. So a shared option (`--workers`, `--out`,
+`--induce`, ...) is declared in exactly one place with its one default, shows under the same `--help` panel in
+every command, and reaches the run shell as a typed object that goes into metadata.json whole.
+
+Choices are `Literal` types, so `--help` lists them and shells complete them; where the original systems spelled a
+choice differently (`adm`, `elasticGossip`, `Topk`), `aliased_choice` accepts those spellings too and maps them to
+the canonical name, while `--help` lists only the canonical ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_type_hints
+
+import typer
+import typer.core
+
+from anytimectl.errors import UsageError
+
+# --- help layout ---------------------------------------------------------------------------------------------------
+PANEL_LAUNCH = "Launch"
+PANEL_DATA = "Data and model"
+PANEL_TRAINING = "Training"
+PANEL_LENGTH = "Length and evaluation"
+PANEL_STRAGGLERS = "Stragglers"
+PANEL_OUTPUT = "Output"
+
+
+def _flags_without_metavar() -> None:
+    """Typer shows `<bool>` beside every on/off flag in rich help, where no value is ever given; drop it."""
+    original = typer.core.TyperOption.display_type_rich
+    if getattr(original, "_anytimectl", False):
+        return
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        if self.is_flag:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._anytimectl = True  # type: ignore[attr-defined]
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_metavar()
+
+
+def aliased_choice(choices: Iterable[str], aliases: dict[str, str] | None = None, **option: Any) -> Any:
+    """A `typer.Option` taking one of `choices`, or an alias of one (case-insensitive), as its canonical name."""
+    canonical = tuple(choices)
+    lookup = {name.lower(): name for name in canonical}
+    lookup.update({alias.lower(): name for alias, name in (aliases or {}).items()})
+
+    def parse(value: str) -> str:
+        if value is None or value in canonical:
+            return value
+        found = lookup.get(str(value).lower())
+        if found is None:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(canonical)}")
+        return found
+
+    def complete(incomplete: str) -> list[str]:
+        return [name for name in canonical if name.startswith(incomplete)]
+
+    return typer.Option(parser=parse, metavar="[" + "|".join(canonical) + "]", autocompletion=complete, **option)
+
+
+# --- option groups ---------------------------------------------------------------------------------------------------
+Device = Literal["cpu", "gpu", "gpu-workers", "gpu-master"]
+LiveMode = Literal["auto", "table", "lines", "off"]
+
+
+@dataclass
+class LaunchOptions:
+    """How the job is started and what each rank may use."""
+
+    workers: Annotated[int | None, typer.Option(
+        metavar="N", min=0, rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="Workers to start on this machine (anytimectl re-launches itself under mpiexec); 0 runs in one "
+             "process. Leave it out under your own mpiexec/srun.")] = None
+    threads: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="Threads per rank (default: the host's cores divided among the ranks on it).")] = None
+    device: Annotated[Device, typer.Option(
+        rich_help_panel=PANEL_LAUNCH,
+        help="cpu; gpu (every rank); gpu-workers (master on CPU); gpu-master (only the master).")] = "cpu"
+    gpus_per_node: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="GPUs per host for --device gpu* (default: detected).")] = None
+    mpiexec: Annotated[str | None, typer.Option(
+        metavar="PATH",
+        rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="The mpiexec used with --workers (default: the one next to this Python).")] = None
+    hosts: Annotated[str | None, typer.Option(
+        metavar="HOST,...",
+        rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="Host list passed to mpiexec -hosts with --workers.")] = None
+
+
+@dataclass
+class StragglerOptions:
+    """Induced delays, drawn per rank per step from a generator seeded by (--seed, rank, step)."""
+
+    induce: Annotated[str | None, typer.Option(
+        metavar="MODEL",
+        rich_help_panel=PANEL_STRAGGLERS, show_default=False,
+        help="Delay model: niagara, cedar, NAME:SCALE (niagara:0.1), 'mix:MEAN,STD,WEIGHT;...' (quoted) or "
+             "@FILE.json.")] = None
+    slow: Annotated[list[str] | None, typer.Option(
+        metavar="RANK:FACTOR",
+        rich_help_panel=PANEL_STRAGGLERS, show_default=False,
+        help="Persistent straggler RANK:FACTOR (2:3 = rank 2 computes 3x slower); repeatable.")] = None
+    seed: Annotated[int, typer.Option(
+        metavar="N",
+        rich_help_panel=PANEL_STRAGGLERS,
+        help="Seed for initialisation, data order and straggler delays.")] = 0
+
+
+@dataclass
+class OutputOptions:
+    """Where the run directory goes and what the terminal shows."""
+
+    out: Annotated[Path, typer.Option(
+        metavar="DIR",
+        rich_help_panel=PANEL_OUTPUT, help="Folder that receives the run directory.")] = Path("runs")
+    name: Annotated[str | None, typer.Option(
+        metavar="NAME",
+        rich_help_panel=PANEL_OUTPUT, show_default=False,
+        help="Run directory name (default: METHOD-DATASET-wN-TIME); must be new.")] = None
+    live: Annotated[LiveMode, typer.Option(
+        rich_help_panel=PANEL_OUTPUT,
+        help="Live view: auto (the table on a terminal, plain lines otherwise), table, lines or off.")] = "auto"
+    quiet: Annotated[bool, typer.Option(
+        "--quiet",
+        rich_help_panel=PANEL_OUTPUT, help="No live view; print only the run directory at the end.")] = False
+    json: Annotated[bool, typer.Option(
+        "--json",
+        rich_help_panel=PANEL_OUTPUT, help="No live view; print a JSON summary on stdout at the end.")] = False
+
+    def __post_init__(self) -> None:
+        if self.quiet and self.json:
+            raise UsageError("--quiet and --json exclude each other; pick one")
+
+    @property
+    def view_mode(self) -> str:
+        return "off" if self.quiet or self.json else self.live
+
+    @property
+    def report(self) -> str:
+        return "json" if self.json else "quiet" if self.quiet else "text"
+
+
+@dataclass
+class LengthOptions:
+    """When a run stops (the first condition met) and how often it evaluates."""
+
+    steps: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_LENGTH, show_default=False,
+        help="Stop after this many steps (updates).")] = None
+    epochs: Annotated[float | None, typer.Option(
+        metavar="E", min=0, rich_help_panel=PANEL_LENGTH, show_default=False,
+        help="Stop after this many passes over the training set.")] = None
+    target_accuracy: Annotated[float | None, typer.Option(
+        metavar="ACC", min=0, max=1, rich_help_panel=PANEL_LENGTH, show_default=False,
+        help="Stop at the first evaluation that reaches this test accuracy.")] = None
+    log_every: Annotated[int, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_LENGTH, help="Evaluate every N steps.")] = 1
+    test_size: Annotated[int, typer.Option(
+        metavar="N", min=-1, rich_help_panel=PANEL_LENGTH,
+        help="Test examples to evaluate on (-1: the whole test split).")] = 500
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs <= 0:
+            raise UsageError(f"--epochs {self.epochs}: must be positive")
+        if self.target_accuracy is not None and self.target_accuracy <= 0:
+            raise UsageError(f"--target-accuracy {self.target_accuracy}: must be in (0, 1]")
+        if self.test_size == 0:
+            raise UsageError("--test-size 0: must be positive, or -1 for the whole test split")
+
+
+DATASET_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+OPTIMIZERS = ("rms", "adam", "sgd", "momentum")
+OPTIMIZER_ALIASES = {"adm": "adam", "mom": "momentum", "rmsprop": "rms"}
+SCHEDULES = ("const", "linear", "exponential", "epochs", "milestones")
+
+
+def _datasets() -> tuple[str, ...]:
+    from anytimectl.data import DATASETS
+
+    return DATASETS
+
+
+@dataclass
+class DataOptions:
+    """What to train on, and which network."""
+
+    dataset: Annotated[str, aliased_choice(
+        _datasets(), DATASET_ALIASES, rich_help_panel=PANEL_DATA,
+        help="digits (built in), iris (built in), toy (random, for timing), mnist, fashion-mnist, cifar10 "
+             "(from --data-dir).")] = "digits"
+    data_dir: Annotated[Path | None, typer.Option(
+        metavar="DIR",
+        rich_help_panel=PANEL_DATA, show_default=False,
+        help="Folder with the MNIST idx files or the CIFAR-10 python batches.")] = None
+    model: Annotated[str | None, typer.Option(
+        metavar="NAME",
+        rich_help_panel=PANEL_DATA, show_default=False,
+        help="A network by name (see the README's model list), or your own: path/to/file.py:build "
+             "(default: the dataset's own).")] = None
+
+    def __post_init__(self) -> None:
+        if self.dataset in ("mnist", "fashion-mnist", "cifar10") and self.data_dir is None:
+            raise UsageError(f"--dataset {self.dataset} reads local files: pass --data-dir DIR (the README's "
+                             "Data section says which files)")
+        if self.data_dir is not None:
+            self.data_dir = self.data_dir.expanduser()
+            if not self.data_dir.is_dir():
+                raise UsageError(f"--data-dir {self.data_dir}: no such folder")
+
+
+@dataclass
+class OptimizerOptions:
+    """The optimizer and its learning-rate schedule (the original's names in the README)."""
+
+    optimizer: Annotated[str, aliased_choice(
+        OPTIMIZERS, OPTIMIZER_ALIASES, rich_help_panel=PANEL_TRAINING,
+        help="rms, adam, sgd or momentum (SGD, momentum 0.9); the original's adm and mom work too.")] = "rms"
+    learning_rate: Annotated[float, typer.Option(
+        metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, help="Base learning rate.")] = 1e-3
+    weight_decay: Annotated[float, typer.Option(
+        metavar="WD", min=0, rich_help_panel=PANEL_TRAINING, help="L2 weight decay, applied once per update.")] = 5e-4
+    lr_schedule: Annotated[Literal["const", "linear", "exponential", "epochs", "milestones"], typer.Option(
+        rich_help_panel=PANEL_TRAINING,
+        help="const; linear (to --lr-linear-end); exponential (--lr-decay-*); epochs (--lr-epochs-*); "
+             "milestones (x --lr-anneal at each of --lr-milestones epochs).")] = "const"
+    lr_linear_end: Annotated[float, typer.Option(
+        metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, help="linear: the rate at the last step.")] = 1e-4
+    lr_decay_steps: Annotated[int, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_TRAINING, help="exponential: steps per decay.")] = 50
+    lr_decay_rate: Annotated[float, typer.Option(
+        metavar="F", min=0, rich_help_panel=PANEL_TRAINING, help="exponential: factor per decay.")] = 0.9
+    lr_staircase: Annotated[bool, typer.Option(
+        rich_help_panel=PANEL_TRAINING, help="exponential: decay in whole steps.")] = True
+    lr_epochs_every: Annotated[float, typer.Option(
+        metavar="E", min=0, rich_help_panel=PANEL_TRAINING, help="epochs: epochs between decays.")] = 10.0
+    lr_epochs_frac: Annotated[float, typer.Option(
+        metavar="F", min=0, rich_help_panel=PANEL_TRAINING, help="epochs: factor per decay.")] = 0.5
+    lr_milestones: Annotated[list[float] | None, typer.Option(
+        metavar="EPOCH",
+        rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="milestones: epochs at which the rate is multiplied by --lr-anneal; repeatable.")] = None
+    lr_anneal: Annotated[float, typer.Option(
+        metavar="F", min=0, rich_help_panel=PANEL_TRAINING, help="milestones: factor per milestone.")] = 0.1
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise UsageError(f"--learning-rate {self.learning_rate}: must be positive")
+        if self.lr_epochs_every <= 0:
+            raise UsageError(f"--lr-epochs-every {self.lr_epochs_every}: must be positive")
+        if self.lr_schedule == "milestones" and not self.lr_milestones:
+            raise UsageError("--lr-schedule milestones needs at least one --lr-milestones EPOCH")
+        if self.lr_milestones and any(m <= 0 for m in self.lr_milestones):
+            raise UsageError("--lr-milestones: epochs must be positive")
+
+
+# --- spreading groups into a command's signature ---------------------------------------------------------------------
+def _is_group(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def with_option_groups(**defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the fields of its dataclass-typed parameters as options; `defaults` overrides a group
+    default for this command only (e.g. a method whose sensible batch differs)."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        hints = get_type_hints(function, include_extras=True)
+        parameters: list[inspect.Parameter] = []
+        groups: dict[str, type] = {}
+        for parameter in inspect.signature(function).parameters.values():
+            hint = hints.get(parameter.name, parameter.annotation)
+            if _is_group(hint):
+                groups[parameter.name] = hint
+                field_hints = get_type_hints(hint, include_extras=True)
+                for item in dataclasses.fields(hint):
+                    default = defaults.get(item.name, item.default)
+                    parameters.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY,
+                                                        default=default, annotation=field_hints[item.name]))
+            else:
+                parameters.append(parameter.replace(annotation=hint, kind=inspect.Parameter.KEYWORD_ONLY))
+        names = [p.name for p in parameters]
+        duplicated = {n for n in names if names.count(n) > 1}
+        assert not duplicated, f"{function.__name__}: options declared twice: {duplicated}"
+        unknown = set(defaults) - set(names)
+        assert not unknown, f"{function.__name__}: defaults for unknown options {unknown}"
+
+        def command(**values: Any) -> Any:
+            check_finite(values)
+            arguments = {name: group(**{f.name: values.pop(f.name) for f in dataclasses.fields(group)})
+                         for name, group in groups.items()}
+            return function(**arguments, **values)
+
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__doc__ = function.__doc__
+        command.__name__ = function.__name__
+        command.__module__ = function.__module__
+        return command
+
+    return decorate
+
+
+def check_finite(values: dict[str, Any]) -> None:
+    """Typer parses `nan` and `inf` as floats and range checks let NaN through: no option takes either."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a finite number")
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an option's parameter name, for error messages."""
+    return "--" + name.replace("_", "-")

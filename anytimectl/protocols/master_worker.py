@@ -1,0 +1,439 @@
+"""The synchronous master-worker protocol (AMB and FMB), independent of the framework that computes gradients.
+
+One step: every worker starts its round, sleeps its induced delay, computes (FMB: its whole batch; AMB:
+micro-batches until the time limit), and hands the master the SUM of its per-example gradients with its example
+count and its row. The master divides by the total count (an example-weighted average, so AMB's uneven batches
+are weighted correctly), adds weight decay once, applies the optimizer and broadcasts the parameters.
+
+Evaluation on the test subset runs on the master in a thread *while the workers compute the next step*, so it
+never holds them back (the original evaluated between steps and stalled everyone).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from anytimectl.data import BatchStream
+from anytimectl.errors import UsageError
+from anytimectl.evaluation import Evaluator
+from anytimectl.protocols.base import RunOutcome, TrainingProtocol
+from anytimectl.records import Columns, RowLayout, StepRecord
+from anytimectl.round_clock import RoundClock
+from anytimectl.schedules import Schedule
+
+#: The method's own row fields: AMB's micro-batches done, and the warm-up's seconds per micro-batch.
+ROW_FIELDS = ("partitions_done", "calibration")
+LAYOUT = RowLayout(ROW_FIELDS)
+#: Header broadcast with the parameters: step, stop flag, the AMB time limit the workers must use.
+HEADER_STEP, HEADER_STOP, HEADER_TIME_LIMIT = 0, 1, 2
+HEADER_SIZE = 3
+STOP_NONE, STOP_FINISHED = 0.0, 1.0
+
+
+class Engine(Protocol):
+    """What a backend provides: a model as flat float32 buffers, and the arithmetic on it."""
+
+    #: Length of the parameter buffer (trainable then non-trainable values).
+    param_count: int
+
+    def get_params(self) -> np.ndarray: ...
+
+    def set_params(self, flat: np.ndarray) -> None: ...
+
+    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> tuple[np.ndarray, int, int]:
+        """Gradients of the summed loss over micro-batches of (x, y).
+
+        A micro-batch starts only when it is expected to end before `deadline` (time.time() seconds); at least
+        one always runs. Returns the contribution buffer of length param_count + 2 =
+        [Σ grads, n x non-trainable values, n, Σ loss], the examples used, and the micro-batches run."""
+        ...
+
+    def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
+        """Apply the summed contributions as one update; return the mean training loss they carry."""
+        ...
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) on a held-out set, without changing the model."""
+        ...
+
+
+@dataclass
+class ProtocolConfig:
+    method: str  # "amb" or "fmb"
+    batch_size: int  # FMB: the batch. AMB: the most a worker can process in one round.
+    partitions: int  # AMB micro-batches per full batch (1 for FMB)
+    time_limit: float | None  # AMB seconds per round, None = calibrate (auto)
+    match_batch: int | None  # AMB auto: the expected batch to match
+    steps: int | None
+    epochs: float | None
+    target_accuracy: float | None
+    log_every: int
+    seed: int
+    train_examples: int
+
+
+class Worker:
+    """One worker's state across rounds; the same code serves MPI ranks and the single-process mode."""
+
+    def __init__(self, rank: int, engine: Engine, stream: BatchStream, config: ProtocolConfig,
+                 delay: Any, slowdown: float):
+        self.rank = rank
+        self.engine = engine
+        self.stream = stream
+        self.config = config
+        self.clock = RoundClock(LAYOUT, rank, config.seed, delay, slowdown)
+        self.micro_batches = config.partitions if config.method == "amb" else 1
+
+    @property
+    def row(self) -> np.ndarray:
+        return self.clock.row
+
+    def warm_up(self, calibrate: bool) -> float:
+        """Compile the gradient function (so step 1 is not a tracing step) and, for `--time-limit auto`,
+        time full-batch rounds: returns seconds per micro-batch (0 when not calibrating)."""
+        x, y = self.stream.peek(self.config.batch_size)
+        self.engine.compute(x, y, self.micro_batches, math.inf)
+        if not calibrate:
+            return 0.0
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            self.engine.compute(x, y, self.micro_batches, math.inf)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times)) * self.clock.slowdown / self.micro_batches
+
+    def round(self, step: int, time_limit: float | None) -> np.ndarray:
+        """Sleep, compute, and fill the row; returns the contribution buffer for the master."""
+        clock = self.clock
+        clock.begin(step)
+        x, y = self.stream.peek(self.config.batch_size)
+        deadline = clock.real_deadline(time_limit) if self.config.method == "amb" and time_limit is not None \
+            else math.inf
+        buffer, examples, done = self.engine.compute(x, y, self.micro_batches, deadline)
+        self.stream.advance(examples)
+        clock.computed(examples)
+        self.row[LAYOUT["partitions_done"]] = done
+        return buffer
+
+
+@dataclass
+class StepResult:
+    """What the master learned in one step."""
+
+    step: int
+    applied_at: float  # time.time() when the update was applied
+    loss: float
+    learning_rate: float
+    epoch: float
+    wait_time: float
+    total_samples: int
+    rows: np.ndarray  # (workers, len(LAYOUT))
+    time_limit: float | None = None  # the AMB limit the workers used in this step
+    test_loss: float | None = None
+    accuracy: float | None = None
+    spans: list[tuple[str, float, float, dict[str, Any]]] = field(default_factory=list)
+
+
+class Master:
+    """The master's loop, over any transport that can collect contributions and broadcast parameters."""
+
+    def __init__(self, engine: Engine, config: ProtocolConfig, evaluator: Evaluator,
+                 learning_rate: Callable[[int, float], float], stopper: Any,
+                 on_step: Callable[[StepResult], None], on_event: Callable[..., None]):
+        self.engine = engine
+        self.config = config
+        self.evaluator = evaluator
+        self.learning_rate = learning_rate
+        self.stopper = stopper
+        self.on_step = on_step
+        self.on_event = on_event
+        self.examples = 0
+        self.time_limit = config.time_limit
+        self.origin = time.time()
+        self.best_accuracy: float | None = None
+        self.auto = False
+        self.expected_delay = 0.0
+        self._compute_seconds = 0.0
+        self._micro_batches = 0.0
+
+    def resolve_time_limit(self, per_micro_batch: np.ndarray, delay: Any) -> None:
+        """`--time-limit auto`: T = time for match_batch examples + E[delay], so that AMB's expected batch
+        equals the FMB batch it is compared with (the originals' convention for a fair comparison).
+
+        The warm-up measurement starts it off; `recalibrate` then keeps it true to the micro-batch times
+        measured in the run itself, because ranks that share cores compute faster while others sleep than
+        in a warm-up where all of them compute at once.
+        """
+        if self.config.method != "amb" or self.time_limit is not None:
+            return
+        self.auto = True
+        self.expected_delay = delay.mean() if delay else 0.0
+        self._set_auto_limit(float(np.mean(per_micro_batch)))
+        self.on_event("calibrated the AMB time limit", time_limit=self.time_limit,
+                      expected_delay=self.expected_delay, per_micro_batch=[float(v) for v in per_micro_batch])
+
+    def recalibrate(self, rows: np.ndarray) -> None:
+        if not self.auto:
+            return
+        f = LAYOUT
+        self._compute_seconds += float(np.sum(rows[:, f["compute_time"]] - rows[:, f["sleep_time"]]))
+        self._micro_batches += float(np.sum(rows[:, f["partitions_done"]]))
+        if self._micro_batches > 0:
+            self._set_auto_limit(self._compute_seconds / self._micro_batches)
+
+    def _set_auto_limit(self, per_micro_batch: float) -> None:
+        micro_size = self.config.batch_size / self.config.partitions
+        match = self.config.match_batch or self.config.batch_size
+        # A micro-batch starts only if it can end before the deadline, which leaves on average half a
+        # micro-batch of the limit unused: budget for it.
+        self.time_limit = per_micro_batch * (match / micro_size + 0.5) + self.expected_delay
+
+    def should_stop(self, step: int) -> str | None:
+        c = self.config
+        if self.stopper.reason:
+            return self.stopper.reason
+        if c.steps is not None and step >= c.steps:
+            return "steps"
+        if c.epochs is not None and self.examples / c.train_examples >= c.epochs:
+            return "epochs"
+        if c.target_accuracy is not None and self.best_accuracy is not None and self.best_accuracy >= c.target_accuracy:
+            return "target accuracy"
+        return None
+
+    def run(self, collect: Callable[[int], tuple[np.ndarray, np.ndarray, float]],
+            broadcast: Callable[[int, float], float], on_start: Callable[[float], None] | None = None,
+            ) -> tuple[int, str]:
+        """Drive steps until a stop condition; returns (steps done, why it stopped).
+
+        collect(step) waits for every worker's contribution and returns (reduced buffer, rows, wait time);
+        broadcast(step, stop_flag) sends the parameters and returns the time it took.
+        """
+        pending: StepResult | None = None  # its evaluation is running during the current round
+        broadcast(0, STOP_NONE)
+        self.origin = time.time()
+        if on_start is not None:
+            on_start(self.origin)
+        step = 0
+        reason = None
+        while reason is None:
+            step += 1
+            if pending is not None:
+                self.evaluator.start()
+            collect_start = time.time()
+            reduced, rows, wait_time = collect(step)
+            collect_end = time.time()
+            time_limit = self.time_limit
+            self.recalibrate(rows)
+            total = int(round(reduced[-2]))
+            self.examples += total
+            epoch = self.examples / self.config.train_examples
+            rate = self.learning_rate(step, epoch)
+            loss = self.engine.apply(reduced, rate)
+            apply_end = time.time()
+            result = StepResult(step=step, applied_at=apply_end, loss=loss, learning_rate=rate, epoch=epoch,
+                                wait_time=wait_time, total_samples=total, rows=rows, time_limit=time_limit)
+            if pending is not None:
+                self._finish_evaluation(pending, self.evaluator.join())
+                pending = None
+            reason = self.should_stop(step)
+            broadcast(step, STOP_FINISHED if reason else STOP_NONE)
+            result.spans += [("collect", collect_start, collect_end, {}), ("apply", collect_end, apply_end, {}),
+                             ("broadcast", apply_end, time.time(), {})]
+            if reason is not None:
+                self._finish_evaluation(result, self.evaluator.now())
+            elif step % self.config.log_every == 0:
+                pending = result
+            else:
+                self.on_step(result)
+        return step, reason
+
+    def _finish_evaluation(self, result: StepResult, outcome: tuple[float, float]) -> None:
+        result.test_loss, result.accuracy = outcome
+        result.spans.append(("evaluate", self.evaluator.start_time, self.evaluator.end_time, {}))
+        if result.accuracy is not None and (self.best_accuracy is None or result.accuracy > self.best_accuracy):
+            self.best_accuracy = result.accuracy
+        self.on_step(result)
+
+
+def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.ndarray) -> int:
+    """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run."""
+    steps = 0
+    while True:
+        comm.distribute(header, param_buffer)
+        worker.clock.received()
+        if header[HEADER_STOP] != STOP_NONE:
+            return steps
+        worker.engine.set_params(param_buffer)
+        step = int(header[HEADER_STEP]) + 1
+        time_limit = float(header[HEADER_TIME_LIMIT])
+        contribution = worker.round(step, time_limit if time_limit > 0 else None)
+        worker.clock.bytes(comm.bytes.sent, comm.bytes.received)
+        comm.collect(contribution, None, worker.row, None)
+        worker.clock.sent(comm.ready_at)
+        steps += 1
+
+
+class MpiMasterTransport:
+    """The master's side of worker_loop."""
+
+    def __init__(self, master: Master, comm: Any, param_count: int):
+        self.master = master
+        self.comm = comm
+        self.header = np.zeros(HEADER_SIZE)
+        self.params = np.zeros(param_count, dtype=np.float32)
+        self.contribution = np.zeros(param_count + 2, dtype=np.float32)
+        self.reduced = np.zeros(param_count + 2, dtype=np.float32)
+        self.row = LAYOUT.new()
+        self.rows = np.zeros((comm.size, len(LAYOUT)))
+
+    def collect(self, step: int) -> tuple[np.ndarray, np.ndarray, float]:
+        wait = self.comm.collect(self.contribution, self.reduced, self.row, self.rows)
+        return self.reduced, self.rows[1:].copy(), wait
+
+    def broadcast(self, step: int, stop: float) -> float:
+        start = time.perf_counter()
+        self.header[:] = (step, stop, self.master.time_limit or 0.0)
+        self.params[:] = self.master.engine.get_params()
+        self.comm.distribute(self.header, self.params)
+        return time.perf_counter() - start
+
+
+class LocalTransport:
+    """`--workers 0`: the master and one worker in one process, no MPI."""
+
+    def __init__(self, master: Master, worker: Worker):
+        self.master = master
+        self.worker = worker
+
+    def collect(self, step: int) -> tuple[np.ndarray, np.ndarray, float]:
+        self.worker.clock.received()  # the worker shares the master's engine, so it already holds the parameters
+        contribution = self.worker.round(step, self.master.time_limit)
+        self.worker.clock.sent()
+        return contribution, self.worker.row[None, :].copy(), 0.0
+
+    def broadcast(self, step: int, stop: float) -> float:
+        return 0.0
+
+
+# --- the protocol in the run shell ---------------------------------------------------------------------------------
+class MasterWorkerProtocol(TrainingProtocol):
+    """`train amb|fmb` on any backend: rank 0 is the master, ranks 1..N the workers."""
+
+    has_master = True
+    row_fields = ROW_FIELDS
+    columns = Columns(worker=("partitions_done",), collect=("time_limit",))
+
+    def setup(self) -> None:
+        from anytimectl.backends import EngineSpec, configure, create_engine
+        from anytimectl.data import load_dataset, test_subset
+
+        context = self.context
+        c = context.config
+        rank = context.rank
+        self.workers = rank.size - 1 if rank.size > 1 else 1
+        configure(context.request.backend, rank.threads, c["seed"])
+        dataset = load_dataset(c["dataset"], c["data_dir"])
+        if len(dataset.x_train) < self.workers:
+            raise UsageError(f"--dataset {c['dataset']} has {len(dataset.x_train)} training examples, fewer than "
+                             f"the {self.workers} workers; use fewer workers")
+        self.dataset = dataset
+        self.engine = create_engine(context.request.backend, EngineSpec(
+            model=c["model"], input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+            optimizer=c["optimizer"], learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
+            device=context.device))
+        self.config = ProtocolConfig(
+            method=context.request.method, batch_size=c["batch_size"], partitions=c["partitions"],
+            time_limit=c["time_limit"], match_batch=c["match_batch"], steps=c["steps"], epochs=c["epochs"],
+            target_accuracy=c["target_accuracy"], log_every=c["log_every"], seed=c["seed"],
+            train_examples=len(dataset.x_train))
+        self.calibration = 0.0
+        if rank.rank == 0:
+            self.x_test, self.y_test = test_subset(dataset, c["test_size"], c["seed"])
+            if rank.size == 1:
+                self.local_worker = self._make_worker(1)
+                self.calibration = self.local_worker.warm_up(calibrate=self._needs_calibration)
+            trace = getattr(self.engine, "trace", None)
+            if trace is not None:
+                trace()  # compile the master's graphs before the clock starts
+        else:
+            self.worker = self._make_worker(rank.rank)
+            self.calibration = self.worker.warm_up(calibrate=self._needs_calibration)
+
+    @property
+    def _needs_calibration(self) -> bool:
+        return self.config.method == "amb" and self.config.time_limit is None
+
+    def _make_worker(self, rank: int) -> Worker:
+        from anytimectl.data import shard_indices
+
+        dataset, seed = self.dataset, self.config.seed
+        shard = shard_indices(len(dataset.x_train), self.workers, rank - 1, seed)
+        stream = BatchStream(dataset.x_train[shard], dataset.y_train[shard], seed, rank)
+        return Worker(rank, self.engine, stream, self.config, self.context.delay, self.context.slow.get(rank, 1.0))
+
+    def metadata(self) -> dict[str, Any]:
+        from anytimectl.backends import framework_versions
+
+        return {"versions": framework_versions(self.context.request.backend),
+                "test_examples": len(self.x_test)}
+
+    def run(self) -> RunOutcome:
+        rank = self.context.rank
+        if rank.rank != 0:
+            self._run_worker()
+            return RunOutcome(None)
+        return self._run_master()
+
+    def _run_worker(self) -> None:
+        comm = self.context.rank.comm
+        row = LAYOUT.new()
+        row[LAYOUT["calibration"]] = self.calibration
+        comm.gather(row, None).wait()
+        params = np.zeros(self.engine.param_count, dtype=np.float32)
+        worker_loop(self.worker, comm, params, np.zeros(HEADER_SIZE))
+
+    def _run_master(self) -> RunOutcome:
+        context = self.context
+        rank, recorder = context.rank, context.recorder
+        if rank.size > 1:
+            calibration = np.zeros((rank.size, len(LAYOUT)))
+            rank.comm.gather(LAYOUT.new(), calibration).wait()
+            per_micro = calibration[1:, LAYOUT["calibration"]]
+        else:
+            per_micro = np.array([self.calibration])
+        schedule = Schedule.from_config(context.config, self.config.steps)
+        ranks = list(range(1, self.workers + 1))
+
+        def on_step(result: StepResult) -> None:
+            f = LAYOUT
+            result.rows[:, f["time"]] = result.applied_at
+            result.rows[:, f["wait_time"]] = result.wait_time
+            result.rows[:, f["step"]] = result.step
+            recorder.step(StepRecord(
+                step=result.step, time=result.applied_at, loss=result.loss, learning_rate=result.learning_rate,
+                epoch=result.epoch, ranks=ranks, rows=result.rows, test_loss=result.test_loss,
+                accuracy=result.accuracy, wait_time=result.wait_time, collect={"time_limit": result.time_limit},
+                spans=result.spans))
+
+        master = Master(self.engine, self.config, Evaluator(self.engine, self.x_test, self.y_test), schedule.at,
+                        context.stopper, on_step, context.log)
+        master.resolve_time_limit(per_micro, context.delay)
+        run_dir = context.run_dir
+        run_dir.metadata["config"]["time_limit"] = master.time_limit
+        run_dir.save_metadata()
+        if self.config.method == "amb":
+            context.note(f"AMB time limit {master.time_limit:.3f} s"
+                         + (" (calibrated: --time-limit auto)" if self.config.time_limit is None else ""))
+        transport: Any = (MpiMasterTransport(master, rank.comm, self.engine.param_count) if rank.size > 1
+                          else LocalTransport(master, self.local_worker))
+        _, reason = master.run(transport.collect, transport.broadcast, on_start=recorder.start_clock)
+        return RunOutcome(reason, {"time_limit": master.time_limit})
+
+
+PROTOCOL = MasterWorkerProtocol

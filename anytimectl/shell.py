@@ -1,0 +1,405 @@
+"""The run shell: everything a training run needs that is not its protocol, written once for every method.
+
+On every rank: become (or join) the MPI job, pin threads and devices, install the signal handlers, let the
+protocol set itself up, agree that every rank did, open the run directory and the live view on rank 0, run the
+protocol, and record how the run ended whatever happened.
+
+The guarantees, for every method:
+- An error found on any rank before the run starts (a missing GPU on the workers, too few examples for the
+  ranks, a model that does not fit the data) ends the whole job within seconds, printed once, exit 2 for usage
+  errors, and leaves no run directory behind: all ranks meet at one sleep-polled agreement after setup.
+- After the start, the run is never left `running` by anything that still runs code: rank 0 records
+  completed / interrupted / failed; any other rank that fails marks the run failed with its reason before the
+  job is aborted; and the re-launching parent marks it when the job dies without a word (a rank killed hard).
+- Ctrl-C, SIGTERM and SIGHUP stop at the end of the current step (`interrupted`, exit 130); a second one stops
+  at once (still `interrupted`, 130).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anytimectl import __version__
+from anytimectl.errors import UsageError
+from anytimectl.launch import (
+    RUN_DIR_VARIABLE,
+    RankInfo,
+    end_rank,
+    in_mpi_job,
+    mpi_library_version,
+    relaunch,
+    select_device,
+    start_rank,
+)
+from anytimectl.protocols.base import RunOutcome, RunRequest, TrainingProtocol
+from anytimectl.rundir import RunDirectory, mark_if_unfinished, reserve
+
+#: Bytes per rank in the start-up agreement: status, host, device and the first line of an error.
+_AGREEMENT_BYTES = 1024
+_OK, _USAGE, _ERROR = 0, 1, 2
+_PATH_BYTES = 4096
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopper:
+    """Turns Ctrl-C, SIGTERM and SIGHUP into a request to stop at the end of the current step; a second signal
+    stops at once (KeyboardInterrupt, recorded as `interrupted`)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.reason is not None:
+            raise KeyboardInterrupt(f"{self.reason}, then {_signal_words(signum)} again")
+        self.reason = f"interrupted by {_signal_words(signum)}"
+
+
+def _signal_words(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+@dataclass
+class RunContext:
+    """What the shell gives a protocol on every rank."""
+
+    request: RunRequest
+    rank: RankInfo
+    stopper: Stopper
+    delay: Any  # stragglers.DelayModel or None
+    slow: dict[int, float]
+    device: str = "cpu"
+    hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
+    devices: list[str] = field(default_factory=list)
+    run_dir: RunDirectory | None = None  # rank 0
+    recorder: Any = None  # recorder.Recorder on rank 0
+    view: Any = None  # live.LiveView on rank 0
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.request.config
+
+    @property
+    def is_reporter(self) -> bool:
+        return self.rank.rank == 0
+
+    def log(self, msg: str, **fields: Any) -> None:
+        """An event in events.jsonl (rank 0; a no-op elsewhere)."""
+        if self.run_dir is not None:
+            self.run_dir.events.log(msg, **fields)
+
+    def note(self, message: str) -> None:
+        if self.view is not None:
+            self.view.note(message)
+
+
+def load_protocol(name: str) -> type[TrainingProtocol]:
+    module = importlib.import_module(f"anytimectl.protocols.{name}")
+    return module.PROTOCOL
+
+
+def ranks_for(workers: int, has_master: bool) -> int:
+    return workers + 1 if has_master else workers
+
+
+def run(request: RunRequest) -> int:
+    """Entry point on every process of a run; returns the exit code."""
+    protocol_class = load_protocol(request.protocol)
+    workers = request.launch.workers
+    if not in_mpi_job() and workers:
+        return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master))
+    rank = start_rank(request.launch.threads)
+    _check_world(rank, workers, protocol_class.has_master)
+    return _run_rank(request, protocol_class, rank)
+
+
+def _check_world(rank: RankInfo, workers: int | None, has_master: bool) -> None:
+    """Raised alike on every rank of a job: each leaves with 2 and only rank 0 speaks (cli.main)."""
+    if rank.size == 1 and in_mpi_job() and has_master and workers != 0:
+        raise UsageError("an MPI job of one rank has no workers; start it with -n 2 or more, "
+                         "or run without mpiexec and use --workers N")
+    if rank.size > 1 and workers is not None:
+        expected = ranks_for(workers, has_master)
+        if expected != rank.size:
+            raise UsageError(f"--workers {workers} disagrees with this MPI job of {rank.size} ranks (it needs "
+                             f"{expected}); drop --workers when starting with mpiexec")
+
+
+def default_run_id(request: RunRequest, workers: int) -> str:
+    return f"{request.method}-{request.dataset}-w{workers}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
+    workers = request.launch.workers
+    run_dir = reserve(Path(request.output.out), request.output.name, default_run_id(request, workers))
+    try:
+        end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
+                       {RUN_DIR_VARIABLE: str(run_dir)})
+    except BaseException:
+        _release(run_dir)
+        raise
+    code, forwarded = _job_end(end)
+    if forwarded is not None:
+        mark_if_unfinished(run_dir, "interrupted", f"interrupted by {_signal_words(forwarded)}: the job was "
+                                                   "stopped before rank 0 recorded the end")
+        code = 130
+    elif code != 0:
+        mark_if_unfinished(run_dir, "failed", f"the MPI job ended with exit code {code} before rank 0 recorded "
+                                              "the end (a rank crashed or was killed)")
+    _release(run_dir)
+    return code
+
+
+def _job_end(end: Any) -> tuple[int, int | None]:
+    """The launcher's result: an exit code, or an object with `code` and the `signal` it forwarded."""
+    if isinstance(end, int):
+        return end, None
+    return int(end.code), getattr(end, "signal", None)
+
+
+def _release(run_dir: Path) -> None:
+    """A reserved run directory that never received a file goes away, so a corrected retry may reuse its name."""
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
+# --- one rank ---------------------------------------------------------------------------------------------------------
+def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank: RankInfo) -> int:
+    from anytimectl.stragglers import parse_induce, parse_slow
+
+    stopper = Stopper()
+    stopper.install()
+    context = RunContext(request=request, rank=rank, stopper=stopper, delay=parse_induce(request.config.get("induce")),
+                         slow=parse_slow(request.config.get("slow")))
+    protocol = protocol_class(context)
+    reserved: Path | None = None
+    failure: tuple[int, str] | None = None
+    try:
+        context.device = select_device(_device_choice(request.launch.device, protocol_class.has_master), rank.rank,
+                                       rank.local_rank, request.launch.gpus_per_node)
+        if rank.rank == 0:
+            reserved = _reserve_run_dir(request, rank, protocol_class.has_master)
+        protocol.setup()
+    except UsageError as error:
+        failure = (_USAGE, str(error))
+    except Exception as error:  # noqa: BLE001 - reported to every rank, then ends the job cleanly
+        traceback.print_exc()
+        failure = (_ERROR, f"rank {rank.rank}: {type(error).__name__}: {error}".splitlines()[0])
+    outcome = _agree(rank, failure, context)
+    if outcome is not None:
+        stopper.restore()
+        if reserved is not None and not os.environ.get(RUN_DIR_VARIABLE):
+            _release(reserved)
+        code, message = outcome
+        if rank.size == 1:
+            if code == 2:
+                raise UsageError(message)
+            raise RuntimeError(message)
+        if rank.rank == 0:
+            print(f"anytimectl: error: {message}", file=sys.stderr, flush=True)
+        end_rank()
+        return code
+    return _run_protocol(request, protocol, context, reserved)
+
+
+def _device_choice(device: str, has_master: bool) -> str:
+    """Without a master every rank is a worker: gpu-workers means every rank on a GPU."""
+    if not has_master and device == "gpu-workers":
+        return "gpu"
+    return device
+
+
+def _reserve_run_dir(request: RunRequest, rank: RankInfo, has_master: bool) -> Path:
+    reserved = os.environ.get(RUN_DIR_VARIABLE)
+    if reserved:
+        return Path(reserved)
+    return reserve(Path(request.output.out), request.output.name, default_run_id(request, _workers(rank, has_master)))
+
+
+def _workers(rank: RankInfo, has_master: bool) -> int:
+    """How many ranks compute: the workers under a master, every rank otherwise (1 in a single process)."""
+    if rank.size == 1:
+        return 1
+    return rank.size - 1 if has_master else rank.size
+
+
+def _agree(rank: RankInfo, failure: tuple[int, str] | None, context: RunContext) -> tuple[int, str] | None:
+    """Every rank reports its set-up (sleep-polled, so ranks still importing a framework cost nobody a core).
+    Returns None when all succeeded, else (exit code, the message rank 0 prints)."""
+    status, message = failure or (_OK, "")
+    if rank.size == 1:
+        context.hosts, context.devices = [rank.host], [context.device]
+        return None if failure is None else (2 if status == _USAGE else 1, message)
+    from anytimectl.comm import Pending
+
+    record = f"{status}|{rank.host}|{context.device}|{message}".encode()[:_AGREEMENT_BYTES]
+    mine = np.frombuffer(record.ljust(_AGREEMENT_BYTES, b"\0"), dtype=np.uint8).copy()
+    everyone = np.zeros((rank.size, _AGREEMENT_BYTES), dtype=np.uint8)
+    Pending().add(rank.comm.mpi.Iallgather(mine, everyone)).wait()
+    parsed = [bytes(row).rstrip(b"\0").decode(errors="replace").split("|", 3) for row in everyone]
+    context.hosts = [p[1] for p in parsed]
+    context.devices = [p[2] for p in parsed]
+    failures = [(int(p[0]), p[3]) for p in parsed if int(p[0]) != _OK]
+    if not failures:
+        return None
+    usage = [m for s, m in failures if s == _USAGE]
+    if usage:
+        return 2, usage[0]
+    return 1, failures[0][1]
+
+
+def _run_protocol(request: RunRequest, protocol: TrainingProtocol, context: RunContext, reserved: Path | None) -> int:
+    rank = context.rank
+    stopper = context.stopper
+    run_dir_path = _share_run_dir(rank, reserved)
+    try:
+        if rank.rank == 0:
+            _open_run_dir(request, protocol, context, run_dir_path)
+            with context.view:
+                outcome = protocol.run()
+        else:
+            outcome = protocol.run()
+    except BaseException as error:
+        status, reason = _describe_failure(error, stopper, rank)
+        if context.run_dir is not None:
+            summary = context.recorder.summary(None) if context.recorder is not None else None
+            context.run_dir.finish(status, reason, summary=summary)
+        elif run_dir_path is not None and not isinstance(error, SystemExit | KeyboardInterrupt):
+            mark_if_unfinished(run_dir_path, status, reason)
+        raise
+    stopper.restore()
+    if rank.rank != 0:
+        return 0
+    return _finish(request, context, outcome)
+
+
+def _share_run_dir(rank: RankInfo, reserved: Path | None) -> Path | None:
+    """Every rank learns where the run directory is, so that any rank that fails can mark the run failed."""
+    if rank.size == 1:
+        return reserved
+    from anytimectl.comm import Pending
+
+    raw = np.zeros(_PATH_BYTES, dtype=np.uint8)
+    if rank.rank == 0 and reserved is not None:
+        encoded = str(reserved.resolve()).encode()[:_PATH_BYTES]
+        raw[:len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+    Pending().add(rank.comm.mpi.Ibcast(raw, root=0)).wait()
+    text = bytes(raw).rstrip(b"\0").decode(errors="replace")
+    return Path(text) if text else None
+
+
+def _describe_failure(error: BaseException, stopper: Stopper, rank: RankInfo) -> tuple[str, str]:
+    where = f"rank {rank.rank}: " if rank.rank != 0 else ""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", str(error) or stopper.reason or "interrupted by Ctrl-C (twice)"
+    if isinstance(error, UsageError):
+        return "failed", f"{where}{error}"
+    if isinstance(error, SystemExit):
+        return ("interrupted" if stopper.reason else "failed"), stopper.reason or f"{where}exit {error.code}"
+    return "failed", f"{where}{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunContext, path: Path) -> None:
+    from anytimectl.live import LiveView
+    from anytimectl.recorder import Recorder
+
+    rank = context.rank
+    has_master = protocol.has_master
+    config = dict(request.config)
+    config["workers"] = _workers(rank, has_master) if rank.size > 1 else 0
+    metadata = {
+        "run_id": path.name, "command": request.command, "method": request.method, "protocol": request.protocol,
+        "backend": request.backend, "config": config, "straggler": context.delay.to_dict() if context.delay else None,
+        "versions": _versions(rank), "hosts": context.hosts, "devices": context.devices, "world_size": rank.size,
+        "argv": request.argv, "summary": {},
+    }
+    for key, value in protocol.metadata().items():
+        if key == "versions":
+            metadata["versions"].update(value)
+        else:
+            metadata[key] = value
+    context.run_dir = run_dir = RunDirectory(path, metadata, protocol.columns.tables())
+    reporting = _reporting_ranks(rank.size, has_master)
+    hosts = {r: context.hosts[r if r < len(context.hosts) else 0] for r in reporting}
+    context.view = LiveView(_title(request, len(reporting)), hosts, protocol.layout,
+                            mode=request.output.view_mode, columns=protocol.live_columns)
+    context.recorder = Recorder(run_dir, hosts, protocol.layout, protocol.columns, context.view, has_master,
+                                protocol.formatters())
+    run_dir.events.log("run started", method=request.method, protocol=request.protocol, backend=request.backend,
+                       ranks=rank.size, straggler=context.delay.describe() if context.delay else None)
+
+
+def _reporting_ranks(size: int, has_master: bool) -> list[int]:
+    """The ranks whose rows fill worker_stats: the workers (1..N) under a master, every rank otherwise."""
+    if has_master:
+        return list(range(1, size)) if size > 1 else [1]
+    return list(range(size))
+
+
+def _title(request: RunRequest, workers: int) -> str:
+    command = request.command if request.command == request.method else f"{request.command} {request.method}"
+    return f"anytimectl {command}  {request.dataset}/{request.model}  {workers} worker(s)"
+
+
+def _versions(rank: RankInfo) -> dict[str, str]:
+    versions = {"anytimectl": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    if rank.size > 1:
+        import mpi4py
+
+        versions["mpi4py"] = mpi4py.__version__
+        versions["mpi_library"] = mpi_library_version()
+    return versions
+
+
+def _finish(request: RunRequest, context: RunContext, outcome: RunOutcome) -> int:
+    stopper = context.stopper
+    status = "interrupted" if stopper.reason else "completed"
+    summary = context.recorder.summary(stopper.reason or outcome.stopped_by, **outcome.summary)
+    if context.rank.comm is not None:
+        summary.update(master_bytes_sent=context.rank.comm.bytes.sent,
+                       master_bytes_received=context.rank.comm.bytes.received)
+    context.run_dir.finish(status, stopper.reason, summary)
+    _report(request, context.run_dir, summary, status)
+    return 130 if status == "interrupted" else 0
+
+
+def _report(request: RunRequest, run_dir: RunDirectory, summary: dict[str, Any], status: str) -> None:
+    mode = request.output.report
+    if mode == "json":
+        print(json.dumps({"run_dir": str(run_dir.path), "status": status, **summary}, default=float))
+        return
+    if mode == "quiet":
+        print(run_dir.path)
+        return
+    accuracy = summary["final_accuracy"]
+    accuracy_text = "-" if accuracy is None else f"{accuracy:.4f}"
+    step_time = summary["mean_step_time_s"]
+    print(f"{status}: {summary['steps']} steps in {summary['wall_time_s']:.1f} s "
+          f"({(step_time or math.nan):.3f} s/step, mean worker batch {summary['mean_worker_batch'] or 0:.1f}), "
+          f"test accuracy {accuracy_text}")
+    print(f"run directory: {run_dir.path}")
+
