@@ -87,7 +87,7 @@ class Comm:
         self.rank: int = mpi_comm.Get_rank()
         self.size: int = mpi_comm.Get_size()
         self.bytes = ByteCounter()
-        #: time.time() at which the last `collect` found every rank ready (its transfer began)
+        #: time.time() at which the last collective found every rank ready (its transfer began)
         self.ready_at = 0.0
 
     def reduce_sum(self, send: np.ndarray, recv: np.ndarray | None, root: int = 0) -> Pending:
@@ -186,6 +186,7 @@ class Comm:
 
         start = time.perf_counter()
         self.barrier()
+        self.ready_at = time.time()
         self.bytes.sent += buffer.nbytes
         self.bytes.received += buffer.nbytes
         if out is None:
@@ -204,6 +205,7 @@ class Comm:
         payload = np.ascontiguousarray(payload, dtype=np.uint8)
         sizes = np.zeros(self.size, dtype=np.int64)
         Pending().add(self.mpi.Iallgather(np.array([payload.size], dtype=np.int64), sizes)).wait()
+        self.ready_at = time.time()
         offsets = np.zeros(self.size, dtype=np.int64)
         np.cumsum(sizes[:-1], out=offsets[1:])
         gathered = np.empty(int(sizes.sum()), dtype=np.uint8)

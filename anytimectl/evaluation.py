@@ -11,8 +11,12 @@ import numpy as np
 
 
 class Evaluator:
-    def __init__(self, engine: Any, x: np.ndarray, y: np.ndarray):
+    """`engine` evaluates; with `snapshot_of`, it first takes that engine's parameters, so the evaluation can run
+    while `snapshot_of` goes on training (a peer method's rank 0 trains and evaluates)."""
+
+    def __init__(self, engine: Any, x: np.ndarray, y: np.ndarray, snapshot_of: Any = None):
         self.engine, self.x, self.y = engine, x, y
+        self.snapshot_of = snapshot_of
         self._thread: threading.Thread | None = None
         self._result: tuple[float, float] | None = None
         self._error: BaseException | None = None
@@ -32,6 +36,8 @@ class Evaluator:
             self.end_time = time.time()
 
         self._result = self._error = None
+        if self.snapshot_of is not None:
+            self.engine.set_params(self.snapshot_of.get_params())
         self._thread = threading.Thread(target=run, name="evaluate", daemon=True)
         self._thread.start()
 

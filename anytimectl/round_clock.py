@@ -86,6 +86,8 @@ class RoundClock:
         """The result is handed over; `transfer_start`: when every peer was ready and it began to move."""
         self.current.send_start = transfer_start or self.current.compute_end
         self.current.recv_start = time.time()
+        # A peer's idle wait in this step (a master-worker master overwrites it with its own wait for the workers).
+        self.row[self.layout["wait_time"]] = max(0.0, self.current.send_start - self.current.compute_end)
 
     def received(self) -> None:
         """What comes back has arrived: the round's exit phase starts, and the round becomes the previous one."""

@@ -32,9 +32,11 @@ class _Report:
 
 
 class StepReports:
-    def __init__(self, comm: Comm, row_length: int, lag: int):
+    """comm None: a single process, whose reports complete as they are posted."""
+
+    def __init__(self, comm: Comm | None, row_length: int, lag: int):
         assert lag >= 1
-        self.comm = comm.dup()
+        self.comm = comm.dup() if comm is not None else None
         self.row_length = row_length
         self.lag = lag
         self.last_step: int | None = None  # agreed: no rank starts a step after it
@@ -45,6 +47,9 @@ class StepReports:
         """This rank's row of `step` and whether it wishes to stop; returns at once."""
         row = np.ascontiguousarray(row, dtype=np.float64)
         assert row.shape == (self.row_length,)
+        if self.comm is None:
+            self._complete(_Report(step, Pending(), row[None, :].copy(), np.array([1 if stop else 0])), wait=False)
+            return
         mpi = self.comm.mpi
         rows = np.empty((self.comm.size, self.row_length)) if self.comm.rank == 0 else None
         wish = np.array([1 if stop else 0], dtype=np.int32)

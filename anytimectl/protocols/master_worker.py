@@ -230,6 +230,9 @@ class Master:
             collect_end = time.time()
             time_limit = self.time_limit
             self.recalibrate(rows)
+            if pending is not None:  # before the update: the evaluation reads the parameters it changes
+                self._finish_evaluation(pending, self.evaluator.join())
+                pending = None
             total = int(round(reduced[-2]))
             self.examples += total
             epoch = self.examples / self.config.train_examples
@@ -238,9 +241,6 @@ class Master:
             apply_end = time.time()
             result = StepResult(step=step, applied_at=apply_end, loss=loss, learning_rate=rate, epoch=epoch,
                                 wait_time=wait_time, total_samples=total, rows=rows, time_limit=time_limit)
-            if pending is not None:
-                self._finish_evaluation(pending, self.evaluator.join())
-                pending = None
             reason = self.should_stop(step)
             broadcast(step, STOP_FINISHED if reason else STOP_NONE)
             result.spans += [("collect", collect_start, collect_end, {}), ("apply", collect_end, apply_end, {}),

@@ -1,0 +1,196 @@
+"""What every protocol without a master shares: every rank trains, and the steps are driven the same way.
+
+A peer method (dynamic batching's all-reduce, gossip, compressed all-reduce) subclasses `PeerProtocol` and writes
+only `step`: what one update does on one rank, between the round's start (the shell's `RoundClock` has begun it
+and slept the induced delay) and the row it reports. Everything else is here, once: the identical start
+(rank 0's parameters broadcast to all), a disjoint shard per rank, the learning-rate schedule, the stop
+conditions (steps and epochs are known to every rank alike; a signal or rank 0 reaching the target accuracy is a
+stop wish that `StepReports` turns into one agreed last step), the rows of every rank reaching rank 0 and the run
+directory, and rank 0's evaluation in a thread on a snapshot of its parameters, so it never holds the others back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from anytimectl.errors import UsageError
+from anytimectl.evaluation import Evaluator
+from anytimectl.protocols.base import RunOutcome, TrainingProtocol
+from anytimectl.records import StepRecord
+from anytimectl.round_clock import RoundClock
+from anytimectl.schedules import Schedule
+from anytimectl.step_reports import StepReports
+
+
+@dataclass
+class PeerStep:
+    """What one rank's step produced, for the schedule, the stop conditions and rank 0's master_stats row."""
+
+    loss: float  # the training loss the master_stats row shows (e.g. the global mean after an all-reduce)
+    examples: float  # examples this step adds to the run's epoch count (all ranks together)
+    master: dict[str, Any] | None = None  # values of the method's Columns.master
+
+
+class PeerProtocol(TrainingProtocol):
+    has_master = False
+    #: How many steps a rank may run ahead of the slowest (see step_reports): 1 for lock-step methods.
+    lag: ClassVar[int] = 1
+
+    # --- set-up --------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from anytimectl.backends import configure
+        from anytimectl.data import load_dataset, test_subset
+
+        context = self.context
+        c = context.config
+        rank = context.rank
+        self.comm = rank.comm
+        self.rank, self.size = rank.rank, rank.size
+        self.seed = c["seed"]
+        configure(context.request.backend, rank.threads, self.seed)
+        self.dataset = load_dataset(c["dataset"], c["data_dir"])
+        if len(self.dataset.x_train) < self.size:
+            raise UsageError(f"--dataset {c['dataset']} has {len(self.dataset.x_train)} training examples, fewer "
+                             f"than the {self.size} workers; use fewer workers")
+        self.engine = self.make_engine()
+        self._share_initial_parameters()
+        self.stream = self.make_stream()
+        self.clock = RoundClock(self.layout, self.rank, self.seed, context.delay, context.slow.get(self.rank, 1.0))
+        self.schedule = Schedule.from_config(c, c.get("steps"))
+        if self.rank == 0:
+            self.x_test, self.y_test = test_subset(self.dataset, c["test_size"], self.seed)
+            self.evaluator = Evaluator(self.make_engine(), self.x_test, self.y_test, snapshot_of=self.engine)
+        self.prepare()
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Compile the framework's functions now, so that the first step's compute time is a real one."""
+        import math
+
+        x, y = self.stream.peek(int(self.context.config.get("batch_size") or 32))
+        self.engine.compute(x, y, 1, math.inf)
+        trace = getattr(self.engine, "trace", None)
+        if trace is not None:
+            trace()
+        if self.rank == 0:
+            self.evaluator.engine.evaluate(self.x_test[:8], self.y_test[:8])
+
+    def make_engine(self) -> Any:
+        from anytimectl.backends import EngineSpec, create_engine
+
+        c, d = self.context.config, self.dataset
+        return create_engine(self.context.request.backend, EngineSpec(
+            model=c["model"], input_shape=d.input_shape, num_classes=d.num_classes, optimizer=c["optimizer"],
+            learning_rate=c["learning_rate"], weight_decay=c["weight_decay"], momentum=c.get("momentum"),
+            nesterov=bool(c.get("nesterov", False)), device=self.context.device))
+
+    def make_stream(self) -> Any:
+        """This rank's disjoint shard of the training set, reshuffled each epoch with its own seed."""
+        from anytimectl.data import BatchStream, shard_indices
+
+        shard = shard_indices(len(self.dataset.x_train), self.size, self.rank, self.seed)
+        return BatchStream(self.dataset.x_train[shard], self.dataset.y_train[shard], self.seed, self.rank)
+
+    def _share_initial_parameters(self) -> None:
+        """Every rank starts from rank 0's parameters (the originals relied on equal default seeds)."""
+        if self.comm is None:
+            return
+        params = np.ascontiguousarray(self.engine.get_params(), dtype=np.float32)
+        self.comm.broadcast(params).wait()
+        self.engine.set_params(params)
+
+    def prepare(self) -> None:
+        """A method's own set-up, after the engine, the shard and the clock exist (every rank)."""
+
+    # --- the method's step ---------------------------------------------------------------------------------------
+    def step(self, step: int, learning_rate: float) -> PeerStep:
+        """One update on this rank. The clock has begun the round (and slept the induced delay); the step calls
+        `self.clock.computed(examples)`, then `sent()` / `received()` around its communication."""
+        raise NotImplementedError
+
+    def finish(self) -> dict[str, Any]:
+        """After the last step, on every rank (all reach it): e.g. a final exchange. Returns summary extras."""
+        return {}
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        context = self.context
+        c = context.config
+        steps, epochs, target = c.get("steps"), c.get("epochs"), c.get("target_accuracy")
+        log_every = c.get("log_every") or 1
+        reports = StepReports(self.comm, len(self.layout), self.lag)
+        reporter = self.rank == 0
+        recorder = context.recorder
+        ranks = list(range(self.size))
+        if reporter:
+            recorder.start_clock()
+        self.examples = 0.0
+        epoch = 0.0
+        pending: StepRecord | None = None
+        best = None
+        step = 0
+        stopped_by: str | None = None
+        while True:
+            if steps is not None and step >= steps:
+                stopped_by = "steps"
+                break
+            if epochs is not None and epoch >= epochs:
+                stopped_by = "epochs"
+                break
+            if not reports.before(step + 1):
+                stopped_by = context.stopper.reason or "target accuracy"
+                break
+            step += 1
+            rate = self.schedule.at(step, epoch)
+            self.clock.begin(step)
+            result = self.step(step, rate)
+            self.examples += result.examples
+            epoch = self.examples / len(self.dataset.x_train)
+            row = self.clock.row
+            row[self.layout["time"]] = time.time()
+            row[self.layout["loss"]] = result.loss
+            if self.comm is not None:
+                self.clock.bytes(self.comm.bytes.sent, self.comm.bytes.received)
+            if reporter:
+                record = StepRecord(step=step, time=row[self.layout["time"]], loss=result.loss, learning_rate=rate,
+                                    epoch=epoch, master=result.master or {})
+                if pending is not None:
+                    self._evaluated(pending)
+                    best = _best(best, pending.accuracy)
+                    pending = None
+                last = (steps is not None and step >= steps) or (epochs is not None and epoch >= epochs)
+                if last:
+                    self.evaluator.start()
+                    self._evaluated(record)
+                    best = _best(best, record.accuracy)
+                elif step % log_every == 0:
+                    self.evaluator.start()
+                    pending = record
+                else:
+                    recorder.step(record)
+            wish = context.stopper.reason is not None or (target is not None and best is not None and best >= target)
+            reports.post(step, self.clock.snapshot(), wish)
+            if reporter:
+                for _, rows in reports.completed():
+                    recorder.rows(ranks, rows)
+        extra = self.finish()
+        for _, rows in reports.finish():
+            recorder.rows(ranks, rows)
+        if reporter and pending is not None:
+            self._evaluated(pending)
+        return RunOutcome(stopped_by, extra)
+
+    def _evaluated(self, record: StepRecord) -> None:
+        record.test_loss, record.accuracy = self.evaluator.join()
+        record.spans.append(("evaluate", self.evaluator.start_time, self.evaluator.end_time, {}))
+        self.context.recorder.step(record)
+
+
+def _best(best: float | None, accuracy: float | None) -> float | None:
+    if accuracy is None:
+        return best
+    return accuracy if best is None else max(best, accuracy)
