@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from datetime import datetime
@@ -90,11 +91,54 @@ def _round(comm: Any, layer: str, send: np.ndarray, recv: np.ndarray | None, mod
     return middle - start, time.perf_counter() - middle
 
 
-def measure_job(comm: Any, sizes: list[int], rounds: int, warmup: int, model_sizes: dict[int, str]) -> list[dict]:
-    """Every rank calls this; rank 0 returns the rows (others an empty list).
+class _StopRequest:
+    """A rank's stop signals during a measurement: the first asks every rank to stop after the current round
+    (the ranks agree on it, so none is left waiting in a collective), a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        import threading
+
+        from anytimectl.launch import STOP_SIGNALS
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again")
+        self.signal = signum
+
+
+def _agree_to_stop(comm: Any, stop: _StopRequest | None) -> bool:
+    """Whether any rank was asked to stop: a tiny all-reduce every rank makes at the same point of the loop."""
+    if stop is None:
+        return False
+    from mpi4py import MPI
+
+    from anytimectl.comm import Pending
+
+    local = np.array([0 if stop.signal is None else 1], dtype=np.int32)
+    agreed = np.zeros(1, dtype=np.int32)
+    Pending().add(comm.mpi.Iallreduce(local, agreed, op=MPI.MAX)).wait()
+    return bool(agreed[0])
+
+
+def measure_job(comm: Any, sizes: list[int], rounds: int, warmup: int, model_sizes: dict[int, str],
+                stop: _StopRequest | None = None) -> tuple[list[dict], bool]:
+    """Every rank calls this; rank 0 gets the rows (others an empty list), and every rank whether it stopped early.
 
     For each size: `warmup` untimed rounds, then `rounds` rounds alternating which layer goes first, each round
-    preceded by a barrier so that every rank starts together.
+    preceded by a barrier so that every rank starts together. With `stop`, the ranks check before each round
+    whether one of them was signalled, and then all return the rows of the sizes finished so far.
     """
     workers = comm.size - 1
     rows: list[dict] = []
@@ -105,6 +149,8 @@ def measure_job(comm: Any, sizes: list[int], rounds: int, warmup: int, model_siz
         times: dict[str, list[tuple[float, float]]] = {"ours": [], "raw": []}
 
         for index in range(warmup + rounds):
+            if _agree_to_stop(comm, stop):
+                return rows, True
             for layer in ("ours", "raw") if index % 2 == 0 else ("raw", "ours"):
                 comm.barrier()
                 measured = _round(comm, layer, send, recv, model)
@@ -131,7 +177,7 @@ def measure_job(comm: Any, sizes: list[int], rounds: int, warmup: int, model_siz
             })
         for row in rows[-2:]:
             row["ratio"] = medians["raw"] / medians[row["layer"]] if medians[row["layer"]] > 0 else None
-    return rows
+    return rows, False
 
 
 def ratio_table(rows: list[dict]) -> list[dict]:
@@ -281,47 +327,85 @@ def _report(path: Path, rows: list[dict], model: str | None, json_output: bool) 
 
 def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
                  name: str | None, mpiexec: str | None, hosts: str | None, json_output: bool) -> int:
-    """On a laptop: one MPI job per worker count, each handing its rows back through a file."""
+    """On a laptop: one MPI job per worker count, each handing its rows back through a file.
+
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) during a job is passed on to it by `relaunch`: the job hands back the
+    sizes it finished, the run is marked `interrupted` and we exit 130. One between jobs stops before the next.
+    """
     from anytimectl.launch import find_mpiexec, relaunch
-    from anytimectl.rundir import RunDirectory, reserve
+    from anytimectl.rundir import RunDirectory, release, reserve
 
     find_mpiexec(mpiexec)  # a missing mpiexec is a usage error before anything is created
     path = reserve(out, name, f"bandwidth-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     env = {}
-    if model:
-        elements = model_elements(model)
-        sizes = sorted(set(sizes) | {elements})
-        env[MODEL_VARIABLE] = f"{model}:{elements}"
-    run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, worker_counts), {"bandwidth": COLUMNS})
+    try:
+        if model:
+            elements = model_elements(model)
+            sizes = sorted(set(sizes) | {elements})
+            env[MODEL_VARIABLE] = f"{model}:{elements}"
+        run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, worker_counts),
+                           {"bandwidth": COLUMNS})
+    except BaseException:
+        release(path)  # nothing was measured: leave no empty run directory behind
+        raise
     rows: list[dict] = []
     argv = ["bandwidth", "--sizes", ",".join(map(str, sizes)), "--rounds", str(rounds), "--warmup", str(warmup)]
     say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
     say(f"run directory: {path}")
+    between = _StopRequest()
+    between.install()
     try:
         for count in worker_counts:
+            if between.signal is not None:
+                return _interrupted(run, rows, model, between.signal, say)
             say(f"{count} worker(s): mpiexec -n {count + 1}")
             rows_file = path / f".rows-w{count}.json"
-            code = relaunch(count, argv, mpiexec, hosts, {**env, ROWS_FILE_VARIABLE: str(rows_file)})
-            if code != 0 or not rows_file.is_file():
-                reason = f"the MPI job with {count} worker(s) ended with exit code {code}"
+            end = relaunch(count, argv, mpiexec, hosts, {**env, ROWS_FILE_VARIABLE: str(rows_file)})
+            job_rows = json.loads(rows_file.read_text()) if rows_file.is_file() else None
+            rows_file.unlink(missing_ok=True)
+            if job_rows:
+                run.tables["bandwidth"].write([[row[c] for c in COLUMNS] for row in job_rows])
+                run.events.log("worker count measured", workers=count, rows=len(job_rows))
+                rows.extend(job_rows)
+            if end.signal is not None:
+                return _interrupted(run, rows, model, end.signal, say)
+            if end.code != 0 or job_rows is None:
+                reason = f"the MPI job with {count} worker(s) ended with exit code {end.exit_code}"
                 run.finish("failed", reason, summary=_summary(rows, model))
                 typer.echo(f"anytimectl: error: {reason}", err=True)
-                return code or 1
-            job_rows = json.loads(rows_file.read_text())
-            rows_file.unlink()
-            run.tables["bandwidth"].write([[row[c] for c in COLUMNS] for row in job_rows])
-            run.events.log("worker count measured", workers=count, rows=len(job_rows))
-            rows.extend(job_rows)
-    except KeyboardInterrupt:
-        run.finish("interrupted", "interrupted by Ctrl-C", summary=_summary(rows, model))
-        raise
+                return end.exit_code or 1
+    except KeyboardInterrupt:  # a second signal between jobs
+        return _interrupted(run, rows, model, between.signal or signal.SIGINT, say)
+    finally:
+        between.restore()
     run.finish("completed", summary=_summary(rows, model))
     _report(path, rows, model, json_output)
     return 0
 
 
+def _signal_words(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _interrupted(run: Any, rows: list[dict], model: str | None, signum: int, say: Any) -> int:
+    reason = f"interrupted by {_signal_words(signum)}"
+    run.finish("interrupted", reason, summary=_summary(rows, model))
+    say(f"{reason}; {len(rows)} row(s) kept in {run.path}")
+    return 130
+
+
 def _in_job(sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path, name: str | None,
             json_output: bool, worker_counts: list[int] | None) -> int:
+    stop = _StopRequest()  # first: a stop signal during start-up is then remembered, not fatal
+    stop.install()
+    try:
+        return _measure_in_job(stop, sizes, rounds, warmup, model, out, name, json_output, worker_counts)
+    finally:
+        stop.restore()
+
+
+def _measure_in_job(stop: _StopRequest, sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
+                    name: str | None, json_output: bool, worker_counts: list[int] | None) -> int:
     from anytimectl.launch import start_rank
     from anytimectl.rundir import RunDirectory, reserve
 
@@ -347,15 +431,24 @@ def _in_job(sizes: list[int], rounds: int, warmup: int, model: str | None, out: 
         path = reserve(out, name, f"bandwidth-w{rank.size - 1}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, [rank.size - 1]),
                            {"bandwidth": COLUMNS})
-    rows = measure_job(rank.comm, sizes, rounds, warmup, model_sizes)
+    try:
+        rows, stopped = measure_job(rank.comm, sizes, rounds, warmup, model_sizes, stop)
+    except KeyboardInterrupt:  # a second signal: no agreement, every rank leaves now
+        if run is not None:
+            run.finish("interrupted", f"interrupted by {_signal_words(stop.signal or signal.SIGINT)}, twice")
+        return 130
+    code = 130 if stopped else 0
     if rank.rank != 0:
-        return 0
+        return code
     if rows_file:
         Path(rows_file).write_text(json.dumps(rows))
-        return 0
+        return code
     assert run is not None
     run.tables["bandwidth"].write([[row[c] for c in COLUMNS] for row in rows])
     run.metadata["world_size"] = rank.size
+    if stopped:
+        assert stop.signal is not None
+        return _interrupted(run, rows, model, stop.signal, lambda m: typer.echo(m, err=True))
     run.finish("completed", summary=_summary(rows, model))
     _report(run.path, rows, model, json_output)
     return 0

@@ -8,6 +8,7 @@ MPI_Abort, so one crashed rank ends the whole job instead of leaving the others 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +16,10 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,9 @@ _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCI
 RELAUNCHED = "ANYTIMECTL_RELAUNCHED"
 #: Passed from the re-launching parent to rank 0: the run directory the parent already reserved.
 RUN_DIR_VARIABLE = "ANYTIMECTL_RUN_DIR"
+#: Passed from the re-launching parent to the ranks when the parent's stderr is a terminal: its width in columns.
+#: Absent when the parent has no terminal. Rank 0's output goes through mpiexec's pipes, so it cannot tell itself.
+TERMINAL_WIDTH_VARIABLE = "ANYTIMECTL_TERMINAL_WIDTH"
 
 _BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
@@ -62,27 +70,251 @@ def find_mpiexec(override: str | None = None) -> str:
     )
 
 
-def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | None, env: dict[str, str]) -> int:
-    """Run this same command as an MPI job of workers + 1 ranks and return its exit code.
+@dataclass(frozen=True)
+class JobEnd:
+    """How a re-launched job ended, so the caller can tell a stop the user asked for from a failure.
 
-    The parent ignores Ctrl-C while the job runs: the terminal delivers it to every rank, and rank 0 turns it
-    into a clean stop of the run. We only wait and pass the exit code on.
+    `code` is mpiexec's exit status as `subprocess` reports it (negative: killed by that signal). `signal` is the
+    first SIGINT, SIGTERM or SIGHUP this process received while the job ran (and passed on to it), or None when
+    the job ended by itself. A run with a forwarded signal is `interrupted` and its command exits 130, whatever
+    `code` says; otherwise a non-zero `code` means `failed`.
+    """
+
+    code: int
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """What the command should exit with: 130 after a forwarded signal, else the job's (128 + N if killed)."""
+        if self.signal is not None:
+            return 130
+        return self.code if self.code >= 0 else 128 - self.code
+
+
+def terminal_width() -> int | None:
+    """Columns of the terminal on our stderr, or None when stderr is not a terminal (a pipe, a file, CI)."""
+    try:
+        if not os.isatty(sys.stderr.fileno()):
+            return None
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # no stderr, a closed one, or a pseudo-file without fileno
+        return None
+
+
+def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | None, env: dict[str, str]) -> JobEnd:
+    """Run this same command as an MPI job of workers + 1 ranks, wait for it and say how it ended.
+
+    The job never outlives this process and stops the way the README promises:
+    - mpiexec runs in its own session, so a terminal's Ctrl-C (or SIGHUP when the terminal closes) reaches only
+      this process, never the job directly;
+    - the first SIGINT, SIGTERM or SIGHUP we receive is passed on as SIGTERM to mpiexec, which MPICH's hydra
+      forwards quietly to every rank (SIGINT would make it print "Sending Ctrl-C ..." lines; SIGHUP kills it): the
+      ranks stop at the end of their step and rank 0 records `interrupted`. A rank still starting up would die of
+      a SIGTERM it does not handle yet (and hydra would print its "BAD TERMINATION" dump), so on one host we hold
+      the signal until every rank catches SIGTERM (read from /proc), for at most READY_TIMEOUT seconds;
+    - a second one kills the job at once: SIGKILL to mpiexec and to its processes on this host (hydra's proxies
+      SIGKILL the ranks, remote ones included, when mpiexec disappears), and no dump is printed;
+    - if this process is itself killed hard (kill -9), Linux's parent-death signal SIGKILLs mpiexec, and the
+      ranks go with it.
+    When our stderr is a terminal its width is passed to the ranks as TERMINAL_WIDTH_VARIABLE, so rank 0 can
+    draw the live table through mpiexec's output pipes.
     """
     command = [find_mpiexec(mpiexec), "-n", str(workers + 1)]
     if hosts:
         command += ["-hosts", hosts]
     command += [*child_python(), "-m", "mpi4py", "-m", "anytimectl", *argv]
     child_env = {**os.environ, **env, RELAUNCHED: "1"}
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        process = subprocess.Popen(command, env=child_env)
+    width = terminal_width()
+    if width:
+        child_env[TERMINAL_WIDTH_VARIABLE] = str(width)
+    else:
+        child_env.pop(TERMINAL_WIDTH_VARIABLE, None)
+    forwarder = _Forwarder(local_ranks=None if hosts else workers + 1)
+    with forwarder.installed():
+        process = subprocess.Popen(command, env=child_env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_parent_death_signal())
+        code = forwarder.wait(process)
+    return JobEnd(code, forwarder.first)
+
+
+#: The signals that stop a job: Ctrl-C, a polite kill (timeout, batch schedulers), a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Longest wait, after a first stop signal, for starting ranks to install their SIGTERM handler.
+READY_TIMEOUT = 30.0
+_READY_POLL = 0.05
+
+
+class _Wake(Exception):
+    """Raised by the handler to leave a blocking wait when the main loop has work (a signal held back)."""
+
+
+class _Forwarder:
+    """The parent's signal handlers while a job runs: the first stop signal asks the job to stop after its step,
+    the second kills it. Signals that arrive before mpiexec has started are acted on as soon as it has.
+
+    `local_ranks` is how many ranks run on this host (None: unknown, as with --hosts), so that the first signal
+    waits until they all handle SIGTERM.
+    """
+
+    def __init__(self, local_ranks: int | None) -> None:
+        self.local_ranks = local_ranks
+        self.first: int | None = None
+        self.count = 0
+        self.process: subprocess.Popen | None = None
+        self._forwarded = self._killed = self._waiting = False
+        self._deadline = 0.0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def wait(self, process: subprocess.Popen) -> int:
+        """Wait for the job to end, acting on signals; returns mpiexec's exit status."""
+        self.process = process
         while True:
+            self._act()
+            timeout = _READY_POLL if self._held() else None
             try:
-                return process.wait()
-            except KeyboardInterrupt:  # pragma: no cover - SIG_IGN makes this rare
+                self._waiting = True
+                try:
+                    return process.wait(timeout)
+                finally:
+                    self._waiting = False
+            except (subprocess.TimeoutExpired, _Wake):
                 continue
-    finally:
-        signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.first is None:
+            self.first = signum
+            self._deadline = time.monotonic() + READY_TIMEOUT
+        self.count += 1
+        self._act()
+        if self._waiting and self._held():
+            raise _Wake
+
+    def _held(self) -> bool:
+        return self.count >= 1 and not self._forwarded and not self._killed
+
+    def _act(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        if self.count >= 2 and not self._killed:
+            self._killed = True
+            kill_job(process.pid)
+        elif self._held() and (time.monotonic() >= self._deadline or self._ranks_ready(process.pid)):
+            self._forwarded = True
+            _send(process.pid, signal.SIGTERM)  # hydra passes SIGTERM on to every rank, quietly
+
+    def _ranks_ready(self, mpiexec_pid: int) -> bool:
+        """Whether every rank on this host exists and handles SIGTERM (always True when we cannot tell)."""
+        if self.local_ranks is None or not os.path.isdir("/proc"):
+            return True
+        ranks = [pid for pid in _descendants(mpiexec_pid) if _is_rank(pid)]
+        return len(ranks) >= self.local_ranks and all(_catches(pid, signal.SIGTERM) for pid in ranks)
+
+
+def _is_rank(pid: int) -> bool:
+    """One of our re-launched ranks: `python -P -m mpi4py -m anytimectl ...`."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            words = stream.read().split(b"\0")
+    except OSError:
+        return False
+    return b"mpi4py" in words and b"anytimectl" in words
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as stream:
+            for line in stream:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_job(mpiexec_pid: int) -> None:
+    """Stop a job now: SIGKILL mpiexec and every process it started on this host (proxies and ranks).
+
+    The descendants are listed before mpiexec dies, while they are still its children. Remote ranks go down
+    when their proxy loses mpiexec.
+    """
+    descendants = _descendants(mpiexec_pid)
+    _send(mpiexec_pid, signal.SIGKILL)
+    for pid in descendants:
+        _send(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> list[int]:
+    """Processes below `root`, from /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stream:
+                stat = stream.read()
+        except OSError:
+            continue
+        # the command name may contain spaces and parentheses: the fields after the last ')' are unambiguous
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec function that makes the kernel SIGKILL the child when this process dies (Linux prctl).
+
+    Everything is looked up before the fork: the child only makes the call, then checks that its parent did
+    not die in the meantime (the signal is only armed for future deaths).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def child_python() -> list[str]:
