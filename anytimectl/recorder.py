@@ -46,7 +46,7 @@ class Recorder:
         if has_master:
             trace.name_process(0, "master")
         for rank, host in sorted(hosts.items()):
-            trace.name_process(rank, f"{'worker' if has_master else 'rank'} {rank} ({host})")
+            trace.name_process(rank, f"worker {rank} ({host})")
 
     def start_clock(self, origin: float | None = None) -> None:
         """Times in the tables are seconds since this moment (the first step's start)."""

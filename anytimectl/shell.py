@@ -343,8 +343,8 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
         else:
             metadata[key] = value
     context.run_dir = run_dir = RunDirectory(path, metadata, protocol.columns.tables())
-    reporting = _reporting_ranks(rank.size, has_master)
-    hosts = {r: context.hosts[r if r < len(context.hosts) else 0] for r in reporting}
+    reporting = _reporting_workers(rank.size, has_master)
+    hosts = {worker: context.hosts[mpi_rank] for worker, mpi_rank in reporting.items()}
     context.view = LiveView(_title(request, len(reporting)), hosts, protocol.layout,
                             mode=request.output.view_mode, columns=protocol.live_columns)
     context.recorder = Recorder(run_dir, hosts, protocol.layout, protocol.columns, context.view, has_master,
@@ -353,11 +353,12 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
                        ranks=rank.size, straggler=context.delay.describe() if context.delay else None)
 
 
-def _reporting_ranks(size: int, has_master: bool) -> list[int]:
-    """The ranks whose rows fill worker_stats: the workers (1..N) under a master, every rank otherwise."""
+def _reporting_workers(size: int, has_master: bool) -> dict[int, int]:
+    """Worker number -> MPI rank of the ranks whose rows fill worker_stats. Workers are numbered 1..N in every
+    method: under a master they are ranks 1..N; without one, worker k is rank k - 1."""
     if has_master:
-        return list(range(1, size)) if size > 1 else [1]
-    return list(range(size))
+        return {worker: worker for worker in range(1, size)} if size > 1 else {1: 0}
+    return {worker: worker - 1 for worker in range(1, size + 1)}
 
 
 def _title(request: RunRequest, workers: int) -> str:

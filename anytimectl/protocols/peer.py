@@ -59,7 +59,11 @@ class PeerProtocol(TrainingProtocol):
         self.engine = self.make_engine()
         self._share_initial_parameters()
         self.stream = self.make_stream()
-        self.clock = RoundClock(self.layout, self.rank, self.seed, context.delay, context.slow.get(self.rank, 1.0))
+        # Users number workers 1..N in every method (tables, live view, --slow, delays seeded by worker number),
+        # so a peer method's worker k is MPI rank k - 1, and draws the same delays as train fmb's worker k.
+        self.worker = self.rank + 1
+        self.clock = RoundClock(self.layout, self.worker, self.seed, context.delay,
+                                context.slow.get(self.worker, 1.0))
         self.schedule = Schedule.from_config(c, c.get("steps"))
         if self.rank == 0:
             self.x_test, self.y_test = test_subset(self.dataset, c["test_size"], self.seed)
@@ -125,7 +129,7 @@ class PeerProtocol(TrainingProtocol):
         reports = StepReports(self.comm, len(self.layout), self.lag)
         reporter = self.rank == 0
         recorder = context.recorder
-        ranks = list(range(self.size))
+        ranks = list(range(1, self.size + 1))
         if reporter:
             recorder.start_clock()
         self.examples = 0.0
