@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         if done.exit_code:
             end_rank()
         sys.exit(done.exit_code)
-    except typer.Abort:
-        print("anytimectl: aborted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt) as stop:  # the run, if any, has recorded it
+        print(f"anytimectl: {stop or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
     except BaseException:
         abort_job_if_ranked()  # the other ranks would wait for this one forever

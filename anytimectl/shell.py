@@ -60,6 +60,8 @@ class Stopper:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        #: Before the run starts there is no step to finish: a signal then ends the start-up at once.
+        self.running = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -72,6 +74,8 @@ class Stopper:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if not self.running:
+            raise KeyboardInterrupt(f"interrupted by {_signal_words(signum)} during start-up")
         if self.reason is not None:
             raise KeyboardInterrupt(f"{self.reason}, then {_signal_words(signum)} again")
         self.reason = f"interrupted by {_signal_words(signum)}"
@@ -93,6 +97,7 @@ class RunContext:
     device: str = "cpu"
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
     devices: list[str] = field(default_factory=list)
+    run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
     run_dir: RunDirectory | None = None  # rank 0
     recorder: Any = None  # recorder.Recorder on rank 0
     view: Any = None  # live.LiveView on rank 0
@@ -196,13 +201,23 @@ def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank:
     context = RunContext(request=request, rank=rank, stopper=stopper, delay=parse_induce(request.config.get("induce")),
                          slow=parse_slow(request.config.get("slow")))
     protocol = protocol_class(context)
-    reserved: Path | None = None
+    try:
+        return _start_and_run(request, protocol, context, rank)
+    except KeyboardInterrupt as interrupt:
+        if not stopper.running:  # interrupted during start-up: nothing ran, nothing to keep
+            _release_own(context.run_dir_reserved)
+            _abort_job(rank, interrupt)
+        raise
+
+
+def _start_and_run(request: RunRequest, protocol: TrainingProtocol, context: RunContext, rank: RankInfo) -> int:
+    stopper = context.stopper
     failure: tuple[int, str] | None = None
     try:
-        context.device = select_device(_device_choice(request.launch.device, protocol_class.has_master), rank.rank,
+        context.device = select_device(_device_choice(request.launch.device, protocol.has_master), rank.rank,
                                        rank.local_rank, request.launch.gpus_per_node)
         if rank.rank == 0:
-            reserved = _reserve_run_dir(request, rank, protocol_class.has_master)
+            context.run_dir_reserved = _reserve_run_dir(request, rank, protocol.has_master)
         protocol.setup()
     except UsageError as error:
         failure = (_USAGE, str(error))
@@ -212,8 +227,7 @@ def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank:
     outcome = _agree(rank, failure, context)
     if outcome is not None:
         stopper.restore()
-        if reserved is not None and not os.environ.get(RUN_DIR_VARIABLE):
-            _release(reserved)
+        _release_own(context.run_dir_reserved)
         code, message = outcome
         if rank.size == 1:
             if code == 2:
@@ -223,7 +237,33 @@ def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank:
             print(f"anytimectl: error: {message}", file=sys.stderr, flush=True)
         end_rank()
         return code
-    return _run_protocol(request, protocol, context, reserved)
+    return _run_protocol(request, protocol, context, context.run_dir_reserved)
+
+
+def _release_own(reserved: Path | None) -> None:
+    """Give back a run directory this rank reserved (the re-launching parent releases the one it reserved)."""
+    if reserved is not None and not os.environ.get(RUN_DIR_VARIABLE):
+        _release(reserved)
+
+
+def _abort_job(rank: RankInfo, error: BaseException) -> None:
+    """End every rank of the job now, after this one recorded what it could: the others may be waiting for it.
+    A usage error is one line, an interrupt a short note, anything else its traceback."""
+    if rank.size == 1:
+        return
+    if isinstance(error, KeyboardInterrupt):
+        code = 130
+        if rank.rank == 0:
+            print(f"anytimectl: {error or 'interrupted'}", file=sys.stderr)
+    elif isinstance(error, UsageError):
+        code = 2
+        print(f"anytimectl: error: {error}", file=sys.stderr)
+    else:
+        code = 1
+        traceback.print_exception(error)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    rank.comm.abort(code)
 
 
 def _device_choice(device: str, has_master: bool) -> str:
@@ -279,9 +319,11 @@ def _run_protocol(request: RunRequest, protocol: TrainingProtocol, context: RunC
     try:
         if rank.rank == 0:
             _open_run_dir(request, protocol, context, run_dir_path)
+            stopper.running = True
             with context.view:
                 outcome = protocol.run()
         else:
+            stopper.running = True
             outcome = protocol.run()
     except BaseException as error:
         status, reason = _describe_failure(error, stopper, rank)
@@ -290,6 +332,7 @@ def _run_protocol(request: RunRequest, protocol: TrainingProtocol, context: RunC
             context.run_dir.finish(status, reason, summary=summary)
         elif run_dir_path is not None and not isinstance(error, SystemExit | KeyboardInterrupt):
             mark_if_unfinished(run_dir_path, status, reason)
+        _abort_job(rank, error)
         raise
     stopper.restore()
     if rank.rank != 0:
