@@ -21,10 +21,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from anytimectl.launch import TERMINAL_WIDTH_VARIABLE
 from anytimectl.records import LiveColumn, RowLayout, StepRecord
 
-#: Set by the re-launching parent when the user's stderr is a terminal: its width in columns.
-TERMINAL_WIDTH_VARIABLE = "ANYTIMECTL_TERMINAL_WIDTH"
 #: Width of a forced table when nothing says how wide the terminal is.
 DEFAULT_WIDTH = 120
 
