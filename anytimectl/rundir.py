@@ -8,7 +8,9 @@ The CSV columns keep the original system's names and order; new columns are only
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import socket
 import tempfile
@@ -42,39 +44,103 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+#: What a run name may not be: it names one folder inside --out, and never a hidden one.
+_NAME_RULE = ("a run name is one folder name inside --out: not empty, no '/' or '\\', no '..', not starting "
+              "with '.', no control characters, at most 255 bytes")
+
+
+def check_name(out: Path, name: str) -> None:
+    """Refuse a `--name` that is not a plain new folder inside `out` (`a/b`, `../x`, `.hidden`, ``)."""
+    bad = (
+        not name.strip()
+        or "/" in name or "\\" in name or (os.altsep is not None and os.altsep in name)
+        or ".." in name
+        or name.startswith(".")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(os.fsencode(name)) > 255
+    )
+    if not bad and not os.path.lexists(out / name):  # an existing entry is refused as existing by `reserve`
+        bad = (out / name).resolve().parent != out.resolve()
+    if bad:
+        raise UsageError(f"--name {name!r}: {_NAME_RULE}")
+
+
 def reserve(out: Path, run_id: str | None, default_id: str) -> Path:
     """Create the run's folder, never reusing an existing one.
 
-    A name the user chose must be new (exit 2 otherwise); a generated name gets a numeric suffix instead.
+    A name the user chose must be a plain folder name (see `check_name`) and new (exit 2 otherwise); a generated
+    name gets a numeric suffix instead. The folder gets the mode the process umask allows (like the CSVs), so
+    other users can read a shared run. If the run then fails before writing anything, `release` removes it.
     """
+    if run_id is not None:
+        check_name(out, run_id)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--out {out}: cannot create it ({error.strerror}); choose a writable folder") from None
-    if run_id:
-        path = out / run_id
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: not a folder; choose a folder for the run directories")
+    candidates = [run_id] if run_id else [default_id if n == 1 else f"{default_id}-{n}" for n in range(1, 1000)]
+    for candidate in candidates:
+        path = out / candidate
         try:
-            path.mkdir()
-        except FileExistsError:
-            raise UsageError(
-                f"run directory {path} already exists; choose another --name or --out (runs are never overwritten)"
-            ) from None
-        return path
-    for attempt in range(1, 1000):
-        path = out / (default_id if attempt == 1 else f"{default_id}-{attempt}")
-        try:
-            path.mkdir()
+            path.mkdir()  # mode 0o777 & ~umask
             return path
         except FileExistsError:
-            continue
+            if run_id:
+                raise UsageError(f"run directory {path} already exists; choose another --name or --out "
+                                 "(runs are never overwritten)") from None
+        except OSError as error:
+            raise UsageError(f"--out {out}: cannot create a run directory in it ({error.strerror}); choose a "
+                             "writable folder") from None
     raise UsageError(f"too many runs named {default_id} in {out}; pass --name")
 
 
+def release(path: Path) -> bool:
+    """Remove a reserved run directory that nothing was written to; True if it was removed.
+
+    Call it when a run fails before it starts (a bad --mpiexec, a usage error found after reserving), so that no
+    empty run directory is left behind and a corrected retry with the same --name is accepted. A directory
+    holding any file is a run that started, and is kept.
+    """
+    try:
+        path.rmdir()
+    except OSError:  # not empty, already gone, or not ours to remove
+        return False
+    return True
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file in this process: 0o666 without the bits the umask removes."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it, which matters with threads (os.umask can only read by setting)
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` with `data` as JSON so that readers only ever see the old or the new file, complete.
+
+    JSON has no NaN or Infinity (Python would write them, and `jq` and most other readers then reject the file),
+    so a non-finite number anywhere in `data` is written as null: the file stays valid and the value reads
+    as "none". The file gets the same mode as the CSVs (`file_mode`), not mkstemp's private 0600.
+    """
+    text = to_json(data, indent=2)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
+        os.fchmod(handle, file_mode())
         with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, default=_json_default)
+            stream.write(text)
             stream.write("\n")
             stream.flush()
             os.fsync(stream.fileno())
@@ -84,16 +150,41 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def to_json(data: Any, indent: int | None = None) -> str:
+    """Strict JSON text for `data`: numpy values become Python ones and non-finite floats become null."""
+    try:
+        return json.dumps(data, indent=indent, default=_json_default, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: the rare case pays for the walk
+        return json.dumps(finite(data), indent=indent, default=_json_default, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity (also inside numpy values, lists and dicts) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return finite(value.tolist())
+    return value
+
+
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return finite(value.tolist())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class CsvTable:
-    """A CSV file written row by row and flushed after each batch of rows."""
+    """A CSV file written row by row and flushed after each batch of rows.
+
+    A table may feed views: tables of the same columns that receive only the rows where one column is set
+    (`RunDirectory(views=...)`), written and flushed together with it.
+    """
 
     def __init__(self, path: Path, columns: Sequence[str]):
         self.path = path
@@ -103,15 +194,56 @@ class CsvTable:
         self._writer.writerow(self.columns)
         self._stream.flush()
         self.rows = 0
+        self.views: list[tuple[CsvTable, int]] = []  # (view, index of the column that must be set)
+
+    def add_view(self, view: CsvTable, column: str) -> None:
+        if view.columns != self.columns:
+            raise ValueError(f"view {view.path.name} must have the columns of {self.path.name}")
+        self.views.append((view, self.columns.index(column)))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
         for row in rows:
-            self._writer.writerow(_format(value) for value in row)
+            formatted = [_format(value) for value in row]
+            self._writer.writerow(formatted)
             self.rows += 1
+            for view, index in self.views:
+                if formatted[index] != "":
+                    view._writer.writerow(formatted)
+                    view.rows += 1
         self._stream.flush()
+        for view, _ in self.views:
+            view._stream.flush()
 
     def close(self) -> None:
         self._stream.close()
+        for view, _ in self.views:
+            view.close()
+
+
+#: The row-per-evaluation view of master_stats: with --log-every N > 1 the original wrote one full row every N
+#: steps, and scripts that plot its test columns directly expect that. Pass it as `RunDirectory(views=...)`.
+EVALUATED_MASTER_VIEW: dict[str, tuple[str, str]] = {"master_stats_eval": ("master_stats", "accuracy")}
+
+
+def write_view(run: Path, source: str, column: str, name: str) -> Path:
+    """Write `<run>/<name>.csv`: the rows of `<run>/<source>.csv` whose `column` is set, for runs written without
+    the view (it keeps the header, and any incomplete last line of a running run is left out)."""
+    source_path = run / f"{source}.csv"
+    with open(source_path, newline="") as stream:
+        text = stream.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None or column not in header:
+        raise UsageError(f"{source_path} has no column {column!r}")
+    index = header.index(column)
+    target = run / f"{name}.csv"
+    with open(target, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(row for row in reader if len(row) > index and row[index].strip() != "")
+    return target
 
 
 def _format(value: Any) -> Any:
@@ -131,7 +263,7 @@ class EventLog:
 
     def log(self, msg: str, level: str = "info", **fields: Any) -> None:
         record = {**self._base, "level": LEVELS[level], "time": now_iso(), "msg": msg, **fields}
-        self._stream.write(json.dumps(record, default=_json_default) + "\n")
+        self._stream.write(to_json(record) + "\n")
         self._stream.flush()
 
     def close(self) -> None:
@@ -168,7 +300,7 @@ class Trace:
         })
 
     def _emit(self, event: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(event) + ",\n")
+        self._stream.write(to_json(event) + ",\n")
 
     def flush(self) -> None:
         self._stream.flush()
@@ -191,12 +323,17 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
 class RunDirectory:
     """Owns every file of one run; only the master rank creates one."""
 
-    def __init__(self, path: Path, metadata: dict[str, Any], tables: dict[str, Sequence[str]]):
+    def __init__(self, path: Path, metadata: dict[str, Any], tables: dict[str, Sequence[str]],
+                 views: dict[str, tuple[str, str]] | None = None):
+        """`views` maps a view's name to (its source table, the column that must be set): e.g.
+        EVALUATED_MASTER_VIEW writes master_stats_eval.csv with only the evaluated rows of master_stats."""
         self.path = path
         self.origin = time.time()
         self.metadata = {"status": "running", "reason": None, "started_at": now_iso(), "ended_at": None, **metadata}
         self.save_metadata()
         self.tables = {name: CsvTable(path / f"{name}.csv", columns) for name, columns in tables.items()}
+        for name, (source, column) in (views or {}).items():
+            self.tables[source].add_view(CsvTable(path / f"{name}.csv", self.tables[source].columns), column)
         self.events = EventLog(path / "events.jsonl")
         self.trace = Trace(path / "trace.json", self.origin)
         self._closed = False
