@@ -11,11 +11,14 @@ from __future__ import annotations
 import gzip
 import importlib
 import io
+import math
+import os
 import pickle
 import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -186,6 +189,8 @@ def _idx_dataset(name: str, data_dir: Path) -> Dataset:
                 f"'{labels_path}' has {len(labels)} labels but '{images_path}' has {len(images)} images; "
                 "the pair must match, re-download them"
             )
+        if len(images) == 0:
+            raise UsageError(f"'{images_path}' holds 0 images; a {split} split needs at least one, re-download it")
         if len(labels) and labels.max() > 9:
             raise UsageError(f"'{labels_path}' has label {int(labels.max())}; {name} labels must be 0-9")
         parts.append(((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int64)))
@@ -201,6 +206,7 @@ _PICKLE_ALLOWED = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
+    ("builtins", "bytes"),  # ... and empty bytes (an array with no rows), as __builtin__.bytes
 }
 
 
@@ -209,6 +215,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> object:
         module = module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core.") else module
+        module = "builtins" if module == "__builtin__" else module
         if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return getattr(importlib.import_module(module), name)
@@ -230,6 +237,8 @@ def _load_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         raise UsageError(
             f"'{where}' has data {data.dtype} {list(data.shape)}; expected uint8 rows of 3072 (3x32x32)"
         )
+    if len(data) == 0:
+        raise UsageError(f"'{where}' holds 0 images; a CIFAR-10 batch has 10000, re-download it from {_CIFAR_SOURCE}")
     if labels.ndim != 1 or len(labels) != len(data):
         raise UsageError(f"'{where}' has {labels.size} labels for {len(data)} images; the counts must match")
     if len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9):
@@ -305,21 +314,17 @@ def _cifar10(data_dir: Path) -> Dataset:
 # --------------------------------------------------------------------------------------------------- public API
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> Dataset:
-    """One entry point for every backend. `seed` is accepted for symmetry but splits are fixed on purpose, so the
-    test split (and the toy data) is the same in every run and accuracies compare across seeds."""
-    del seed
+def _dataset_key(name: str) -> str:
     key = name.strip().lower().replace("_", "-")
     if key == "fashionmnist":
         key = "fashion-mnist"
     if key not in DATASETS:
         raise UsageError(f"unknown dataset '{name}'; use one of {', '.join(DATASETS)}")
-    if key == "digits":
-        return _digits()
-    if key == "iris":
-        return _iris()
-    if key == "toy":
-        return _toy()
+    return key
+
+
+def _data_folder(key: str, data_dir: str | Path | None) -> Path:
+    """The --data-dir of a file-based dataset, which must be given and exist."""
     if data_dir is None:
         if key == "cifar10":
             raise UsageError(
@@ -334,9 +339,130 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         raise UsageError(f"--data-dir '{folder}' does not exist or is not a directory; create it or fix the path")
+    return folder
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> Dataset:
+    """One entry point for every backend. `seed` is accepted for symmetry but splits are fixed on purpose, so the
+    test split (and the toy data) is the same in every run and accuracies compare across seeds."""
+    del seed
+    key = _dataset_key(name)
+    if key == "digits":
+        return _digits()
+    if key == "iris":
+        return _iris()
+    if key == "toy":
+        return _toy()
+    folder = _data_folder(key, data_dir)
     if key == "cifar10":
         return _cifar10(folder)
     return _idx_dataset(key, folder)
+
+
+class DatasetInfo(NamedTuple):
+    """What the CLI needs to check a run before launching it: split sizes, per-example shape, classes."""
+
+    n_train: int
+    n_test: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def describe_dataset(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """Sizes and shape of a dataset, checked for presence and well-formedness, without loading its images.
+
+    MNIST-style sets: the idx headers (16 bytes each) are checked against the file sizes (for .gz files, the
+    uncompressed size in the gzip trailer), and the small label files are read in full. CIFAR-10: each batch is
+    unpickled and checked (about a second for the six files; the float conversion that loading does is skipped).
+    Every problem is the same one-line UsageError that `load_dataset` would raise later.
+    """
+    key = _dataset_key(name)
+    if key in ("digits", "iris", "toy"):
+        ds = load_dataset(key)  # built in and small: loading is as cheap as describing
+        return DatasetInfo(len(ds.x_train), len(ds.x_test), ds.input_shape, ds.num_classes)
+    folder = _data_folder(key, data_dir)
+    if key == "cifar10":
+        raw = _read_cifar_raw(folder)
+        counts = {}
+        for f in _CIFAR_FILES:
+            blob, where = raw.pop(f)
+            counts[f] = len(_load_cifar_batch(blob, where)[0])
+            del blob
+        return DatasetInfo(sum(counts[f] for f in _CIFAR_TRAIN), counts["test_batch"], (32, 32, 3), 10)
+    _, files = _find_idx_dir(key, folder)
+    sizes = []
+    for split in ("train", "t10k"):
+        images_path, labels_path = files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"]
+        dims = _idx_dims(images_path, _IDX_IMAGES_MAGIC)
+        labels = _parse_idx(labels_path, _IDX_LABELS_MAGIC)
+        if len(labels) != dims[0]:
+            raise UsageError(
+                f"'{labels_path}' has {len(labels)} labels but '{images_path}' has {dims[0]} images; "
+                "the pair must match, re-download them"
+            )
+        if dims[0] == 0:
+            raise UsageError(f"'{images_path}' holds 0 images; a {split} split needs at least one, re-download it")
+        if len(labels) and labels.max() > 9:
+            raise UsageError(f"'{labels_path}' has label {int(labels.max())}; {key} labels must be 0-9")
+        sizes.append(dims)
+    (train, test) = sizes
+    return DatasetInfo(train[0], test[0], (*train[1:], 1), 10)
+
+
+def _idx_dims(path: Path, magic: int) -> tuple[int, ...]:
+    """An idx file's dimensions from its header, checked against the file's (uncompressed) size."""
+    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
+    header = 4 + 4 * ndim
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                head = stream.read(header)
+            with open(path, "rb") as stream:  # the gzip trailer holds the uncompressed size modulo 2^32
+                stream.seek(-4, os.SEEK_END)
+                total = int.from_bytes(stream.read(4), "little")
+            modulo = 2**32
+        else:
+            with open(path, "rb") as stream:
+                head = stream.read(header)
+            total, modulo = path.stat().st_size, None
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise UsageError(f"cannot read '{path}' ({exc}); re-download it or remove the broken file") from None
+    if len(head) < header:
+        raise UsageError(f"'{path}' is truncated: {len(head)} bytes, shorter than the {header}-byte idx header")
+    found = int.from_bytes(head[:4], "big")
+    if found != magic:
+        kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
+        raise UsageError(
+            f"'{path}' has idx magic 0x{found:08x}, expected 0x{magic:08x} for {kind}; is it the right file?"
+        )
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(dims)
+    if total != (expected % modulo if modulo else expected):
+        raise UsageError(
+            f"'{path}' has {total} bytes{' (uncompressed, modulo 4 GiB)' if modulo else ''} but its header "
+            f"{list(dims)} needs {expected}; re-download it"
+        )
+    return dims
+
+
+def check_enough_examples(n_train: int, workers: int, dataset: str = "the dataset") -> None:
+    """Every worker needs at least one training example of its own (shards are disjoint): check before launch."""
+    if workers > n_train:
+        raise UsageError(
+            f"--workers {workers}: {dataset} has only {n_train} training example{'s' * (n_train != 1)}, and every "
+            f"worker needs at least one; use --workers {n_train} or fewer"
+        )
+
+
+def test_size_used(n_test: int, size: int) -> int:
+    """How many test examples `test_subset` evaluates for --test-size `size`: the whole split for -1 or for a
+    size beyond it. Record this, not the requested size."""
+    if size == 0 or size < -1:
+        raise UsageError(f"--test-size {size} is invalid; use -1 for the whole test split or a positive count")
+    return n_test if size == -1 or size >= n_test else size
+
+
+test_size_used.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name
 
 
 def shard_indices(n: int, workers: int, worker_index: int, seed: int) -> np.ndarray:
@@ -349,11 +475,12 @@ def shard_indices(n: int, workers: int, worker_index: int, seed: int) -> np.ndar
 
 
 def test_subset(ds: Dataset, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed evaluation subset, so accuracy curves within and across runs are measured on the same examples."""
-    if size == 0 or size < -1:
-        raise UsageError(f"--test-size {size} is invalid; use -1 for the whole test split or a positive count")
+    """A fixed evaluation subset, so accuracy curves within and across runs are measured on the same examples.
+
+    A size beyond the test split (or -1) gives the whole split: its length, `test_size_used(n_test, size)`, is
+    the size to record."""
     n = len(ds.x_test)
-    if size == -1 or size >= n:
+    if test_size_used(n, size) == n:
         return ds.x_test, ds.y_test
     pick = np.random.default_rng(seed).permutation(n)[:size]
     return ds.x_test[pick], ds.y_test[pick]

@@ -113,20 +113,26 @@ class DelayModel:
         return f"{self.name}{scale} (mean {self.mean():.3f} s, clip {self.clip:.2f} s)"
 
 
-def make_model(name: str, components: Iterable[Sequence[float]], scale: float = 1.0) -> DelayModel:
-    """The one place that scales, validates and normalises, so a DelayModel always matches the original's rules."""
+def make_model(name: str, components: Iterable[Sequence[float]], scale: float = 1.0,
+               source: str | None = None) -> DelayModel:
+    """The one place that scales, validates and normalises, so a DelayModel always matches the original's rules.
+
+    `source` names where the components came from in error messages (e.g. "--induce 'mix:...'"), so a user
+    knows which flag to fix; by default the model's name.
+    """
+    where = source or f"straggler model '{name}'"
     rows = [tuple(float(v) for v in row) for row in components]
     if not rows:
-        raise UsageError(f"straggler model '{name}' has no components; give at least one MEAN,STD,WEIGHT row")
+        raise UsageError(f"{where} has no components; give at least one MEAN,STD,WEIGHT row")
     if not (math.isfinite(scale) and scale > 0):
-        raise UsageError(f"straggler scale {scale:g} for '{name}' must be a number > 0, e.g. niagara:0.1")
+        raise UsageError(f"straggler scale {scale:g} in {where} must be a number > 0, e.g. niagara:0.1")
     for row in rows:
         if len(row) != 3:
-            raise UsageError(f"straggler component {list(row)} in '{name}' must be [MEAN, STD, WEIGHT]")
+            raise UsageError(f"straggler component {list(row)} in {where} must be [MEAN, STD, WEIGHT]")
         mean, std, weight = row
         if not all(math.isfinite(v) for v in row) or mean < 0 or std < 0 or weight <= 0:
             raise UsageError(
-                f"straggler component {list(row)} in '{name}' is invalid; need MEAN >= 0, STD >= 0, WEIGHT > 0"
+                f"straggler component {list(row)} in {where} is invalid; need MEAN >= 0, STD >= 0, WEIGHT > 0"
             )
     total = sum(w for _, _, w in rows)
     scaled = tuple((m * scale, s * scale, w / total) for m, s, w in rows)
@@ -184,7 +190,7 @@ def _load_file(spec: str, path: Path) -> DelayModel:
             f"straggler file '{path}' must hold [[MEAN,STD,WEIGHT],...] or "
             '{"components": [[MEAN,STD,WEIGHT],...], "scale": S}'
         )
-    return make_model(path.name, data, float(scale))
+    return make_model(path.name, data, float(scale), source=f"straggler file '{path}' for --induce")
 
 
 def parse_induce(spec: str | None) -> DelayModel | None:
@@ -199,12 +205,12 @@ def parse_induce(spec: str | None) -> DelayModel | None:
     head, sep, tail = text.partition(":")
     head = head.strip().lower()
     if head == "mix":
-        return make_model("custom", _parse_mix(spec, tail))
+        return make_model("custom", _parse_mix(spec, tail), source=f"--induce '{spec}'")
     if head in NAMED_MIXTURES:
         scale = _parse_float(tail.strip(), "scale", spec) if sep else 1.0
         if scale <= 0:
             raise UsageError(f"scale '{tail.strip()}' in --induce '{spec}' must be > 0, e.g. niagara:0.1")
-        return make_model(head, NAMED_MIXTURES[head], scale)
+        return make_model(head, NAMED_MIXTURES[head], scale, source=f"--induce '{spec}'")
     raise UsageError(f"unknown straggler model '{spec}' for --induce; {_INDUCE_FORMS}")
 
 

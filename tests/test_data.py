@@ -340,3 +340,71 @@ def test_stream_is_deterministic_per_seed_and_rank():
 def test_stream_empty_shard():
     with pytest.raises(UsageError, match="empty"):
         data.BatchStream(np.zeros((0, 3)), np.zeros(0), seed=0, rank=1)
+
+
+# ----------------------------------------------------------------- checks before launch (describe, counts, sizes)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_describe_reads_idx_headers_only(tmp_path, gz):
+    write_mnist(tmp_path, gz=gz, n_train=12, n_test=5)
+    assert data.describe_dataset("mnist", tmp_path) == (12, 5, (28, 28, 1), 10)
+    info = data.describe_dataset("fashion_mnist", tmp_path)
+    assert info.n_train == 12 and info.n_test == 5 and info.input_shape == (28, 28, 1) and info.num_classes == 10
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_describe_finds_truncated_idx_files(tmp_path, gz):
+    write_mnist(tmp_path, gz=False)
+    blob = (tmp_path / "train-images-idx3-ubyte").read_bytes()[:-100]
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    if gz:
+        (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(blob))
+    else:
+        (tmp_path / "train-images-idx3-ubyte").write_bytes(blob)
+    with pytest.raises(UsageError, match="train-images-idx3-ubyte.*re-download") as info:
+        data.describe_dataset("mnist", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_describe_built_in_and_cifar(tmp_path):
+    assert data.describe_dataset("digits") == (1437, 360, (8, 8, 1), 10)
+    assert data.describe_dataset("iris") == (120, 30, (4,), 3)
+    assert data.describe_dataset("toy") == (8192, 1024, (100,), 10)
+    for name, (blob, _, _) in cifar_blobs().items():
+        (tmp_path / name).write_bytes(blob)
+    assert data.describe_dataset("cifar10", tmp_path) == (3 + 4 + 5 + 6 + 7, 8, (32, 32, 3), 10)
+    with pytest.raises(UsageError, match="--data-dir"):
+        data.describe_dataset("mnist", None)
+
+
+@pytest.mark.parametrize("reader", [data.load_dataset, data.describe_dataset])
+def test_a_test_split_with_no_images_names_the_file(tmp_path, reader):
+    write_mnist(tmp_path, n_test=0)
+    with pytest.raises(UsageError, match="t10k-images-idx3-ubyte' holds 0 images") as info:
+        reader("mnist", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_cifar_batch_with_no_images_names_the_file(tmp_path):
+    for name, (blob, _, _) in cifar_blobs().items():
+        (tmp_path / name).write_bytes(blob)
+    (tmp_path / "test_batch").write_bytes(cifar_batch(0, seed=9)[0])
+    with pytest.raises(UsageError, match="test_batch' holds 0 images"):
+        data.load_dataset("cifar10", tmp_path)
+
+
+def test_fewer_training_examples_than_workers_is_found_before_launch():
+    data.check_enough_examples(4, 4)
+    with pytest.raises(UsageError, match=r"--workers 5: digits has only 4 training examples.*--workers 4 or fewer"):
+        data.check_enough_examples(4, 5, "digits")
+
+
+def test_the_test_size_used_is_the_one_to_record():
+    assert data.test_size_used(360, 100000) == 360
+    assert data.test_size_used(360, -1) == 360
+    assert data.test_size_used(360, 50) == 50
+    ds = data.load_dataset("digits")
+    assert len(data.test_subset(ds, 100000, seed=0)[0]) == data.test_size_used(len(ds.x_test), 100000)
+    with pytest.raises(UsageError, match="--test-size 0"):
+        data.test_size_used(360, 0)

@@ -187,3 +187,11 @@ def test_to_dict_is_json_ready():
     assert data["components"][1] == pytest.approx([2.0, 0.2, 0.5])
     assert data["clip"] == pytest.approx(3.0)
     assert data["mean"] == pytest.approx(model.mean())
+
+
+@pytest.mark.parametrize("spec", ["mix:0,0,0", "mix:", "mix:;", "mix:1,-1,1", "niagara:-1", "mix:1,2"])
+def test_induce_errors_name_the_flag(spec):
+    with pytest.raises(UsageError) as info:
+        parse_induce(spec)
+    assert f"--induce '{spec}'" in str(info.value)
+
