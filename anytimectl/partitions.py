@@ -45,6 +45,54 @@ def check_model(model: str) -> tuple[int, ...]:
     return MODEL_INPUT[model]
 
 
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, or less under a cgroup (container) limit; None when
+    the system does not say (not Linux)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def batch_bytes(model: str, batch_size: int) -> int:
+    """Memory the measurement holds for one batch before the model sees it: float32 inputs and int64 labels.
+    (The model's activations come on top; they are per micro-batch.)"""
+    return batch_size * (math.prod(MODEL_INPUT[model]) * 4 + 8)
+
+
+def check_memory(model: str, batch_size: int, flag: str = "--batch-size") -> None:
+    """Refuse a batch whose inputs alone exceed the memory available, before anything starts."""
+    needed = batch_bytes(model, batch_size)
+    free = available_memory()
+    if free is not None and needed > free:
+        raise UsageError(f"{flag} {batch_size}: a batch of {model} inputs needs {_size(needed)}, more than the "
+                         f"{_size(free)} of memory available; lower {flag}")
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count / 2**10:.1f} KiB"
+
+
+def _out_of_memory(spec: Spec) -> UsageError:
+    return UsageError(f"batch {spec.batch_size} of {spec.model} ran out of memory while measuring; lower the batch "
+                      "size (--batch-size or --batch-sizes)")
+
+
 # --- the analysis: overhead and recommendation ---------------------------------------------------------------------
 def overheads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill `overhead` (time per sample against one partition of the same batch, minus 1) where it is missing.
@@ -118,7 +166,22 @@ class Spec:
 
 
 def measure_batch(spec: Spec, progress=None) -> list[dict[str, Any]]:
-    """Time `engine.compute(x, y, P, inf)` for every P of one batch, interleaved, in this process."""
+    """Time `engine.compute(x, y, P, inf)` for every P of one batch, interleaved, in this process.
+
+    Running out of memory (numpy's MemoryError, TensorFlow's ResourceExhaustedError) is a UsageError: the batch
+    is too large for this machine.
+    """
+    try:
+        return _measure_batch(spec, progress)
+    except MemoryError:
+        raise _out_of_memory(spec) from None
+    except Exception as error:
+        if type(error).__name__ == "ResourceExhaustedError":  # tf.errors, without importing TensorFlow here
+            raise _out_of_memory(spec) from None
+        raise
+
+
+def _measure_batch(spec: Spec, progress=None) -> list[dict[str, Any]]:
     from anytimectl.backends.tensorflow.engine import TensorFlowEngine, configure
 
     configure(spec.threads, spec.seed)
@@ -166,6 +229,9 @@ def measure_in_subprocess(spec: Spec, timeout: float | None = None) -> list[dict
 
     command = [*child_python(), "-m", "anytimectl.partitions", json.dumps(asdict(spec))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if result.returncode == UsageError.exit_code:  # the measurement's own one-line verdict (e.g. out of memory)
+        lines = result.stderr.strip().splitlines()
+        raise UsageError(lines[-1] if lines else str(_out_of_memory(spec)))
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
         raise RuntimeError(f"measuring batch {spec.batch_size} failed: {tail[0]}")
@@ -251,6 +317,7 @@ def eval_command(
     if max(counts) > batch_size:
         raise UsageError(f"--partitions {max(counts)} exceeds --batch-size {batch_size}: a micro-batch needs at "
                          "least one example; lower --partitions or raise --batch-size")
+    check_memory(model, batch_size)
     spec = Spec(model, batch_size, counts, steps, repeats, warmup, threads_used)
     _run("eval", model, [spec], threshold, out, name, json_output, isolate=False)
 
@@ -292,6 +359,7 @@ def sweep_command(
     counts = parse_counts(partitions, "--partitions") if partitions else None
     if counts is not None and min(counts) > max(sizes):
         raise UsageError(f"--partitions {min(counts)} exceeds every --batch-sizes value (largest {max(sizes)})")
+    check_memory(model, max(sizes), "--batch-sizes")
     specs = []
     for size in sizes:
         chosen = [p for p in counts if p <= size] if counts is not None else _default_partitions(size)
@@ -393,7 +461,11 @@ def _subprocess_main(argument: str) -> None:
     from anytimectl.launch import limit_threads
 
     limit_threads(spec.threads)
-    rows = measure_batch(spec)
+    try:
+        rows = measure_batch(spec)
+    except UsageError as error:
+        sys.stderr.write(f"{error}\n")
+        sys.exit(error.exit_code)
     sys.stdout.write(json.dumps(rows) + "\n")
 
 

@@ -33,6 +33,18 @@ def _regroup(paths: list[Path], subset: list[str], ext: list[str]) -> tuple[list
     return kept, subset, ext
 
 
+def _check_numbers(target_accuracy: float | None, target_loss: float | None, smooth: float) -> None:
+    """Values typer lets through but no figure can use (a NaN passes its range checks)."""
+    import math
+
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise UsageError(f"--target-accuracy {target_accuracy:g}: a test accuracy is a fraction in (0, 1], e.g. 0.9")
+    if target_loss is not None and not (math.isfinite(target_loss) and target_loss > 0):
+        raise UsageError(f"--target-loss {target_loss:g}: give a training loss above 0, e.g. 0.1")
+    if not math.isfinite(smooth):
+        raise UsageError(f"--smooth {smooth:g}: give an EWM span of 0 (off) or more, e.g. 20")
+
+
 def _types_table() -> str:
     from .registry import AXES, FIGURES, load_all
 
@@ -128,6 +140,7 @@ def plot(
     if list_types:
         typer.echo(_types_table())
         return []
+    _check_numbers(target_accuracy, target_loss, smooth)
     subset_names = list(subset or [])
     ext_names = list(ext or [])
     path_list, subset_names, ext_names = _regroup(list(paths or []), subset_names, ext_names)

@@ -119,13 +119,21 @@ def save_figures(figures: Sequence[Rendered], out: Path, exts: Sequence[str], dp
     """Write every figure in every format; returns the paths written."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {out}: cannot create it ({error.strerror}); choose a writable folder") from None
     written = []
     with _style():
         for item in figures:
             for ext in exts:
                 path = out / f"{item.stem}.{ext}"
-                item.figure.savefig(path, dpi=dpi, metadata=_metadata(ext))
+                try:
+                    item.figure.savefig(path, dpi=dpi, metadata=_metadata(ext))
+                except OSError as error:
+                    path.unlink(missing_ok=True)  # no half-written figure left behind
+                    raise UsageError(f"--out {out}: cannot write {path.name} ({error.strerror or error}); choose a "
+                                     "writable folder") from None
                 written.append(path)
     return written
 

@@ -63,7 +63,10 @@ def complete_bytes(path: Path) -> bytes:
 def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     """Parse one CSV table by column name; every complete row is kept, a corrupt file raises UsageError."""
     where = _short(path)
-    data = complete_bytes(path)
+    try:
+        data = complete_bytes(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {where} ({exc.strerror or exc}); ask its owner to make it readable") from None
     if not data.strip():
         return pd.DataFrame({c: pd.Series(dtype=float) for c in required})
     try:
@@ -246,8 +249,13 @@ def find_runs(paths: list[Path]) -> list[tuple[Path, bool]]:
 def load_run(path: Path) -> Run:
     """Metadata and master table of one run; a run with no complete step yet is a UsageError."""
     try:
-        meta = json.loads((path / METADATA).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = (path / METADATA).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {_short(path / METADATA)} ({exc.strerror or exc}); ask its owner to make "
+                         "it readable") from None
+    try:
+        meta = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"corrupt metadata {_short(path / METADATA)}: {exc}") from None
     if not isinstance(meta, dict):
         raise UsageError(f"corrupt metadata {_short(path / METADATA)}: expected a JSON object")

@@ -113,6 +113,9 @@ def test_sweep_measures_each_batch_in_its_own_process_and_draws_the_figure(tmp_p
     (["partitions", "eval", "--steps", "0"], ["--steps 0"]),
     (["partitions", "eval", "--threshold", "-1"], ["--threshold"]),
     (["partitions", "sweep", "--batch-sizes", "4..8", "--partitions", "64"], ["--partitions 64"]),
+    (["partitions", "eval", "--batch-size", "1000000000"], ["--batch-size 1000000000", "TiB", "memory available"]),
+    (["partitions", "sweep", "--model", "cifar10", "--batch-sizes", "2^20..2^29"], ["--batch-sizes 536870912",
+                                                                                     "memory available"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
     assert_one_line_error(anytimectl(*args, "--out", str(tmp_path), check=False, timeout=60), *fragments)
@@ -123,3 +126,19 @@ def test_help_has_examples():
     for command in ("eval", "sweep"):
         out = anytimectl("partitions", command, "--help", timeout=60).stdout
         assert "Examples" in out and f"anytimectl partitions {command}" in out
+
+
+def test_running_out_of_memory_while_measuring_is_a_usage_error(monkeypatch):
+    from anytimectl import partitions
+
+    class ResourceExhaustedError(Exception):  # what tf.errors raises, by name
+        pass
+
+    spec = partitions.Spec("toy-fc", 64, [2], 1, 1, 0, 1)
+    for error in (MemoryError(), ResourceExhaustedError("OOM when allocating tensor")):
+        def fail(*args, error=error):
+            raise error
+        monkeypatch.setattr(partitions, "_measure_batch", fail)
+        with pytest.raises(UsageError, match="batch 64 of toy-fc ran out of memory"):
+            partitions.measure_batch(spec)
+    assert partitions.batch_bytes("cifar10", 10) == 10 * (32 * 32 * 3 * 4 + 8)
