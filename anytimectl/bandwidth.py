@@ -338,22 +338,30 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
     find_mpiexec(mpiexec)  # a missing mpiexec is a usage error before anything is created
     path = reserve(out, name, f"bandwidth-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     env = {}
+    between = _StopRequest()
+    between.install()
     try:
-        if model:
-            elements = model_elements(model)
-            sizes = sorted(set(sizes) | {elements})
-            env[MODEL_VARIABLE] = f"{model}:{elements}"
+        try:
+            if model:
+                elements = model_elements(model)  # builds the model: seconds, in which a Ctrl-C may come
+                sizes = sorted(set(sizes) | {elements})
+                env[MODEL_VARIABLE] = f"{model}:{elements}"
+        except KeyboardInterrupt:  # a second signal while counting
+            pass
+        if between.signal is not None:
+            between.restore()
+            release(path)  # stopped before anything was measured: leave no run directory behind
+            return 130
         run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, worker_counts),
                            {"bandwidth": COLUMNS})
     except BaseException:
+        between.restore()
         release(path)  # nothing was measured: leave no empty run directory behind
         raise
     rows: list[dict] = []
     argv = ["bandwidth", "--sizes", ",".join(map(str, sizes)), "--rounds", str(rounds), "--warmup", str(warmup)]
     say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
     say(f"run directory: {path}")
-    between = _StopRequest()
-    between.install()
     try:
         for count in worker_counts:
             if between.signal is not None:

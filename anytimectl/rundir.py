@@ -370,3 +370,19 @@ def mark_if_unfinished(path: Path, status: str, reason: str) -> bool:
     metadata.update(status=status, reason=reason, ended_at=now_iso())
     write_json_atomic(meta_path, metadata)
     return True
+
+
+def update_metadata(path: Path, **fields: Any) -> bool:
+    """Set `fields` in the run's metadata.json (atomically); False when there is no readable metadata.
+
+    For the re-launching parent, which knows things rank 0 could not: e.g. that the SIGTERM the ranks received
+    was the user's Ctrl-C, passed on (`reason="interrupted by Ctrl-C"`).
+    """
+    meta_path = path / "metadata.json"
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    metadata.update(fields)
+    write_json_atomic(meta_path, metadata)
+    return True

@@ -25,6 +25,7 @@ from anytimectl.rundir import (
     read_trace,
     release,
     reserve,
+    update_metadata,
     write_json_atomic,
     write_view,
 )
@@ -82,6 +83,15 @@ def test_finish_records_status_once(tmp_path):
     meta = json.loads((run.path / "metadata.json").read_text())
     assert (meta["status"], meta["reason"], meta["summary"]) == ("interrupted", "interrupted by Ctrl-C", {"steps": 3})
     assert meta["ended_at"]
+
+
+def test_the_parent_can_correct_what_rank_0_recorded(tmp_path):
+    run = open_run(tmp_path)
+    run.finish("interrupted", "interrupted by SIGTERM")
+    assert update_metadata(run.path, reason="interrupted by Ctrl-C")
+    meta = json.loads((run.path / "metadata.json").read_text())
+    assert (meta["status"], meta["reason"]) == ("interrupted", "interrupted by Ctrl-C")
+    assert not update_metadata(tmp_path / "nothing", reason="x")
 
 
 def test_parent_marks_a_run_its_job_left_running(tmp_path):
