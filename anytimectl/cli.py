@@ -15,6 +15,8 @@ from typer.exceptions import TyperException
 from anytimectl import __version__
 from anytimectl.bandwidth import bandwidth
 from anytimectl.commands.train_amb_fmb import amb, fmb
+from anytimectl.commands.train_gossip import gossip
+from anytimectl.commands.train_dynamic import dynamic
 from anytimectl.errors import UsageError
 from anytimectl.partitions import partitions_app
 from anytimectl.plots.command import plot
@@ -53,6 +55,8 @@ def root(
 
 train_app.command("amb")(amb)
 train_app.command("fmb")(fmb)
+train_app.command("gossip")(gossip)
+train_app.command("dynamic")(dynamic)
 app.command(name="plot")(plot)
 app.add_typer(partitions_app, name="partitions")
 app.command(name="bandwidth")(bandwidth)
