@@ -15,8 +15,8 @@ from typer.exceptions import TyperException
 from anytimectl import __version__
 from anytimectl.bandwidth import bandwidth
 from anytimectl.commands.train_amb_fmb import amb, fmb
-from anytimectl.commands.train_gossip import gossip
 from anytimectl.commands.train_dynamic import dynamic
+from anytimectl.commands.train_gossip import gossip
 from anytimectl.errors import UsageError
 from anytimectl.partitions import partitions_app
 from anytimectl.plots.command import plot

@@ -186,12 +186,15 @@ class CsvTable:
     (`RunDirectory(views=...)`), written and flushed together with it.
     """
 
-    def __init__(self, path: Path, columns: Sequence[str]):
+    def __init__(self, path: Path, columns: Sequence[str], append: bool = False):
+        """append: continue an existing table of the same columns (a resumed run) instead of starting one."""
         self.path = path
         self.columns = tuple(columns)
-        self._stream = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+        append = append and path.is_file() and path.stat().st_size > 0
+        self._stream = open(path, "a" if append else "w", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.writer(self._stream)
-        self._writer.writerow(self.columns)
+        if not append:
+            self._writer.writerow(self.columns)
         self._stream.flush()
         self.rows = 0
         self.views: list[tuple[CsvTable, int]] = []  # (view, index of the column that must be set)
@@ -218,6 +221,39 @@ class CsvTable:
         self._stream.close()
         for view, _ in self.views:
             view.close()
+
+
+def keep_rows_through(path: Path, columns: Sequence[str], step: int) -> None:
+    """Prepare a table of a resumed run for appending: its header must be `columns`; the rows of steps after
+    `step` (which the resumed run does again) and a cut-short last line are dropped, the rest is kept as it is."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as stream:
+        text = stream.read()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    if not lines:
+        return
+    header = next(csv.reader([lines[0]]))
+    if tuple(header) != tuple(columns):
+        raise UsageError(f"{path} has columns {', '.join(header)}; this run writes {', '.join(columns)}: it "
+                         "cannot be continued here")
+    index = header.index("step") if "step" in header else header.index("master_step")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        cells = next(csv.reader([line]), [])
+        try:
+            if float(cells[index]) <= step:
+                kept.append(line)
+        except (IndexError, ValueError):
+            continue
+    if len(kept) != len(lines) or "".join(lines) != text:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".csv")
+        with os.fdopen(handle, "w", newline="") as stream:
+            stream.writelines(kept)
+        os.chmod(temporary, file_mode())
+        os.replace(temporary, path)
 
 
 #: The row-per-evaluation view of master_stats: with --log-every N > 1 the original wrote one full row every N
@@ -277,10 +313,22 @@ class Trace:
     readable trace; `close` adds it when the run ends normally.
     """
 
-    def __init__(self, path: Path, origin: float):
+    def __init__(self, path: Path, origin: float, append: bool = False):
+        """append: continue the trace of a resumed run (reopening a closed array, dropping a cut-short line)."""
         self.origin = origin
-        self._stream = open(path, "w")  # noqa: SIM115 - closed in close()
-        self._stream.write("[\n")
+        if append and path.is_file():
+            text = path.read_text()
+            closed = text.rstrip().endswith("]")
+            if closed:
+                text = text.rstrip()[:-1].rstrip()
+                text = text if text.endswith("[") else text + ","
+            else:
+                text = text[: max(text.rfind(",\n") + 1, text.find("[") + 1)]
+            path.write_text(text + "\n")
+            self._stream = open(path, "a")  # noqa: SIM115 - closed in close()
+        else:
+            self._stream = open(path, "w")  # noqa: SIM115 - closed in close()
+            self._stream.write("[\n")
         self._named: set[int] = set()
 
     def name_process(self, pid: int, name: str) -> None:
@@ -324,18 +372,32 @@ class RunDirectory:
     """Owns every file of one run; only the master rank creates one."""
 
     def __init__(self, path: Path, metadata: dict[str, Any], tables: dict[str, Sequence[str]],
-                 views: dict[str, tuple[str, str]] | None = None):
+                 views: dict[str, tuple[str, str]] | None = None, resumed_from: int | None = None):
         """`views` maps a view's name to (its source table, the column that must be set): e.g.
-        EVALUATED_MASTER_VIEW writes master_stats_eval.csv with only the evaluated rows of master_stats."""
+        EVALUATED_MASTER_VIEW writes master_stats_eval.csv with only the evaluated rows of master_stats.
+
+        `resumed_from`: reopen the existing run at `path`, continuing from its checkpoint of that step
+        (anytimectl.checkpoints): the tables are appended to (their rows after the step dropped first), the
+        events and trace go on, and metadata keeps its history with the resume added and status `running`."""
         self.path = path
         self.origin = time.time()
-        self.metadata = {"status": "running", "reason": None, "started_at": now_iso(), "ended_at": None, **metadata}
+        append = resumed_from is not None
+        if append:
+            self.metadata = _resumed_metadata(path, metadata, resumed_from)
+        else:
+            self.metadata = {"status": "running", "reason": None, "started_at": now_iso(), "ended_at": None,
+                             **metadata}
         self.save_metadata()
-        self.tables = {name: CsvTable(path / f"{name}.csv", columns) for name, columns in tables.items()}
+        files = {name: (name, columns) for name, columns in tables.items()}
+        files.update({name: (name, tables[source]) for name, (source, _) in (views or {}).items()})
+        if append:
+            for name, columns in files.values():
+                keep_rows_through(path / f"{name}.csv", columns, resumed_from)
+        self.tables = {name: CsvTable(path / f"{name}.csv", columns, append) for name, columns in tables.items()}
         for name, (source, column) in (views or {}).items():
-            self.tables[source].add_view(CsvTable(path / f"{name}.csv", self.tables[source].columns), column)
+            self.tables[source].add_view(CsvTable(path / f"{name}.csv", self.tables[source].columns, append), column)
         self.events = EventLog(path / "events.jsonl")
-        self.trace = Trace(path / "trace.json", self.origin)
+        self.trace = Trace(path / "trace.json", self.origin, append)
         self._closed = False
 
     def save_metadata(self) -> None:
@@ -356,6 +418,19 @@ class RunDirectory:
         self.trace.close()
         self.events.close()
         self.save_metadata()
+
+
+def _resumed_metadata(path: Path, fresh: dict[str, Any], step: int) -> dict[str, Any]:
+    """The run's recorded metadata, updated by the resumed job's `fresh` one, with the resume in `resumes`."""
+    try:
+        old = json.loads((path / "metadata.json").read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot resume {path}: its metadata.json is unreadable ({error})") from None
+    resume = {"at": now_iso(), "from_step": step, "previous_status": old.get("status"),
+              "previous_reason": old.get("reason"), "previous_ended_at": old.get("ended_at"), "argv": fresh.get("argv")}
+    return {**old, **fresh, "status": "running", "reason": None, "ended_at": None,
+            "started_at": old.get("started_at"), "summary": old.get("summary") or {},
+            "resumes": [*(old.get("resumes") or []), resume]}
 
 
 def mark_if_unfinished(path: Path, status: str, reason: str) -> bool:

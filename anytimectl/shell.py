@@ -98,6 +98,8 @@ class RunContext:
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
     devices: list[str] = field(default_factory=list)
     run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
+    run_dir_path: Path | None = None  # every rank, once the run starts (checkpoints are written there)
+    resume: Any = None  # checkpoints.ResumePoint when the run continues one (config["resume"])
     run_dir: RunDirectory | None = None  # rank 0
     recorder: Any = None  # recorder.Recorder on rank 0
     view: Any = None  # live.LiveView on rank 0
@@ -158,7 +160,8 @@ def default_run_id(request: RunRequest, workers: int) -> str:
 
 def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
     workers = request.launch.workers
-    run_dir = reserve(Path(request.output.out), request.output.name, default_run_id(request, workers))
+    run_dir = _resumed_dir(request) or reserve(Path(request.output.out), request.output.name,
+                                               default_run_id(request, workers))
     try:
         end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
                        {RUN_DIR_VARIABLE: str(run_dir)})
@@ -218,6 +221,10 @@ def _start_and_run(request: RunRequest, protocol: TrainingProtocol, context: Run
                                        rank.local_rank, request.launch.gpus_per_node)
         if rank.rank == 0:
             context.run_dir_reserved = _reserve_run_dir(request, rank, protocol.has_master)
+        if request.config.get("resume"):
+            from anytimectl.checkpoints import resume_point
+
+            context.resume = resume_point(Path(request.config["resume"]))
         protocol.setup()
     except UsageError as error:
         failure = (_USAGE, str(error))
@@ -273,10 +280,19 @@ def _device_choice(device: str, has_master: bool) -> str:
     return device
 
 
+def _resumed_dir(request: RunRequest) -> Path | None:
+    """A resumed run continues in its own directory (non-empty, so releasing it never removes it)."""
+    resume = request.config.get("resume")
+    return Path(resume) if resume else None
+
+
 def _reserve_run_dir(request: RunRequest, rank: RankInfo, has_master: bool) -> Path:
     reserved = os.environ.get(RUN_DIR_VARIABLE)
     if reserved:
         return Path(reserved)
+    resumed = _resumed_dir(request)
+    if resumed is not None:
+        return resumed
     return reserve(Path(request.output.out), request.output.name, default_run_id(request, _workers(rank, has_master)))
 
 
@@ -315,7 +331,7 @@ def _agree(rank: RankInfo, failure: tuple[int, str] | None, context: RunContext)
 def _run_protocol(request: RunRequest, protocol: TrainingProtocol, context: RunContext, reserved: Path | None) -> int:
     rank = context.rank
     stopper = context.stopper
-    run_dir_path = _share_run_dir(rank, reserved)
+    run_dir_path = context.run_dir_path = _share_run_dir(rank, reserved)
     try:
         if rank.rank == 0:
             _open_run_dir(request, protocol, context, run_dir_path)
@@ -385,13 +401,17 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
             metadata["versions"].update(value)
         else:
             metadata[key] = value
-    context.run_dir = run_dir = RunDirectory(path, metadata, protocol.columns.tables())
+    resumed_from = context.resume.step if context.resume is not None else None
+    context.run_dir = run_dir = RunDirectory(path, metadata, protocol.columns.tables(), resumed_from=resumed_from)
     reporting = _reporting_workers(rank.size, has_master)
     hosts = {worker: context.hosts[mpi_rank] for worker, mpi_rank in reporting.items()}
     context.view = LiveView(_title(request, len(reporting)), hosts, protocol.layout,
                             mode=request.output.view_mode, columns=protocol.live_columns)
     context.recorder = Recorder(run_dir, hosts, protocol.layout, protocol.columns, context.view, has_master,
                                 protocol.formatters())
+    if resumed_from is not None:
+        run_dir.events.log("resumed", from_step=resumed_from, checkpoint=str(context.resume.directory),
+                           ranks=rank.size)
     run_dir.events.log("run started", method=request.method, protocol=request.protocol, backend=request.backend,
                        ranks=rank.size, straggler=context.delay.describe() if context.delay else None)
 

@@ -7,6 +7,12 @@ and slept the induced delay) and the row it reports. Everything else is here, on
 conditions (steps and epochs are known to every rank alike; a signal or rank 0 reaching the target accuracy is a
 stop wish that `StepReports` turns into one agreed last step), the rows of every rank reaching rank 0 and the run
 directory, and rank 0's evaluation in a thread on a snapshot of its parameters, so it never holds the others back.
+
+Checkpoints (`--checkpoint-every N`, `--resume RUN_DIR`; anytimectl.checkpoints): after every N-th step, and after
+the last, each rank writes `checkpoint_state()` (engine, data position, counters) before it posts the step's
+report, so once rank 0 has that step's reports from every rank it knows every file is written and completes the
+checkpoint with a manifest; no extra synchronisation. Resuming restores the state at the end of `setup` and the
+loop continues from the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -70,6 +76,10 @@ class PeerProtocol(TrainingProtocol):
             self.evaluator = Evaluator(self.make_engine(), self.x_test, self.y_test, snapshot_of=self.engine)
         self.prepare()
         self.warm_up()
+        self.start_step, self.start_examples, self.start_elapsed = 0, 0.0, 0.0
+        resume = getattr(context, "resume", None)
+        if resume is not None:  # after the warm-up, whose compute may touch RNG or batch-norm state
+            self._restore(resume)
 
     def warm_up(self) -> None:
         """Compile the framework's functions now, so that the first step's compute time is a real one."""
@@ -120,6 +130,34 @@ class PeerProtocol(TrainingProtocol):
         """After the last step, on every rank (all reach it): e.g. a final exchange. Returns summary extras."""
         return {}
 
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """This rank's state after the current step: everything not derived from (--seed, step). A method with
+        state of its own extends it (and `load_checkpoint_state`)."""
+        return {"engine": self.engine.state(), "stream_consumed": _stream_position(self.stream),
+                "examples": self.examples, "size": self.size}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.engine.load_state(state["engine"])
+        self.stream.advance(int(state["stream_consumed"]) - _stream_position(self.stream))
+
+    def _restore(self, resume: Any) -> None:
+        from anytimectl.checkpoints import load_rank
+
+        ranks = int(resume.manifest.get("ranks", -1))
+        if ranks != self.size:
+            raise UsageError(f"--resume: the checkpoint of step {resume.step} was written by {ranks} ranks, this job "
+                             f"has {self.size}; resume with --workers {ranks}")
+        state = load_rank(resume, self.rank, self.context.request.backend)
+        self.load_checkpoint_state(state)
+        self.start_step, self.start_examples = resume.step, float(state["examples"])
+        self.start_elapsed = float(resume.manifest.get("elapsed", 0.0))
+
+    def _save_checkpoint(self, checkpointer: Any, step: int, epoch: float) -> None:
+        elapsed = time.time() - self.context.recorder.origin if self.context.recorder is not None else 0.0
+        checkpointer.save(step, self.checkpoint_state(),
+                          {"examples": self.examples, "epoch": epoch, "elapsed": elapsed})
+
     # --- the loop ------------------------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
         context = self.context
@@ -130,13 +168,18 @@ class PeerProtocol(TrainingProtocol):
         reporter = self.rank == 0
         recorder = context.recorder
         ranks = list(range(1, self.size + 1))
+        checkpointer = self._checkpointer()
+        step = self.start_step
+        self.examples = self.start_examples
+        epoch = self.examples / len(self.dataset.x_train)
         if reporter:
-            recorder.start_clock()
-        self.examples = 0.0
-        epoch = 0.0
+            # a resumed run's clock goes on from the checkpoint's time, so its tables continue without the gap
+            recorder.start_clock(time.time() - self.start_elapsed)
+            if step:
+                recorder.steps, recorder.examples = step, self.examples
+                recorder.row_count = step * self.size
         pending: StepRecord | None = None
         best = None
-        step = 0
         stopped_by: str | None = None
         while True:
             if steps is not None and step >= steps:
@@ -177,21 +220,44 @@ class PeerProtocol(TrainingProtocol):
                 else:
                     recorder.step(record)
             wish = context.stopper.reason is not None or (target is not None and best is not None and best >= target)
+            if checkpointer.due(step):  # before the report: a completed report of this step means every file is written
+                self._save_checkpoint(checkpointer, step, epoch)
             reports.post(step, self.clock.snapshot(), wish)
             if reporter:
-                for _, rows in reports.completed():
+                for done, rows in reports.completed():
                     recorder.rows(ranks, rows)
+                    checkpointer.confirmed(done)
+        if checkpointer.enabled and checkpointer.last_saved != step and step > self.start_step:
+            self._save_checkpoint(checkpointer, step, epoch)  # the last step: a stopped run resumes where it stopped
+            if self.comm is not None:
+                self.comm.barrier()  # sleep-polled: every rank's file is written
         extra = self.finish()
-        for _, rows in reports.finish():
+        for done, rows in reports.finish():
             recorder.rows(ranks, rows)
+            checkpointer.confirmed(done)
+        if reporter:
+            checkpointer.confirmed(step)
         if reporter and pending is not None:
             self._evaluated(pending)
         return RunOutcome(stopped_by, extra)
+
+    def _checkpointer(self) -> Any:
+        from anytimectl.checkpoints import Checkpointer
+
+        c = self.context.config
+        return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),
+                            int(c.get("keep_checkpoints") or 2), self.rank, self.size, self.context.request.backend,
+                            self.context.log)
 
     def _evaluated(self, record: StepRecord) -> None:
         record.test_loss, record.accuracy = self.evaluator.join()
         record.spans.append(("evaluate", self.evaluator.start_time, self.evaluator.end_time, {}))
         self.context.recorder.step(record)
+
+
+def _stream_position(stream: Any) -> int:
+    """Examples a BatchStream has consumed (its orders are derived from (seed, rank, epoch), so this is its state)."""
+    return int(stream._consumed)
 
 
 def _best(best: float | None, accuracy: float | None) -> float | None:

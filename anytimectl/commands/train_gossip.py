@@ -1,0 +1,243 @@
+"""`anytimectl train gossip`: decentralised training (local, nocomm, allreduce, elastic gossip, pull gossip) on
+PyTorch, the thesis code's methods and settings (protocols/gossip.py has the exact rules)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from anytimectl.checkpoints import CheckpointOptions, resume_point
+from anytimectl.commands.common import (
+    check_devices,
+    check_stragglers,
+    common_config,
+    exit_with,
+    resolve_model,
+    run_request,
+)
+from anytimectl.errors import UsageError
+from anytimectl.options import (
+    PANEL_TRAINING,
+    DataOptions,
+    LaunchOptions,
+    LengthOptions,
+    OptimizerOptions,
+    OutputOptions,
+    StragglerOptions,
+    aliased_choice,
+    flag,
+    with_option_groups,
+)
+from anytimectl.protocols.gossip import METHOD_ALIASES, METHODS, VALIDATION_SIZES
+
+PANEL_GOSSIP = "Gossip"
+BACKEND = "torch"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the original's config table: what an option left out means for this dataset."""
+
+    learning_rate: float
+    momentum: float
+    nesterov: bool
+    epochs: float
+    batch_size: int
+    milestones: tuple[float, ...]
+    anneal: float
+
+
+#: The original's config.py (iris, mnist, cifar10), and a laptop default for the built-in digits (and toy) data:
+#: 10 epochs of the digits CNN at an aggregate batch of 64 reach about 97% in under a minute on two cores.
+EXPERIMENTS = {
+    "iris": Experiment(0.01, 0.99, False, 3, 4, (2000,), 0.1),
+    "mnist": Experiment(0.001, 0.99, True, 100, 128, (), 0.5),
+    "fashion-mnist": Experiment(0.001, 0.99, True, 100, 128, (), 0.5),
+    "cifar10": Experiment(0.01, 0.9, True, 50, 128, (15, 30, 40), 0.5),
+    "digits": Experiment(0.05, 0.9, True, 10, 64, (), 0.5),
+    "toy": Experiment(0.05, 0.9, True, 10, 64, (), 0.5),
+}
+#: The original's networks (the torch backend's names); other datasets get the backend's default model.
+MODELS = {"iris": "iris-mlp", "mnist": "mnist-mlp", "fashion-mnist": "mnist-mlp", "cifar10": "preact-resnet18"}
+#: Options that may accompany --resume: how to start the job, what to print, and a longer run.
+_RESUME_OPTIONS = {"workers", "threads", "device", "gpus_per_node", "mpiexec", "hosts", "live", "quiet", "json",
+                   "steps", "epochs", "target_accuracy", "resume"}
+
+
+def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) -> Any:
+    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL_GOSSIP, help=text, **extra)
+
+
+@with_option_groups(log_every=10, test_size=-1)
+def gossip(
+    launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
+    output: OutputOptions, checkpoints: CheckpointOptions,
+    method: Annotated[str, aliased_choice(
+        METHODS, METHOD_ALIASES, rich_help_panel=PANEL_GOSSIP,
+        help="local (one process), nocomm (average at the end), allreduce (gradients every step), elastic "
+             "(elastic gossip), gossip (pull gossip); the original's noComm, gradAllReduce, elasticGossip and "
+             "gossipingSgd work too.")] = "elastic",
+    agg_period: Annotated[int, _option("Attempt a gossip every N updates.", "N", min=1)] = 1,
+    agg_prob: Annotated[float, _option("Probability that a worker initiates a gossip in an attempt.", "P",
+                                       min=0.0, max=1.0)] = 1.0,
+    weighted: Annotated[bool, _option("Pick peers by distance between random points on the unit square, with "
+                                      "weight 1/(d + 1e-5)^penalty, instead of uniformly.", None,
+                                      "--weighted", "--weighted-gossip")] = False,
+    penalty: Annotated[float, _option("--weighted: the distance exponent.", "F", min=0.0)] = 1.0,
+    elastic_alpha: Annotated[float, _option("elastic: the pull towards the partners (0.5 with one partner: the "
+                                            "midpoint).", "A", min=0.0)] = 0.5,
+    batch_size: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="The aggregate batch, split evenly over the workers (default: the dataset's).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="SGD learning rate (default: the dataset's).")] = None,
+    momentum: Annotated[float | None, typer.Option(
+        metavar="M", min=0, max=1, rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="SGD momentum (default: the dataset's; 0 for none).")] = None,
+    nesterov: Annotated[bool | None, typer.Option(
+        "--nesterov/--no-nesterov", rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="Nesterov momentum (default: the dataset's).")] = None,
+    weight_decay: Annotated[float, typer.Option(
+        metavar="WD", min=0, rich_help_panel=PANEL_TRAINING, help="L2 weight decay.")] = 0.0,
+    lr_milestones: Annotated[list[float] | None, typer.Option(
+        "--lr-milestones", "--anneal-milestones", metavar="EPOCH", rich_help_panel=PANEL_TRAINING,
+        show_default=False,
+        help="Epochs at which the rate is multiplied by --lr-anneal (MultiStepLR); repeatable (default: the "
+             "dataset's).")] = None,
+    lr_anneal: Annotated[float | None, typer.Option(
+        "--lr-anneal", "--anneal-factor", metavar="F", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="Factor per milestone (default: the dataset's; 1 turns the milestones off).")] = None,
+    val_size: Annotated[int | None, typer.Option(
+        metavar="N", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
+        help="Training examples held out for the workers' validation (default: mnist 8800, cifar10 5200, iris "
+             "25, digits 237; 0: none).")] = None,
+) -> None:
+    """Decentralised SGD: workers average models with partners (gossip) or all.
+
+    Every worker trains on its own shard from the same initial model, with SGD
+    (momentum, Nesterov, MultiStepLR). Every --agg-period updates each worker
+    initiates a gossip with probability --agg-prob, with a peer drawn from a
+    generator every rank seeds alike, so partners are known without asking and
+    only partners talk. elastic: x_i <- step(x_i) - alpha * sum over partners
+    of (x_i - x_j); gossip: the initiator x_i <- step(x_i) - (x_i - x_peer) / 2.
+    Options left out take the dataset's settings from the original (iris,
+    mnist, cifar10; digits for laptops). --workers 1 is local training.
+
+    \b
+    Examples:
+      anytimectl train gossip --workers 4 --method elastic --agg-prob 0.125
+      anytimectl train gossip --workers 4 --method gossip --agg-prob 0.125 \\
+          --induce niagara:0.05
+      anytimectl train gossip --workers 4 --method allreduce --dataset mnist \\
+          --data-dir ~/data/mnist
+      anytimectl train gossip --workers 8 --weighted --penalty 2 --json
+      anytimectl train gossip --workers 4 --checkpoint-every 100 --name g1
+      anytimectl train gossip --resume runs/g1 --epochs 20
+      mpiexec -n 4 anytimectl train gossip --dataset cifar10 --data-dir ~/data
+    """
+    if checkpoints.resume is not None:
+        exit_with(_resume(checkpoints, launch, length, output))
+        return
+    experiment = EXPERIMENTS[data.dataset]
+    if data.model is None and data.dataset in MODELS:
+        data.model = MODELS[data.dataset]
+    model = resolve_model(data, BACKEND)
+    workers = launch.workers
+    if method == "local" and workers not in (None, 0, 1):
+        raise UsageError(f"--method local runs one process; drop --workers {workers} (or use another method)")
+    if workers == 1:
+        method = "local"  # as the original: one worker trains locally
+    ranks = workers if workers else 1
+    batch = batch_size if batch_size is not None else experiment.batch_size
+    if batch < ranks:
+        raise UsageError(f"{flag('batch_size')} {batch} is the aggregate batch, split over {ranks} workers: it must "
+                         f"be at least {ranks}")
+    moment = experiment.momentum if momentum is None else momentum
+    use_nesterov = experiment.nesterov if nesterov is None else nesterov
+    if use_nesterov and moment <= 0:
+        raise UsageError("--nesterov needs a positive --momentum; add --no-nesterov or set --momentum")
+    milestones = tuple(lr_milestones) if lr_milestones is not None else experiment.milestones
+    optimizer = OptimizerOptions(
+        optimizer="sgd", learning_rate=experiment.learning_rate if learning_rate is None else learning_rate,
+        weight_decay=weight_decay, lr_schedule="milestones" if milestones else "const",
+        lr_milestones=list(milestones) or None,
+        lr_anneal=experiment.anneal if lr_anneal is None else lr_anneal)
+    from anytimectl.commands.common import check_data, check_workers
+
+    check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
+    check_devices(launch)
+    check_workers(launch, BACKEND, ranks)
+    config = common_config(launch, data, length, stragglers, optimizer, checkpoints)
+    described = check_data(data, length, workers)
+    config.update(described)
+    validation = VALIDATION_SIZES.get(data.dataset, 0) if val_size is None else val_size
+    if validation >= described["train_examples"] - ranks + 1:
+        raise UsageError(f"--val-size {validation}: --dataset {data.dataset} has {described['train_examples']} "
+                         f"training examples; leave at least one per worker")
+    epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
+    config.update(model=model, backend=BACKEND, method=method, agg_period=agg_period, agg_prob=agg_prob,
+                  weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=batch,
+                  per_worker_batch=batch // ranks, momentum=moment, nesterov=use_nesterov, val_size=validation,
+                  epochs=epochs, resume=None)
+    exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
+                          dataset=data.dataset, model=model, config=config, launch=launch, output=output,
+                          seed=stragglers.seed))
+
+
+def _resume(checkpoints: CheckpointOptions, launch: LaunchOptions, length: LengthOptions,
+            output: OutputOptions) -> int:
+    """Continue a recorded run: its options from metadata.json, a longer length if given, this job's launch."""
+    given = _given_options()
+    refused = sorted(given - _RESUME_OPTIONS)
+    if refused:
+        raise UsageError(f"--resume continues the run with its recorded options; {flag(refused[0])} cannot change "
+                         "them (only --steps, --epochs, --target-accuracy, the launch and output options may be given)")
+    run_dir = Path(checkpoints.resume).expanduser()
+    point = resume_point(run_dir)
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    if metadata.get("command") != "train" or metadata.get("protocol") != "gossip":
+        raise UsageError(f"--resume {run_dir}: not a train gossip run (it is {metadata.get('command')} "
+                         f"{metadata.get('method')})")
+    config = dict(metadata["config"])
+    ranks = int(point.manifest["ranks"])
+    if launch.workers is None and ranks > 1:
+        from anytimectl.launch import in_mpi_job
+
+        if not in_mpi_job():
+            launch.workers = ranks
+    if launch.workers not in (None, 0) and launch.workers != ranks or launch.workers == 0 and ranks > 1:
+        raise UsageError(f"--workers {launch.workers}: the checkpoint of step {point.step} holds {ranks} workers; "
+                         f"resume with --workers {ranks}")
+    for name in ("steps", "epochs", "target_accuracy"):
+        if name in given:
+            config[name] = getattr(length, name)
+    steps, epochs = config.get("steps"), config.get("epochs")
+    reached = float(point.manifest.get("epoch", 0.0))
+    if steps is not None and point.step >= steps or epochs is not None and reached >= epochs - 1e-9:
+        raise UsageError(f"--resume {run_dir}: its checkpoint is at step {point.step} (epoch {reached:.3g}), where "
+                         f"the run ends; give a larger --steps or --epochs to train on")
+    config.update(resume=str(run_dir), workers=launch.workers, threads=launch.threads, device=launch.device,
+                  gpus_per_node=launch.gpus_per_node)
+    output.out, output.name = run_dir.parent, run_dir.name
+    check_devices(launch)
+    return run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
+                       dataset=config["dataset"], model=config["model"], config=config, launch=launch, output=output,
+                       seed=int(config.get("seed") or 0))
+
+
+def _given_options() -> set[str]:
+    """The options this command line sets explicitly (not their defaults)."""
+    import click
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    return {name for name in context.params
+            if context.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+__all__ = ["EXPERIMENTS", "MODELS", "gossip"]

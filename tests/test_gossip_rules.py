@@ -1,0 +1,87 @@
+"""The gossip update rules on flat buffers (the original's elastic_gossip_check and gossiping_sgd_check, in
+numpy), the validation hold-out, and the command's checks that need no job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import anytimectl
+
+from anytimectl.errors import UsageError
+from anytimectl.gossip_schedule import GossipSchedule
+from anytimectl.protocols.gossip import elastic_correction, holdout, pull_correction
+
+
+def _asymmetric(size: int, n: int = 50) -> list[np.ndarray]:
+    rng = np.random.default_rng(size)
+    return [rng.standard_normal(n).astype(np.float32) * (r + 1) + r for r in range(size)]
+
+
+def test_elastic_update_is_alpha_times_the_sum_over_partners():
+    x = _asymmetric(4)
+    rank, peer, requester = 1, 2, 0  # as the original's check: peer = r+1, requester = r-1
+    for alpha in (0.05, 0.5, 0.95):
+        s = elastic_correction(x[rank], [x[peer], x[requester]], alpha)
+        assert np.allclose(s, alpha * ((x[rank] - x[peer]) + (x[rank] - x[requester])), atol=1e-5)
+
+
+def test_elastic_with_alpha_half_and_one_partner_meets_at_the_midpoint():
+    a, b = _asymmetric(2)
+    new_a = a - elastic_correction(a, [b], 0.5)
+    new_b = b - elastic_correction(b, [a], 0.5)
+    assert np.allclose(new_a, (a + b) / 2, atol=1e-6) and np.allclose(new_b, new_a, atol=1e-6)
+
+
+def test_elastic_exchanges_conserve_the_sum_of_parameters_over_workers():
+    size = 7
+    x = _asymmetric(size)
+    schedule = GossipSchedule.create(size, seed=5, prob=0.5)
+    for step in range(1, 40):
+        total = np.sum(x, axis=0, dtype=np.float64)
+        corrections = [elastic_correction(x[r], [x[p] for p in schedule.partners(step, r)], 0.3) for r in range(size)]
+        x = [x[r] - corrections[r] for r in range(size)]
+        assert np.allclose(np.sum(x, axis=0, dtype=np.float64), total, rtol=1e-5, atol=1e-4)
+
+
+def test_pull_gossip_moves_the_initiator_halfway_and_not_the_peer():
+    a, b = _asymmetric(2)
+    s = pull_correction(a, b)
+    assert np.allclose(s, (a - b) / 2, atol=1e-6)
+    assert np.allclose(a - s, (a + b) / 2, atol=1e-6)
+
+
+def test_holdout_is_fixed_and_disjoint():
+    train, val = holdout(1437, 237)
+    assert len(train) == 1200 and len(val) == 237
+    assert not set(train) & set(val) and set(train) | set(val) == set(range(1437))
+    again_train, again_val = holdout(1437, 237)
+    assert (again_train == train).all() and (again_val == val).all()
+    assert len(holdout(10, 0)[1]) == 0
+    with pytest.raises(UsageError):
+        holdout(10, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "local", "--workers", "3"], "--method local runs one process"),
+    (["--workers", "4", "--batch-size", "3"], "aggregate batch"),
+    (["--momentum", "0", "--nesterov"], "--nesterov needs a positive --momentum"),
+    (["--agg-prob", "1.5"], "1.5"),
+    (["--method", "elasticgossip2"], "elasticgossip2"),
+    (["--val-size", "1437"], "--val-size 1437"),
+    (["--resume", "/nonexistent/run"], "not a run directory"),
+    (["--resume", "/nonexistent/run", "--agg-prob", "0.5"], "--agg-prob cannot change"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = anytimectl("train", "gossip", *args, check=False, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_help_lists_methods_and_the_originals_names():
+    result = anytimectl("train", "gossip", "--help", env={"COLUMNS": "80"}, timeout=60)
+    text = result.stdout
+    for word in ("local", "nocomm", "allreduce", "elastic", "gossip", "--agg-prob", "--weighted-gossip",
+                 "--elastic-alpha", "--anneal-milestones", "--checkpoint-every", "--resume", "--no-nesterov"):
+        assert word in text, word
+    assert max(len(line) for line in text.splitlines()) <= 80
