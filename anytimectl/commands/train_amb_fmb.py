@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anytimectl.commands.common import (
+    check_data,
     check_devices,
     check_stragglers,
+    check_workers,
     common_config,
     default_steps,
     exit_with,
@@ -115,7 +117,9 @@ def _train(method: str, launch: LaunchOptions, data: DataOptions, optimizer: Opt
     workers = launch.workers
     check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
     check_devices(launch)
+    check_workers(launch, backend, (workers or 0) + 1)
     config = common_config(launch, data, length, stragglers, optimizer)
+    config.update(check_data(data, length, workers))
     config.update(model=model, backend=backend, batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS),
                   **amb)
     return run_request(command="train", method=method, protocol="master_worker", backend=backend,
