@@ -102,10 +102,10 @@ class _StopRequest:
     def install(self) -> None:
         import threading
 
-        from anytimectl.launch import STOP_SIGNALS
+        from anytimectl.launch import heeded_signals
 
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in heeded_signals()}
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

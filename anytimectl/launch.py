@@ -139,6 +139,15 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
 
 #: The signals that stop a job: Ctrl-C, a polite kill (timeout, batch schedulers), a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+def heeded_signals() -> list[int]:
+    """The stop signals this process should act on: those its starter did not set to be ignored.
+
+    `nohup` ignores SIGHUP, and a shell script's `command &` ignores SIGINT (and SIGQUIT): a run started that way
+    must keep running when the terminal closes or Ctrl-C is pressed, as any other program would.
+    """
+    return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+
+
 #: Longest wait, after a first stop signal, for starting ranks to install their SIGTERM handler.
 READY_TIMEOUT = 30.0
 _READY_POLL = 0.05
@@ -169,7 +178,7 @@ class _Forwarder:
         if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
             yield
             return
-        previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, self._handle) for sig in heeded_signals()}
         try:
             yield
         finally:
@@ -223,7 +232,8 @@ class _Forwarder:
 
 
 def _is_rank(pid: int) -> bool:
-    """One of our re-launched ranks: `python -P -m mpi4py -m anytimectl ...`."""
+    """Below mpiexec, one of our re-launched ranks: `python -P -m mpi4py -m anytimectl ...` (mpiexec's own
+    command line says as much, so it must not be asked about mpiexec itself)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as stream:
             words = stream.read().split(b"\0")

@@ -50,7 +50,16 @@ def marked(marker: str) -> list[int]:
 
 
 def ranks(marker: str) -> list[int]:
-    return [pid for pid in marked(marker) if launch._is_rank(pid)]
+    """The rank processes (mpiexec's own command line names mpi4py and anytimectl too)."""
+    return [pid for pid in marked(marker) if launch._is_rank(pid) and not _command(pid).endswith("mpiexec")]
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            return stream.read().split(b"\0")[0].decode()
+    except OSError:
+        return ""
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -128,6 +137,21 @@ def test_a_signal_during_start_up_waits_for_the_ranks_to_listen(tmp_path):
     parent.send(signal.SIGINT)
     code, _, err = parent.finish()
     assert_clean_stop(code, err, tmp_path / "run", "Ctrl-C")
+    assert_no_leftovers(parent.marker)
+
+
+def test_a_signal_the_parent_was_started_to_ignore_is_ignored(tmp_path):
+    """`nohup anytimectl ...` keeps running when the terminal closes; the next SIGTERM still stops it."""
+    parent = Parent([sys.executable, "-m", "anytimectl", "bandwidth", "--workers", "1", "--sizes", "2^10",
+                     "--rounds", "100000000", "--warmup", "0", "--out", str(tmp_path), "--name", "run"], tmp_path,
+                    preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    parent.wait_for_ranks()
+    parent.send(signal.SIGHUP)
+    time.sleep(2)
+    assert parent.process.poll() is None and len(ranks(parent.marker)) == 2
+    parent.send(signal.SIGTERM)
+    code, _, err = parent.finish()
+    assert_clean_stop(code, err, tmp_path / "run", "SIGTERM")
     assert_no_leftovers(parent.marker)
 
 
