@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from anytimectl import launch
@@ -54,8 +57,6 @@ def test_missing_mpiexec_override_is_a_usage_error():
 def test_cpu_device_hides_gpus(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert launch.select_device("gpu-workers", 0, 0, None) == "cpu"
-    import os
-
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
 
 
@@ -66,7 +67,32 @@ def test_gpu_request_without_gpus_is_a_usage_error(monkeypatch):
 
 
 def test_gpu_ranks_take_gpus_round_robin(monkeypatch):
-    import os
-
     assert launch.select_device("gpu", 3, 3, 2) == "gpu:1"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_stop_signals_ignored_by_the_starter_are_not_heeded():
+    import signal
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        assert signal.SIGHUP not in launch.heeded_signals()
+        assert signal.SIGTERM in launch.heeded_signals()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert set(launch.heeded_signals()) >= {signal.SIGINT, signal.SIGTERM}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_process_tree_and_handlers_are_read_from_proc():
+    import signal
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in launch._descendants(os.getpid())
+        assert launch._catches(os.getpid(), signal.SIGINT)  # Python's KeyboardInterrupt handler
+        assert not launch._catches(child.pid, signal.SIGUSR2)
+    finally:
+        child.kill()
+        child.wait()
