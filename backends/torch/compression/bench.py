@@ -1,0 +1,82 @@
+"""The per-method study behind `anytimectl compress bench`: for one flat gradient and its layout, every method
+in every mode, what it puts on the wire, how close that is to the method's packing bound, how much it distorts
+the gradient, and what encoding and decoding cost.
+
+Rows are plain dicts (one per method and mode), ready for a table, a CSV or JSON:
+method, mode, value_dtype, ratio, threshold, levels (None where a method has no such option), elements,
+tensors, sent (values or symbols that travel), bytes (payload, header included), bound_bytes (packing bound / 8),
+bytes_over_bound, dense_bytes (float32), compression_ratio (dense_bytes / bytes), relative_error
+(||C(g) - g|| / ||g||, one step, no error feedback), encode_s and decode_s (medians of `repeats`; decoding
+averages `world` copies of the payload, as a rank does after the all-gather).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .codec import MODES, make_codec
+from .compressors import DEFAULTS, canonical_method, compressor_class, method_names
+
+
+def threshold_for_ratio(grad: np.ndarray | torch.Tensor, ratio: float) -> float:
+    """The V at which `threshold` keeps about ratio * n elements of `grad`: the ceil(ratio n)-th largest |g|
+    (so that the threshold method is compared with top-k at the same K)."""
+    magnitude = torch.as_tensor(grad, dtype=torch.float32).reshape(-1).abs()
+    k = max(1, min(magnitude.numel(), math.ceil(ratio * magnitude.numel())))
+    return float(torch.kthvalue(magnitude, magnitude.numel() - k + 1).values)
+
+
+def _median_seconds(action: Any, repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = action()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def bench_codecs(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], *, methods: Sequence[str] | None = None,
+                 modes: Sequence[str] = MODES, ratio: float = 0.01, threshold: float | None = None,
+                 levels: int = DEFAULTS["levels"], value_dtype: str = "float32", rescale: bool = False,
+                 repeats: int = 5, world: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (method, mode); see the module docstring. `threshold` None: `threshold_for_ratio(ratio)`."""
+    flat = torch.as_tensor(grad, dtype=torch.float32).reshape(-1).contiguous()
+    layout = list(layout)
+    reference = flat.double()
+    norm = float(torch.linalg.vector_norm(reference))
+    if threshold is None:
+        threshold = threshold_for_ratio(flat, ratio)
+    options = {"ratio": ratio, "threshold": threshold, "levels": levels, "value_dtype": value_dtype,
+               "rescale": rescale}
+    rows = []
+    for name in [canonical_method(m) for m in (methods or method_names())]:
+        takes = compressor_class(name).parameters
+        for mode in modes:
+            codec = make_codec(name, layout, mode=mode, seed=seed, size=flat.numel(), **options)
+            encode_s, payload = _median_seconds(lambda codec=codec: codec.encode(flat, 0), repeats)
+            payloads = [payload] * max(1, world)
+            decode_s, decoded = _median_seconds(lambda codec=codec, p=payloads: codec.decode_mean(p), repeats)
+            _, messages = codec.unpack(payload)
+            counts = codec.counts(messages)
+            bound = codec.bound_bits(counts) / 8
+            error = torch.from_numpy(decoded).double() - reference
+            rows.append({
+                "method": name, "mode": codec.mode,
+                "value_dtype": value_dtype if "value_dtype" in takes else "float32",
+                "ratio": ratio if "ratio" in takes else None,
+                "threshold": threshold if "threshold" in takes else None,
+                "levels": levels if "levels" in takes else None,
+                "elements": codec.size, "tensors": len(codec.sizes), "sent": int(sum(counts)),
+                "bytes": int(payload.size), "bound_bytes": bound,
+                "bytes_over_bound": payload.size / bound if bound > 0 else None,
+                "dense_bytes": codec.dense_nbytes, "compression_ratio": codec.dense_nbytes / payload.size,
+                "relative_error": float(torch.linalg.vector_norm(error)) / norm if norm > 0 else 0.0,
+                "encode_s": encode_s, "decode_s": decode_s,
+            })
+    return rows
