@@ -21,16 +21,26 @@ TORCH_DIR = Path(__file__).parent / "torch"
 _CHILD = "ANYTIMECTL_TORCH_TESTS"
 
 
+def _targets(config: pytest.Config) -> list[Path]:
+    return [Path(arg.split("::")[0]).resolve() for arg in config.args if not arg.startswith("-")]
+
+
 def _torch_only(config: pytest.Config) -> bool:
-    targets = [Path(arg.split("::")[0]).resolve() for arg in config.args if not arg.startswith("-")]
+    targets = _targets(config)
     return bool(targets) and all(t == TORCH_DIR or TORCH_DIR in t.parents for t in targets)
+
+
+def _torch_dir_targeted(config: pytest.Config) -> bool:
+    """The run asked for the torch tests, by naming tests/torch or a folder above it."""
+    return any(t == TORCH_DIR or t in TORCH_DIR.parents for t in _targets(config) or [config.rootpath])
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if os.environ.get(_CHILD) or _torch_only(config):
         return None
     if collection_path == TORCH_DIR:
-        config.stash[_RUN_TORCH] = True
+        if _torch_dir_targeted(config):
+            config.stash[_RUN_TORCH] = True
         return True
     return None
 
@@ -42,10 +52,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not config.stash.get(_RUN_TORCH, False):
         return
-    if exitstatus not in (0, 5) and config.option.exitfirst:
+    first_failure_stops = config.option.maxfail == 1
+    if exitstatus not in (0, 5) and first_failure_stops:
         return
     args = [sys.executable, "-m", "pytest", "-q", str(TORCH_DIR)]
-    if config.option.exitfirst:
+    if first_failure_stops:
         args.append("-x")
     if config.option.keyword:
         args += ["-k", config.option.keyword]

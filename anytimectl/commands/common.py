@@ -14,17 +14,23 @@ from anytimectl.options import DataOptions, LaunchOptions, LengthOptions, Output
 def resolve_model(data: DataOptions, backend: str) -> str:
     """The model name, checked against the backend's list, or a user's `path/to/file.py:build`."""
     from anytimectl import backends
+    from anytimectl.backends.user_model import is_user_model
 
     if data.model is None:
         return backends.default_model(backend, data.dataset)
-    if ":" in data.model and data.model.split(":", 1)[0].endswith(".py"):
+    if is_user_model(data.model):
         path = Path(data.model.split(":", 1)[0]).expanduser()
         if not path.is_file():
             raise UsageError(f"--model {data.model}: no such file {path}")
         return data.model
     names = backends.model_names(backend)
+    if backend == "torch" and data.model not in names:
+        from anytimectl.backends.torch.models import torchvision_names  # torch here: the parent imports no TF
+
+        names = (*names, *torchvision_names())
     if data.model not in names:
-        raise UsageError(f"--model {data.model!r} is not a {backend} model; choose one of {', '.join(names)} "
+        shown = names if len(names) < 30 else (*names[:15], "... (every torchvision classification model)")
+        raise UsageError(f"--model {data.model!r} is not a {backend} model; choose one of {', '.join(shown)} "
                          "or give your own as path/to/file.py:build")
     return data.model
 

@@ -1,13 +1,15 @@
 """The networks, in Keras: the original system's mnist and cifar10 models, its toy models, and small defaults.
 
 Parameter counts of the originals (trainable values) are part of the contract and tested:
-mnist 3,274,634; cifar10 4,607,178. Every model returns logits.
+mnist 3,274,634; cifar10 4,607,178. Every model returns logits. A user's own: `path/to/file.py:build` returning a
+keras.Model (backends/user_model.py).
 """
 
 from __future__ import annotations
 
 from anytimectl.backends.tensorflow import MODELS
 from anytimectl.backends.tensorflow.quiet_import import keras
+from anytimectl.backends.user_model import is_user_model, load_user_builder
 from anytimectl.errors import UsageError
 
 layers = keras.layers
@@ -18,6 +20,11 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> ke
         "digits-cnn": _digits_cnn, "mlp": _mlp, "mnist": _mnist, "cifar10": _cifar10,
         "toy-conv": _toy_conv, "toy-fc": _toy_fc,
     }
+    if is_user_model(name):
+        model = load_user_builder(name)(tuple(input_shape), num_classes)
+        if not isinstance(model, keras.Model):
+            raise UsageError(f"--model {name}: the function returned {type(model).__name__}, not a Keras model")
+        return model
     if name not in builders:
         raise UsageError(f"unknown model '{name}' for --model; choose one of {', '.join(MODELS)}")
     try:
