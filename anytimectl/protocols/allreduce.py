@@ -51,6 +51,12 @@ class AllReduceProtocol(PeerProtocol):
     def prepare(self) -> None:
         self.transport = open_transport(self.context, self.comm)
 
+    def finish(self) -> dict[str, Any]:
+        """Every rank, after the last step: a torch.distributed transport leaves its process group."""
+        if self.transport is not None and self.transport is not self.comm:
+            self.transport.close()
+        return {}
+
     # --- the hooks ---------------------------------------------------------------------------------------------
     def batch_for(self, step: int) -> int:
         """This rank's batch in `step`."""
