@@ -6,8 +6,9 @@ Rows are plain dicts (one per method and mode), ready for a table, a CSV or JSON
 method, mode, value_dtype, ratio, threshold, levels (None where a method has no such option), elements,
 tensors, sent (values or symbols that travel), bytes (payload, header included), bound_bytes (packing bound / 8),
 bytes_over_bound, dense_bytes (float32), compression_ratio (dense_bytes / bytes), relative_error
-(||C(g) - g|| / ||g||, one step, no error feedback), encode_s and decode_s (medians of `repeats`; decoding
-averages `world` copies of the payload, as a rank does after the all-gather).
+(||C(g) - g|| / ||g||, one step, no error feedback), encode_s and decode_s (wall-clock medians of `repeats`;
+decoding averages `world` copies of the payload, as a rank does after the all-gather), encode_cpu_s and
+decode_cpu_s (the same in this process's CPU time, which other processes on the cores do not inflate).
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ def threshold_for_ratio(grad: np.ndarray | torch.Tensor, ratio: float) -> float:
     return float(torch.kthvalue(magnitude, magnitude.numel() - k + 1).values)
 
 
-def _median_seconds(action: Any, repeats: int) -> tuple[float, Any]:
-    times, result = [], None
+def _median_seconds(action: Any, repeats: int) -> tuple[float, float, Any]:
+    """(median wall seconds, median CPU seconds of this process, last result) of `repeats` calls. CPU time
+    stays meaningful when other processes share the cores; wall time is what a step waits."""
+    wall, cpu, result = [], [], None
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = action()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return float(np.median(wall)), float(np.median(cpu)), result
 
 
 def bench_codecs(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], *, methods: Sequence[str] | None = None,
@@ -59,9 +63,10 @@ def bench_codecs(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], *, meth
         takes = compressor_class(name).parameters
         for mode in modes:
             codec = make_codec(name, layout, mode=mode, seed=seed, size=flat.numel(), **options)
-            encode_s, payload = _median_seconds(lambda codec=codec: codec.encode(flat, 0), repeats)
+            encode_s, encode_cpu_s, payload = _median_seconds(lambda codec=codec: codec.encode(flat, 0), repeats)
             payloads = [payload] * max(1, world)
-            decode_s, decoded = _median_seconds(lambda codec=codec, p=payloads: codec.decode_mean(p), repeats)
+            decode_s, decode_cpu_s, decoded = _median_seconds(lambda codec=codec, p=payloads: codec.decode_mean(p),
+                                                              repeats)
             _, messages = codec.unpack(payload)
             counts = codec.counts(messages)
             bound = codec.bound_bits(counts) / 8
@@ -77,6 +82,6 @@ def bench_codecs(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], *, meth
                 "bytes_over_bound": payload.size / bound if bound > 0 else None,
                 "dense_bytes": codec.dense_nbytes, "compression_ratio": codec.dense_nbytes / payload.size,
                 "relative_error": float(torch.linalg.vector_norm(error)) / norm if norm > 0 else 0.0,
-                "encode_s": encode_s, "decode_s": decode_s,
+                "encode_s": encode_s, "decode_s": decode_s, "encode_cpu_s": encode_cpu_s, "decode_cpu_s": decode_cpu_s,
             })
     return rows

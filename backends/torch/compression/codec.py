@@ -6,6 +6,9 @@ Payload = 6-byte header + the encoding's body (`encodings.py`). Header, little-e
 flags (uint8: bit 0 float16 values, bit 1 entire mode), step (uint32). The decoder checks all three against
 its own configuration, so a payload from a differently configured rank is an error, not a silent garbling.
 
+The codec runs on the CPU (gradients on a GPU are copied over first), beside the MPI transport; one call
+encodes the whole flat gradient, and the per-tensor work is a loop over the layout's tensors (25 for ResNet9).
+
 Modes: `layerwise` compresses every tensor of the layout on its own (its own k, max, norm); `entire` compresses
 the whole flat gradient once (one global top-k, max or norm), as the paper compares.
 """
@@ -103,7 +106,7 @@ class Codec:
     # ----- sender -----
 
     def _flat(self, grad: np.ndarray | torch.Tensor) -> torch.Tensor:
-        tensor = torch.as_tensor(grad)
+        tensor = torch.as_tensor(grad).detach().cpu()  # the codec works on the CPU, beside the MPI transport
         if tensor.dtype != torch.float32:
             tensor = tensor.to(torch.float32)
         tensor = tensor.reshape(-1)
@@ -135,7 +138,8 @@ class Codec:
     # ----- receiver -----
 
     def unpack(self, payload: np.ndarray | bytes | bytearray | memoryview) -> tuple[int, list[Message]]:
-        """(step, messages) of one payload, exactly as the sender's compressor produced them."""
+        """(step, messages) of one payload, exactly as the sender's compressor produced them. Values are views
+        into `payload` where the bytes allow it: use them before the buffer is reused."""
         body = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) else payload
         body = body.reshape(-1).view(np.uint8)
         if body.size < HEADER_BYTES:
