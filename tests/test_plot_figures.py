@@ -53,7 +53,10 @@ def lines_of(ax, label):
 
 
 registry.load_all()
-ALL_TYPES = sorted(t for t in registry.FIGURES if t not in STUDY_FIGURES)  # studies: tests/test_partitions.py
+#: figure types that only other methods' runs can feed (train gossip's per-worker validation accuracy): on these
+#: AMB/FMB fixtures they must refuse with one line, which test_figures_of_other_methods_refuse_these_runs checks
+OTHER_METHODS = {"accuracy_spread"}
+ALL_TYPES = sorted(t for t in registry.FIGURES if t not in {*STUDY_FIGURES, *OTHER_METHODS})  # studies: test_partitions
 
 
 def test_registry_has_the_originals_axes_and_new_types():
@@ -98,6 +101,13 @@ def test_every_figure_type_renders(runs, kind):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=40)  # draws every artist
     assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_METHODS))
+def test_figures_of_other_methods_refuse_these_runs(runs, kind):
+    with pytest.raises(UsageError, match=f"cannot draw {kind}") as error:
+        build(runs, kind)
+    assert "\n" not in str(error.value)
 
 
 def test_panel_main_axes_titles_labels_and_lines(runs):
