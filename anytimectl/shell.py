@@ -38,6 +38,7 @@ from anytimectl.launch import (
     RUN_DIR_VARIABLE,
     RankInfo,
     end_rank,
+    heeded_signals,
     in_mpi_job,
     mpi_library_version,
     relaunch,
@@ -45,13 +46,12 @@ from anytimectl.launch import (
     start_rank,
 )
 from anytimectl.protocols.base import RunOutcome, RunRequest, TrainingProtocol
-from anytimectl.rundir import RunDirectory, mark_if_unfinished, reserve
+from anytimectl.rundir import EVALUATED_MASTER_VIEW, RunDirectory, mark_if_unfinished, release, reserve, update_metadata
 
 #: Bytes per rank in the start-up agreement: status, host, device and the first line of an error.
 _AGREEMENT_BYTES = 1024
 _OK, _USAGE, _ERROR = 0, 1, 2
 _PATH_BYTES = 4096
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stopper:
@@ -65,7 +65,8 @@ class Stopper:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for sig in STOP_SIGNALS:
+        """Only the signals the starter did not ignore: `nohup` keeps a run going when the terminal closes."""
+        for sig in heeded_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -137,9 +138,11 @@ def run(request: RunRequest) -> int:
     workers = request.launch.workers
     if not in_mpi_job() and workers:
         return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master))
+    stopper = Stopper()
+    stopper.install()  # first: the re-launching parent holds a stop signal until every rank can take it
     rank = start_rank(request.launch.threads)
     _check_world(rank, workers, protocol_class.has_master)
-    return _run_rank(request, protocol_class, rank)
+    return _run_rank(request, protocol_class, rank, stopper)
 
 
 def _check_world(rank: RankInfo, workers: int | None, has_master: bool) -> None:
@@ -170,8 +173,11 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
         raise
     code, forwarded = _job_end(end)
     if forwarded is not None:
-        mark_if_unfinished(run_dir, "interrupted", f"interrupted by {_signal_words(forwarded)}: the job was "
-                                                   "stopped before rank 0 recorded the end")
+        # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
+        words = f"interrupted by {_signal_words(forwarded)}"
+        if not mark_if_unfinished(run_dir, "interrupted", f"{words}: the job was stopped before rank 0 recorded "
+                                                          "the end"):
+            _correct_reason(run_dir, words)
         code = 130
     elif code != 0:
         mark_if_unfinished(run_dir, "failed", f"the MPI job ended with exit code {code} before rank 0 recorded "
@@ -189,18 +195,24 @@ def _job_end(end: Any) -> tuple[int, int | None]:
 
 def _release(run_dir: Path) -> None:
     """A reserved run directory that never received a file goes away, so a corrected retry may reuse its name."""
+    release(run_dir)
+
+
+def _correct_reason(run_dir: Path, words: str) -> None:
+    """Rank 0 recorded the SIGTERM we passed on: name the signal the user sent instead."""
     try:
-        run_dir.rmdir()
-    except OSError:
-        pass
+        metadata = json.loads((run_dir / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return
+    reason = metadata.get("reason")
+    if metadata.get("status") == "interrupted" and isinstance(reason, str):
+        update_metadata(run_dir, reason=reason.replace("interrupted by SIGTERM", words))
 
 
 # --- one rank ---------------------------------------------------------------------------------------------------------
-def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank: RankInfo) -> int:
+def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank: RankInfo, stopper: Stopper) -> int:
     from anytimectl.stragglers import parse_induce, parse_slow
 
-    stopper = Stopper()
-    stopper.install()
     context = RunContext(request=request, rank=rank, stopper=stopper, delay=parse_induce(request.config.get("induce")),
                          slow=parse_slow(request.config.get("slow")))
     protocol = protocol_class(context)
@@ -402,7 +414,8 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
         else:
             metadata[key] = value
     resumed_from = context.resume.step if context.resume is not None else None
-    context.run_dir = run_dir = RunDirectory(path, metadata, protocol.columns.tables(), resumed_from=resumed_from)
+    context.run_dir = run_dir = RunDirectory(path, metadata, protocol.columns.tables(), views=EVALUATED_MASTER_VIEW,
+                                             resumed_from=resumed_from)
     reporting = _reporting_workers(rank.size, has_master)
     hosts = {worker: context.hosts[mpi_rank] for worker, mpi_rank in reporting.items()}
     context.view = LiveView(_title(request, len(reporting)), hosts, protocol.layout,
