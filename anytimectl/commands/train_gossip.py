@@ -12,8 +12,10 @@ import typer
 
 from anytimectl.checkpoints import CheckpointOptions, resume_point
 from anytimectl.commands.common import (
+    check_data,
     check_devices,
     check_stragglers,
+    check_workers,
     common_config,
     exit_with,
     resolve_model,
@@ -74,6 +76,7 @@ def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) ->
 
 @with_option_groups(log_every=10, test_size=-1)
 def gossip(
+    ctx: typer.Context,
     launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
     output: OutputOptions, checkpoints: CheckpointOptions,
     method: Annotated[str, aliased_choice(
@@ -141,7 +144,7 @@ def gossip(
       mpiexec -n 4 anytimectl train gossip --dataset cifar10 --data-dir ~/data
     """
     if checkpoints.resume is not None:
-        exit_with(_resume(checkpoints, launch, length, output))
+        exit_with(_resume(_given_options(ctx), checkpoints, launch, length, output))
         return
     experiment = EXPERIMENTS[data.dataset]
     if data.model is None and data.dataset in MODELS:
@@ -167,8 +170,6 @@ def gossip(
         weight_decay=weight_decay, lr_schedule="milestones" if milestones else "const",
         lr_milestones=list(milestones) or None,
         lr_anneal=experiment.anneal if lr_anneal is None else lr_anneal)
-    from anytimectl.commands.common import check_data, check_workers
-
     check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
     check_devices(launch)
     check_workers(launch, BACKEND, ranks)
@@ -189,10 +190,9 @@ def gossip(
                           seed=stragglers.seed))
 
 
-def _resume(checkpoints: CheckpointOptions, launch: LaunchOptions, length: LengthOptions,
+def _resume(given: set[str], checkpoints: CheckpointOptions, launch: LaunchOptions, length: LengthOptions,
             output: OutputOptions) -> int:
     """Continue a recorded run: its options from metadata.json, a longer length if given, this job's launch."""
-    given = _given_options()
     refused = sorted(given - _RESUME_OPTIONS)
     if refused:
         raise UsageError(f"--resume continues the run with its recorded options; {flag(refused[0])} cannot change "
@@ -230,14 +230,14 @@ def _resume(checkpoints: CheckpointOptions, launch: LaunchOptions, length: Lengt
                        seed=int(config.get("seed") or 0))
 
 
-def _given_options() -> set[str]:
-    """The options this command line sets explicitly (not their defaults)."""
-    import click
-    from click.core import ParameterSource
-
-    context = click.get_current_context()
-    return {name for name in context.params
-            if context.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+def _given_options(ctx: typer.Context) -> set[str]:
+    """The options this command line (or the environment) sets, as opposed to their defaults."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return given
 
 
 __all__ = ["EXPERIMENTS", "MODELS", "gossip"]

@@ -114,6 +114,7 @@ class GossipProtocol(AllReduceProtocol):
         from anytimectl.backends import configure
         from anytimectl.data import test_subset
 
+        super().prepare()  # AllReduceProtocol's transport, for the allreduce method
         c = self.context.config
         requested = c["method"]
         if requested == "local" and self.size > 1:
@@ -139,8 +140,16 @@ class GossipProtocol(AllReduceProtocol):
         else:
             self.x_final, self.y_final = test_subset(self.dataset, c["test_size"], self.seed)
         self._header_out = np.zeros(1, dtype=np.int64)
+        self._last_step = 0
+        self._bytes_at_start: tuple[int, int] | None = None  # set by the first step
         self._everyone = partner_mask([r for r in range(self.size) if r != self.rank]) \
             if self.size <= MASK_RANKS else math.nan
+
+    @property
+    def bytes_at_start(self) -> tuple[int, int]:
+        """The comm byte counters when training began (after the start-up broadcast, or as a resumed run's
+        checkpoint left them): the summary counts the training's traffic only."""
+        return self._bytes_at_start or (0, 0)
 
     def batch_for(self, step: int) -> int:
         return self.per_worker
@@ -162,11 +171,17 @@ class GossipProtocol(AllReduceProtocol):
                 ranks = []
             return " ".join(str(r + 1) for r in ranks)
 
-        return {"partners": partners}
+        def evaluated(value: float, worker: int, step: int) -> float | None:
+            return float(value) if math.isfinite(value) else None  # an empty cell where nothing was evaluated
+
+        return {"partners": partners, "val_loss": evaluated, "val_accuracy": evaluated}
 
     # --- one update ------------------------------------------------------------------------------------------
     def step(self, step: int, learning_rate: float) -> PeerStep:
         row, f = self.clock.row, self.layout
+        self._last_step = step
+        if self._bytes_at_start is None:
+            self._bytes_at_start = (self.comm.bytes.sent, self.comm.bytes.received) if self.comm is not None else (0, 0)
         if self.method == "allreduce":
             result = super().step(step, learning_rate)
             self._mark(NO_PEER, self._everyone, self.size - 1)
@@ -245,6 +260,7 @@ class GossipProtocol(AllReduceProtocol):
     def finish(self) -> dict[str, Any]:
         """Every worker's model on the test split, then the average of the models (AggTestAcc)."""
         sent, received = (self.comm.bytes.sent, self.comm.bytes.received) if self.comm is not None else (0, 0)
+        sent, received = sent - self.bytes_at_start[0], received - self.bytes_at_start[1]
         own_loss, own_accuracy = self.engine.evaluate(self.x_final, self.y_final)
         mine = np.array([own_loss, own_accuracy, sent, received], dtype=np.float64)
         if self.comm is None:
@@ -261,6 +277,7 @@ class GossipProtocol(AllReduceProtocol):
         if self.rank != 0:
             return {}
         workers = range(1, self.size + 1)
+        updates = max(1, self._last_step - self.start_step)
         summary = {
             "gossip_method": self.method,
             "test_accuracy_per_worker": {w: float(everyone[w - 1, 1]) for w in workers},
@@ -269,6 +286,7 @@ class GossipProtocol(AllReduceProtocol):
             "agg_test_loss": float(agg_loss),
             "bytes_sent_per_worker": {w: int(everyone[w - 1, 2]) for w in workers},
             "bytes_recv_per_worker": {w: int(everyone[w - 1, 3]) for w in workers},
+            "bytes_sent_per_update": float(np.mean(everyone[:, 2]) / updates),
             "test_examples": len(self.x_final),
         }
         for w in workers:

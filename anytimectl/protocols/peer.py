@@ -134,12 +134,15 @@ class PeerProtocol(TrainingProtocol):
     def checkpoint_state(self) -> dict[str, Any]:
         """This rank's state after the current step: everything not derived from (--seed, step). A method with
         state of its own extends it (and `load_checkpoint_state`)."""
+        counted = (self.comm.bytes.sent, self.comm.bytes.received) if self.comm is not None else (0, 0)
         return {"engine": self.engine.state(), "stream_consumed": _stream_position(self.stream),
-                "examples": self.examples, "size": self.size}
+                "examples": self.examples, "size": self.size, "bytes": counted}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.engine.load_state(state["engine"])
         self.stream.advance(int(state["stream_consumed"]) - _stream_position(self.stream))
+        if self.comm is not None:  # the byte columns are cumulative over the whole run, resumes included
+            self.comm.bytes.sent, self.comm.bytes.received = (int(n) for n in state["bytes"])
 
     def _restore(self, resume: Any) -> None:
         from anytimectl.checkpoints import load_rank
