@@ -1,20 +1,31 @@
 """A PyTorch model behind the flat-buffer engine contract (protocols/master_worker.py `Engine`), so that every
-protocol (master-worker AMB/FMB, all-reduce, gossip, compression) runs on it unchanged.
+protocol (master-worker AMB/FMB, all-reduce, dynamic batching, gossip, compression) runs on it unchanged.
 
-The parameters live in one flat float32 tensor that every `nn.Parameter` is a view of, and the gradients in
-another, so moving the model to and from the communication layer is one copy of contiguous memory, and the
-layer boundaries (`layout`) are slices of it. Gradients are of the SUMMED cross-entropy, so contributions of
-unequal batches add up per example; `apply` divides by the total count, adds weight decay once, and steps the
-optimizer on that buffer. Batch-norm running statistics travel in the buffer too, weighted by the examples behind
-them, as in the TensorFlow engine.
+Memory: every value the model holds lives in ONE flat float32 tensor, and every tensor of the model is a view of
+it: first the trainable parameters, then the frozen float parameters, then the float buffers (batch-norm running
+mean and variance; integer buffers such as num_batches_tracked stay out). The gradients live in a second flat tensor
+that every parameter's `.grad` is a view of, so backward accumulates straight into it. Moving the model to and from
+the communication layer is therefore one contiguous copy (on the CPU the tensors share memory with numpy), and the
+layer boundaries that compression and gossip need are slices of the buffer (`layout`). The optimizer steps the
+flat trainable slice as one tensor: the optimizers offered (SGD, momentum, Nesterov, RMSprop, Adam) act element by
+element, so this is the same update as stepping each tensor, in one vectorised pass instead of one per tensor.
 
-AMB's deadline loop is eager Python here: micro-batch i starts only if, at the pace measured so far in this call,
-it ends before the deadline; the first always runs.
+Arithmetic: gradients are of the SUMMED cross-entropy, so contributions of unequal batches add up per example; the
+non-trainable values travel multiplied by the examples behind them (the TensorFlow engine's convention), so the
+master's batch-norm statistics become the example-weighted mean of the workers'. `apply` divides by the total count,
+adds weight decay ONCE per update (the original added it per partition), sets the optimizer's learning rate to the
+one given (the one the run logs), and steps.
+
+AMB's deadline loop is eager Python: micro-batch i (rows i*N//P to (i+1)*N//P, as in the TensorFlow engine) starts
+only if, at the pace measured so far in this call, it ends before the deadline; the first always runs. On a GPU the
+clock is read after synchronising, so the pace is the device's, not the launch queue's.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,15 +40,22 @@ from anytimectl.errors import UsageError
 
 EVAL_CHUNK = 1024
 OPTIMIZERS = ("rms", "adam", "sgd", "momentum")
+#: the original's abbreviations (as the TensorFlow engine takes them)
+OPTIMIZER_ALIASES = {"adm": "adam", "mom": "momentum", "rmsprop": "rms"}
 
 
 def configure(threads: int, seed: int) -> None:
-    """One thread pool of `threads` per rank: default threads with 2 ranks on 2 cores cost 4x (environment.md)."""
-    torch.set_num_threads(threads)
+    """`threads` intra-op threads and one inter-op thread per rank (default threads with 2 ranks on 2 cores cost 4x,
+    environment.md), and the seeds of Python, numpy and torch (all devices), as Keras' set_random_seed does for
+    the TensorFlow backend."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # can only be set once per process, before any parallel work (tests)
+    except RuntimeError:  # can only be set once per process, before any inter-op work (tests, a second engine)
         pass
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -55,7 +73,7 @@ def create_engine(spec: Any) -> TorchEngine:
 
 @dataclass(frozen=True)
 class TensorSlice:
-    """Where one tensor of the model lives in the flat buffer."""
+    """Where one tensor of the model lives in the flat buffer: [offset, offset + size) holds it, row-major."""
 
     name: str
     offset: int
@@ -64,167 +82,253 @@ class TensorSlice:
     trainable: bool
 
 
-def _device(device: str) -> torch.device:
-    if device.startswith("gpu"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device: this rank was given {device}, but torch sees no CUDA device; use --device cpu")
-        return torch.device("cuda")  # select_device has made the chosen GPU the only visible one
-    return torch.device("cpu")
+def resolve_device(device: str) -> torch.device:
+    """cpu; cuda, cuda:N, gpu or gpu:N (select_device has already made the chosen GPU the only visible one, so
+    gpu:N is this process's first CUDA device). A GPU that torch cannot see is a one-line error, and nothing
+    touches CUDA when the CPU is asked for."""
+    name = str(device).strip().lower()
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "gpu") or (index and not index.isdigit()):
+        raise UsageError(f"--device {device!r}: the torch engine runs on cpu or cuda[:N] (gpu)")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device: this rank was given {device}, but torch sees no CUDA device; use --device cpu")
+    if kind == "gpu" or not index:
+        return torch.device("cuda", 0)
+    if int(index) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device("cuda", int(index))
 
 
-def make_optimizer(name: str, parameters: list[nn.Parameter], learning_rate: float, momentum: float | None,
-                   nesterov: bool) -> torch.optim.Optimizer:
-    """Weight decay is added to the gradient by the engine, once per update: the optimizers get none."""
-    if momentum is not None or name == "momentum":
-        value = 0.9 if momentum is None else momentum
+def make_optimizer(name: str, parameters: list[torch.Tensor], learning_rate: float, momentum: float | None = None,
+                   nesterov: bool = False) -> torch.optim.Optimizer:
+    """The optimizer by the CLI's name; weight decay is added to the gradient by the engine, so it gets none.
+
+    rms and adam take Keras' defaults (RMSprop rho 0.9, epsilon 1e-7; Adam epsilon 1e-7) so both backends take the
+    same steps; momentum is SGD with momentum 0.9. An explicit `momentum` (the gossip and compression methods:
+    SGD(lr, momentum, nesterov) as their originals) sets sgd's or momentum's value, or RMSprop's momentum."""
+    name = OPTIMIZER_ALIASES.get(name, name)
+    if name not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {name!r} for --optimizer; choose one of {', '.join(OPTIMIZERS)}")
+    if momentum is not None and momentum < 0:
+        raise UsageError(f"--momentum {momentum}: must be at least 0")
+    if nesterov and name not in ("sgd", "momentum"):
+        raise UsageError(f"--nesterov is SGD's; --optimizer {name} has no Nesterov form")
+    if name in ("sgd", "momentum"):
+        value = momentum if momentum is not None else (0.9 if name == "momentum" else 0.0)
         return torch.optim.SGD(parameters, lr=learning_rate, momentum=value, nesterov=nesterov and value > 0)
-    if name == "rms":  # Keras' RMSprop defaults, so both backends take the same steps
-        return torch.optim.RMSprop(parameters, lr=learning_rate, alpha=0.9, eps=1e-7)
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-7)
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=learning_rate)
-    raise UsageError(f"unknown optimizer {name!r} for --optimizer; choose one of {', '.join(OPTIMIZERS)}")
+    if name == "rms":
+        return torch.optim.RMSprop(parameters, lr=learning_rate, alpha=0.9, eps=1e-7, momentum=momentum or 0.0)
+    if momentum:
+        raise UsageError("--momentum does not apply to --optimizer adam (its betas play that part)")
+    return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-7)
 
 
 class TorchEngine:
+    """One model, its optimizer and its flat buffers (see the module's docstring for the layout and arithmetic)."""
+
     def __init__(self, model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str,
                  learning_rate: float, weight_decay: float, *, momentum: float | None = None, nesterov: bool = False,
                  device: str = "cpu"):
-        self.device = _device(device)
-        self.model = build_model(model, input_shape, num_classes).to(self.device)
-        self.weight_decay = weight_decay
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self._statistics = [b for b in self.model.buffers() if b.is_floating_point()]
-        self.trainable_count = sum(p.numel() for p in parameters)
-        self.param_count = self.trainable_count + sum(b.numel() for b in self._statistics)
-        self._flat = torch.zeros(self.trainable_count, dtype=torch.float32, device=self.device)
+        self.device = resolve_device(device)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.num_classes = int(num_classes)
+        self.weight_decay = float(weight_decay)
+        self.model = build_model(model, self.input_shape, self.num_classes).to(self.device)
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        frozen = [(n, p) for n, p in self.model.named_parameters() if not p.requires_grad and p.is_floating_point()]
+        buffers = [(n, b) for n, b in self.model.named_buffers() if b.is_floating_point()]
+        for tensor_name, tensor in trainable + frozen + buffers:
+            if tensor.dtype != torch.float32:
+                raise UsageError(f"--model {model}: {tensor_name} is {tensor.dtype}; the torch engine trains float32 "
+                                 "models")
+        self.trainable_count = sum(p.numel() for _, p in trainable)
+        #: where the batch-norm statistics start: [trainable | frozen parameters | float buffers]
+        self._buffers_start = self.trainable_count + sum(p.numel() for _, p in frozen)
+        self.param_count = self._buffers_start + sum(b.numel() for _, b in buffers)
+        self._values = torch.empty(self.param_count, dtype=torch.float32, device=self.device)
         self._grad = torch.zeros(self.trainable_count, dtype=torch.float32, device=self.device)
         self.layout: list[TensorSlice] = []
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._grad_views: list[tuple[nn.Parameter, torch.Tensor]] = []
         offset = 0
-        for p in parameters:  # every parameter becomes a view of the flat buffers
-            n = p.numel()
-            self._flat[offset:offset + n].copy_(p.detach().reshape(-1))
-            p.data = self._flat[offset:offset + n].view_as(p)
-            p.grad = self._grad[offset:offset + n].view_as(p)
-            self.layout.append(TensorSlice(names.get(id(p), f"param{len(self.layout)}"), offset, n, tuple(p.shape),
-                                           True))
-            offset += n
-        buffer_names = {id(b): n for n, b in self.model.named_buffers()}
-        for b in self._statistics:
-            self.layout.append(TensorSlice(buffer_names.get(id(b), "buffer"), offset, b.numel(), tuple(b.shape), False))
-            offset += b.numel()
-        self._parameters = parameters
-        self.optimizer = make_optimizer(optimizer, parameters, learning_rate, momentum, nesterov)
+        with torch.no_grad():
+            for index, (tensor_name, tensor) in enumerate(trainable + frozen + buffers):
+                size = tensor.numel()
+                view = self._values[offset:offset + size].view_as(tensor)
+                view.copy_(tensor)
+                tensor.data = view  # the model's tensor is now a window on the flat buffer
+                if index < len(trainable):
+                    grad = self._grad[offset:offset + size].view_as(tensor)
+                    tensor.grad = grad
+                    self._grad_views.append((tensor, grad))
+                self.layout.append(TensorSlice(tensor_name, offset, size, tuple(tensor.shape), index < len(trainable)))
+                offset += size
+        self._trainable = self._values[:self.trainable_count]
+        self._trainable.grad = self._grad
+        self._on_cpu = self.device.type == "cpu"
+        self._values_host = self._values.numpy() if self._on_cpu else None  # shares memory: no copy to read it
+        self._grad_host = self._grad.numpy() if self._on_cpu else None
+        self.optimizer = make_optimizer(optimizer, [self._trainable], learning_rate, momentum, nesterov)
 
     # --- the Engine interface -------------------------------------------------------------------------------------
     def get_params(self) -> np.ndarray:
-        """A copy: [trainable values, batch-norm statistics]."""
-        out = np.empty(self.param_count, dtype=np.float32)
-        out[:self.trainable_count] = self._flat.detach().cpu().numpy()
-        offset = self.trainable_count
-        for b in self._statistics:
-            n = b.numel()
-            out[offset:offset + n] = b.detach().reshape(-1).cpu().numpy()
-            offset += n
-        return out
+        """A copy of [trainable values, frozen parameters, batch-norm statistics]: the caller may keep it while the
+        engine trains on (evaluation snapshots, gossip)."""
+        if self._on_cpu:
+            return self._values_host.copy()
+        return self._values.cpu().numpy()
 
     def set_params(self, flat: np.ndarray) -> None:
-        values = torch.from_numpy(np.ascontiguousarray(flat[:self.param_count], dtype=np.float32))
-        with torch.no_grad():
-            self._flat.copy_(values[:self.trainable_count])
-            offset = self.trainable_count
-            for b in self._statistics:
-                n = b.numel()
-                b.copy_(values[offset:offset + n].view_as(b))
-                offset += n
+        """Take the first param_count values of `flat` (a contribution buffer's extra two are ignored)."""
+        if len(flat) < self.param_count:
+            raise ValueError(f"set_params needs {self.param_count} values, got {len(flat)}")
+        if self._on_cpu:
+            np.copyto(self._values_host, flat[:self.param_count], casting="same_kind")
+        else:
+            self._values.copy_(torch.from_numpy(_writable_float32(flat[:self.param_count])))
 
     def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> tuple[np.ndarray, int, int]:
-        """Gradients of the summed loss over micro-batches of (x, y), the first always, the others while the pace
-        says they end before `deadline`. Returns ([Σ grads, n x statistics, n, Σ loss], examples, micro-batches)."""
-        self.model.train()
-        inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(self.device)
-        total = len(inputs)
+        """Gradients of the summed loss over micro-batches of (x, y): the first always, each further one only if, at
+        this call's pace so far, it ends before `deadline` (time.time() seconds; math.inf runs them all).
+        Returns ([sum of gradients, n x non-trainable values, n, sum of losses], examples n, micro-batches run)."""
+        if not self.model.training:
+            self.model.train()
+        inputs = self._tensor(x, np.float32)
+        labels = self._tensor(y, np.int64)
+        total = int(inputs.shape[0])
+        parts = max(1, int(micro_batches))
+        self._attach_gradients()
         self._grad.zero_()
-        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
-        start = time.time()
+        timed = math.isfinite(deadline)
+        synchronise = timed and not self._on_cpu
+        loss_sum = 0.0
         examples = done = 0
-        while done < micro_batches:
-            if done and math.isfinite(deadline):
-                pace = (time.time() - start) / done
-                if time.time() + pace > deadline:
+        start = time.time()
+        while done < parts:
+            if done and timed:
+                now = time.time()
+                if now + (now - start) / done > deadline:
                     break
-            lo, hi = (done * total) // micro_batches, ((done + 1) * total) // micro_batches
+            lo, hi = (done * total) // parts, ((done + 1) * total) // parts
             if hi > lo:
                 loss = functional.cross_entropy(self.model(to_model_input(inputs[lo:hi])), labels[lo:hi],
                                                 reduction="sum")
                 loss.backward()
-                loss_sum += loss.detach()
+                loss_sum += loss.item()  # also waits for a GPU, so the clock above measures the work
+                if synchronise:
+                    torch.cuda.synchronize(self.device)
             examples += hi - lo
             done += 1
-        out = np.empty(self.param_count + 2, dtype=np.float32)
-        out[:self.trainable_count] = self._grad.cpu().numpy()
-        offset = self.trainable_count
-        for b in self._statistics:
-            n = b.numel()
-            out[offset:offset + n] = b.detach().reshape(-1).cpu().numpy() * examples
-            offset += n
-        out[-2] = examples
-        out[-1] = float(loss_sum)
-        return out, examples, done
+        return self._contribution(examples, loss_sum), examples, done
 
     def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
-        n = float(reduced[-2])
+        """One update from summed contributions: gradient = sum / n + weight_decay x parameters; the optimizer's
+        learning rate set to `learning_rate`; statistics = their weighted sum / n. Returns the mean training loss."""
+        if len(reduced) != self.param_count + 2:
+            raise ValueError(f"apply needs a contribution of {self.param_count + 2} values, got {len(reduced)}")
+        n = float(reduced[self.param_count])
         if n <= 0:
             raise ValueError("an update needs at least one example")
-        values = torch.from_numpy(np.ascontiguousarray(reduced, dtype=np.float32)).to(self.device)
+        values = torch.from_numpy(_writable_float32(reduced))
+        if not self._on_cpu:
+            values = values.to(self.device)
+        trainable, start, end = self.trainable_count, self._buffers_start, self.param_count
         with torch.no_grad():
-            self._grad.copy_(values[:self.trainable_count]).div_(n)
+            torch.div(values[:trainable], n, out=self._grad)
             if self.weight_decay:
-                self._grad.add_(self._flat, alpha=self.weight_decay)  # once per update
+                self._grad.add_(self._trainable, alpha=self.weight_decay)  # once per update
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate
+                group["lr"] = float(learning_rate)
             self.optimizer.step()
-            offset = self.trainable_count
-            for b in self._statistics:
-                size = b.numel()
-                b.copy_((values[offset:offset + size] / n).view_as(b))
-                offset += size
+            if end > start:  # frozen parameters are the same everywhere: only the statistics are averaged
+                torch.div(values[start:end], n, out=self._values[start:end])
         return float(reduced[-1]) / n
 
     def current_learning_rate(self) -> float:
-        """The rate the optimizer applied last (tests check it is the one logged)."""
+        """The rate the optimizer applied in the last update (tests check it is the one logged)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) in eval mode (dropout off, batch norm on its running statistics), in chunks of
+        EVAL_CHUNK examples; the model's mode is restored afterwards."""
+        if len(x) == 0:
+            raise ValueError("evaluate needs at least one example")
+        was_training = self.model.training
         self.model.eval()
-        loss_sum = correct = 0.0
-        with torch.no_grad():
-            for lo in range(0, len(x), EVAL_CHUNK):
-                inputs = torch.from_numpy(np.ascontiguousarray(x[lo:lo + EVAL_CHUNK], dtype=np.float32))
-                labels = torch.from_numpy(np.ascontiguousarray(y[lo:lo + EVAL_CHUNK], dtype=np.int64))
-                logits = self.model(to_model_input(inputs.to(self.device)))
-                labels = labels.to(self.device)
-                loss_sum += float(functional.cross_entropy(logits, labels, reduction="sum"))
-                correct += float((logits.argmax(1) == labels).sum())
-        self.model.train()
-        return loss_sum / len(x), correct / len(x)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        try:
+            with torch.no_grad():
+                for lo in range(0, len(x), EVAL_CHUNK):
+                    logits = self.model(to_model_input(self._tensor(x[lo:lo + EVAL_CHUNK], np.float32)))
+                    labels = self._tensor(y[lo:lo + EVAL_CHUNK], np.int64)
+                    loss_sum += functional.cross_entropy(logits, labels, reduction="sum").double()
+                    correct += (logits.argmax(1) == labels).sum()
+        finally:
+            self.model.train(was_training)
+        return float(loss_sum) / len(x), float(correct) / len(x)
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: the model, the optimizer, torch's random generators."""
-        state = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                 "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
+        """Everything needed to continue exactly, detached from the live engine (later steps do not change it):
+        the model's state_dict, the optimizer's (momentum, Adam's moments and step count), torch's generators."""
+        state: dict[str, Any] = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "rng": torch.get_rng_state(),
+        }
+        if not self._on_cpu:
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state()` returned (in place: the model's tensors stay windows on the flat buffer; the
+        given dict is not aliased, so it can be loaded again)."""
         with torch.no_grad():
-            self.model.load_state_dict(state["model"])  # copies into the parameters, which stay buffer views
-        self.optimizer.load_state_dict(state["optimizer"])
+            self.model.load_state_dict(state["model"])  # copies into the existing tensors
+        self._check_views()
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        if "cuda_rng" in state and not self._on_cpu:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    # --- helpers --------------------------------------------------------------------------------------------------
+    def _tensor(self, array: np.ndarray, dtype: type[np.generic]) -> torch.Tensor:
+        """The array as a tensor on the engine's device; on the CPU without a copy when it is already `dtype`."""
+        tensor = torch.from_numpy(_writable(np.ascontiguousarray(array, dtype=dtype)))
+        return tensor if self._on_cpu else tensor.to(self.device, non_blocking=True)
+
+    def _attach_gradients(self) -> None:
+        """Point every parameter's .grad at its window of the gradient buffer again, in case code outside the engine
+        (a zero_grad(), a bench's own backward) set it to None or replaced it."""
+        for parameter, grad in self._grad_views:
+            if parameter.grad is not grad:
+                parameter.grad = grad
+
+    def _check_views(self) -> None:
+        for (parameter, _), piece in zip(self._grad_views, self.layout, strict=False):
+            if parameter.data_ptr() != self._values[piece.offset:piece.offset + piece.size].data_ptr():
+                raise RuntimeError(f"{piece.name} no longer lives in the engine's flat buffer")
+
+    def _contribution(self, examples: int, loss_sum: float) -> np.ndarray:
+        trainable, end = self.trainable_count, self.param_count
+        out = np.empty(end + 2, dtype=np.float32)
+        if self._on_cpu:
+            out[:trainable] = self._grad_host
+            np.multiply(self._values_host[trainable:], examples, out=out[trainable:end])
+        else:
+            joined = torch.cat([self._grad, self._values[trainable:] * examples])
+            out[:end] = joined.cpu().numpy()
+        out[end] = examples
+        out[end + 1] = loss_sum
+        return out
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """torch.from_numpy warns on read-only arrays (a received buffer may be one): copy only those."""
+    return array if array.flags.writeable else array.copy()
+
+
+def _writable_float32(array: np.ndarray) -> np.ndarray:
+    return _writable(np.ascontiguousarray(array, dtype=np.float32))
