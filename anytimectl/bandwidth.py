@@ -24,18 +24,19 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
 
-from anytimectl.backends.tensorflow import MODEL_INPUT
+from anytimectl.backends.tensorflow import MODEL_INPUT, MODELS
 from anytimectl.errors import UsageError
-from anytimectl.master_worker import HEADER_SIZE, STAT_FIELDS
+from anytimectl.options import MpiOptions, ResultOptions, with_option_groups
+from anytimectl.protocols.master_worker import HEADER_SIZE, LAYOUT
 from anytimectl.ranges import parse_counts
 
 #: the per-worker stats vector a training step gathers beside the gradients
-STATS_SIZE = len(STAT_FIELDS)
+STATS_SIZE = len(LAYOUT)
 
 COLUMNS = (
     "workers", "elements", "bytes", "layer", "reduce_time", "reduce_spread", "bcast_time", "bcast_spread",
@@ -225,24 +226,28 @@ def model_report(rows: list[dict], model: str) -> list[str]:
     return lines
 
 
+Pattern = Literal["master", "allreduce"]
+
+
+@with_option_groups()
 def bandwidth(
-    workers: Annotated[str | None, typer.Option("--workers", help="Worker counts to launch on this machine, e.g. "
-                                                                  "1,2,4 or 1..16 (powers of two); each runs as "
-                                                                  "mpiexec -n N+1. Leave out under mpiexec/srun.")]
-    = None,
-    sizes: Annotated[str, typer.Option("--sizes", help="Message sizes in float32 elements: 2^10..2^22 (powers of "
-                                                       "two), a list 1024,2^20, or one size.")] = "2^10..2^22",
-    rounds: Annotated[int, typer.Option("--rounds", help="Timed rounds per size and layer.")] = 100,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds per size first.")] = 5,
-    model: Annotated[str | None, typer.Option("--model", help="Also measure this model's flat gradient buffer "
-                                                              "and report its communication time per step.")]
-    = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
-    name: Annotated[str | None, typer.Option("--name", help="Run directory name \\[default: bandwidth-TIME].")] = None,
-    mpiexec: Annotated[str | None, typer.Option("--mpiexec", help="mpiexec to re-launch with \\[default: the one "
-                                                                  "next to this Python].")] = None,
-    hosts: Annotated[str | None, typer.Option("--hosts", help="Host list passed to mpiexec -hosts.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the rows as JSON at the end.")] = False,
+    result: ResultOptions,
+    job: MpiOptions,
+    workers: Annotated[str | None, typer.Option(
+        metavar="COUNTS", show_default=False,
+        help="Worker counts to launch on this machine, e.g. 1,2,4 or 1..16 (powers of two); each runs as its own "
+             "job (mpiexec -n N+1 for --pattern master, -n N for allreduce). Leave out under mpiexec/srun.")] = None,
+    pattern: Annotated[Pattern, typer.Option(
+        help="master: reduce to rank 0 + broadcast (train amb|fmb's step); allreduce: every rank sums every "
+             "rank's buffer (the peer methods' step).")] = "master",
+    sizes: Annotated[str, typer.Option(metavar="SIZES", help="Message sizes in float32 elements: 2^10..2^22 "
+                                                             "(powers of two), a list 1024,2^20, or one size.")]
+    = "2^10..2^22",
+    rounds: Annotated[int, typer.Option(metavar="N", min=1, help="Timed rounds per size and layer.")] = 100,
+    warmup: Annotated[int, typer.Option(metavar="N", min=0, help="Untimed rounds per size first.")] = 5,
+    model: Annotated[Literal[MODELS] | None, typer.Option(
+        metavar="MODEL", show_default=False,
+        help="Also measure this model's flat gradient buffer and report its communication time per step.")] = None,
 ) -> None:
     """Master reduce + broadcast time against the number of workers and the message size.
 
@@ -253,37 +258,39 @@ def bandwidth(
     (2 x N x S x 4 bytes per round) and raw/ours (1.0 = our layer as fast as raw MPI). Writes a run directory
     with bandwidth.csv; plot it with `anytimectl plot RUN --type master_bandwidth`.
 
+    With --pattern allreduce, N ranks all-reduce the buffer instead (every rank a worker, as in train dynamic,
+    gossip's allreduce and compress), through Comm.allreduce_sum and raw Allreduce.
+
     \b
     Examples:
       anytimectl bandwidth --workers 1,2,4 --sizes 2^10..2^22 --rounds 100
       anytimectl bandwidth --workers 1..8 --sizes 2^20 --model cifar10
+      anytimectl bandwidth --pattern allreduce --workers 2,4 --sizes 2^18..2^22
       mpiexec -n 17 anytimectl bandwidth --sizes 2^20 --rounds 50
     """
     from anytimectl.launch import in_mpi_job
 
     size_list = parse_counts(sizes, "--sizes", maximum=MAX_ELEMENTS)
     worker_counts = parse_counts(workers, "--workers", maximum=1024) if workers is not None else None
-    if rounds < 1:
-        raise UsageError(f"--rounds {rounds}: must be at least 1")
-    if warmup < 0:
-        raise UsageError(f"--warmup {warmup}: must be 0 or more")
-    if model is not None:
-        from anytimectl.partitions import check_model
-
-        check_model(model)
+    out, name, json_output = result.out, result.name, result.json
     if in_mpi_job():
-        code = _in_job(size_list, rounds, warmup, model, out, name, json_output, worker_counts)
+        code = _in_job(size_list, rounds, warmup, model, out, name, json_output, worker_counts, pattern)
     else:
         if not worker_counts:
             raise UsageError("give --workers N (or a list 1,2,4) to launch jobs on this machine, or start the "
-                             "command under mpiexec -n N+1")
-        code = _launch_each(worker_counts, size_list, rounds, warmup, model, out, name, mpiexec, hosts,
-                            json_output)
+                             "command under mpiexec")
+        code = _launch_each(worker_counts, size_list, rounds, warmup, model, out, name, job.mpiexec, job.hosts,
+                            json_output, pattern)
     if code:
         raise typer.Exit(code)
 
 
-def _metadata(path: Path, sizes: list[int], rounds: int, warmup: int, model: str | None, worker_counts) -> dict:
+def _stem(pattern: str) -> str:
+    return "" if pattern == "master" else f"-{pattern}"
+
+
+def _metadata(path: Path, sizes: list[int], rounds: int, warmup: int, model: str | None, worker_counts,
+              pattern: str = "master") -> dict:
     import mpi4py
 
     from anytimectl import __version__
@@ -291,8 +298,8 @@ def _metadata(path: Path, sizes: list[int], rounds: int, warmup: int, model: str
 
     return {
         "run_id": path.name, "command": "bandwidth", "method": "bandwidth",
-        "config": {"workers": worker_counts, "sizes": sizes, "rounds": rounds, "warmup": warmup, "model": model,
-                   "dtype": "float32"},
+        "config": {"workers": worker_counts, "pattern": pattern, "sizes": sizes, "rounds": rounds, "warmup": warmup,
+                   "model": model, "dtype": "float32"},
         "versions": {"anytimectl": __version__, "python": sys.version.split()[0], "mpi4py": mpi4py.__version__,
                      "mpi_library": mpi_library_version()},
         "argv": sys.argv[1:], "summary": {},
@@ -326,7 +333,8 @@ def _report(path: Path, rows: list[dict], model: str | None, json_output: bool) 
 
 
 def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
-                 name: str | None, mpiexec: str | None, hosts: str | None, json_output: bool) -> int:
+                 name: str | None, mpiexec: str | None, hosts: str | None, json_output: bool,
+                 pattern: str = "master") -> int:
     """On a laptop: one MPI job per worker count, each handing its rows back through a file.
 
     A stop signal (Ctrl-C, SIGTERM, SIGHUP) during a job is passed on to it by `relaunch`: the job hands back the
@@ -336,7 +344,7 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
     from anytimectl.rundir import RunDirectory, release, reserve
 
     find_mpiexec(mpiexec)  # a missing mpiexec is a usage error before anything is created
-    path = reserve(out, name, f"bandwidth-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    path = reserve(out, name, f"bandwidth{_stem(pattern)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     env = {}
     between = _StopRequest()
     between.install()
@@ -352,23 +360,25 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
             between.restore()
             release(path)  # stopped before anything was measured: leave no run directory behind
             return 130
-        run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, worker_counts),
+        run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, worker_counts, pattern),
                            {"bandwidth": COLUMNS})
     except BaseException:
         between.restore()
         release(path)  # nothing was measured: leave no empty run directory behind
         raise
     rows: list[dict] = []
-    argv = ["bandwidth", "--sizes", ",".join(map(str, sizes)), "--rounds", str(rounds), "--warmup", str(warmup)]
+    argv = ["bandwidth", "--pattern", pattern, "--sizes", ",".join(map(str, sizes)), "--rounds", str(rounds),
+            "--warmup", str(warmup)]
     say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
     say(f"run directory: {path}")
     try:
         for count in worker_counts:
             if between.signal is not None:
                 return _interrupted(run, rows, model, between.signal, say)
-            say(f"{count} worker(s): mpiexec -n {count + 1}")
+            ranks = count + 1 if pattern == "master" else count
+            say(f"{count} worker(s): mpiexec -n {ranks}")
             rows_file = path / f".rows-w{count}.json"
-            end = relaunch(count, argv, mpiexec, hosts, {**env, ROWS_FILE_VARIABLE: str(rows_file)})
+            end = relaunch(ranks - 1, argv, mpiexec, hosts, {**env, ROWS_FILE_VARIABLE: str(rows_file)})
             job_rows = json.loads(rows_file.read_text()) if rows_file.is_file() else None
             rows_file.unlink(missing_ok=True)
             if job_rows:
@@ -403,27 +413,29 @@ def _interrupted(run: Any, rows: list[dict], model: str | None, signum: int, say
 
 
 def _in_job(sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path, name: str | None,
-            json_output: bool, worker_counts: list[int] | None) -> int:
+            json_output: bool, worker_counts: list[int] | None, pattern: str = "master") -> int:
     stop = _StopRequest()  # first: a stop signal during start-up is then remembered, not fatal
     stop.install()
     try:
-        return _measure_in_job(stop, sizes, rounds, warmup, model, out, name, json_output, worker_counts)
+        return _measure_in_job(stop, sizes, rounds, warmup, model, out, name, json_output, worker_counts, pattern)
     finally:
         stop.restore()
 
 
 def _measure_in_job(stop: _StopRequest, sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
-                    name: str | None, json_output: bool, worker_counts: list[int] | None) -> int:
+                    name: str | None, json_output: bool, worker_counts: list[int] | None,
+                    pattern: str = "master") -> int:
     from anytimectl.launch import start_rank
     from anytimectl.rundir import RunDirectory, reserve
 
     rank = start_rank(1)
+    workers = rank.size - 1 if pattern == "master" else rank.size
     if rank.size < 2:
-        raise UsageError("bandwidth needs a master and at least one worker: start it with mpiexec -n 2 or more, "
-                         "or without mpiexec and --workers N")
-    if worker_counts and not os.environ.get(ROWS_FILE_VARIABLE) and worker_counts != [rank.size - 1]:
+        raise UsageError("bandwidth needs at least two ranks: start it with mpiexec -n 2 or more, or without "
+                         "mpiexec and --workers N")
+    if worker_counts and not os.environ.get(ROWS_FILE_VARIABLE) and worker_counts != [workers]:
         raise UsageError(f"--workers {','.join(map(str, worker_counts))} disagrees with this MPI job of "
-                         f"{rank.size} ranks ({rank.size - 1} workers); drop --workers under mpiexec")
+                         f"{rank.size} ranks ({workers} workers); drop --workers under mpiexec")
     model_sizes: dict[int, str] = {}
     rows_file = os.environ.get(ROWS_FILE_VARIABLE)
     if os.environ.get(MODEL_VARIABLE):  # one of our re-launched jobs: the parent counted the model's floats
@@ -436,11 +448,16 @@ def _measure_in_job(stop: _StopRequest, sizes: list[int], rounds: int, warmup: i
         model_sizes[int(count[0])] = model
     run = None
     if rank.rank == 0 and not rows_file:
-        path = reserve(out, name, f"bandwidth-w{rank.size - 1}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, [rank.size - 1]),
+        path = reserve(out, name, f"bandwidth{_stem(pattern)}-w{workers}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        run = RunDirectory(path, _metadata(path, sizes, rounds, warmup, model, [workers], pattern),
                            {"bandwidth": COLUMNS})
     try:
-        rows, stopped = measure_job(rank.comm, sizes, rounds, warmup, model_sizes, stop)
+        if pattern == "allreduce":
+            from anytimectl.bandwidth_allreduce import measure_allreduce_job
+
+            rows, stopped = measure_allreduce_job(rank.comm, sizes, rounds, warmup, model_sizes, stop)
+        else:
+            rows, stopped = measure_job(rank.comm, sizes, rounds, warmup, model_sizes, stop)
     except KeyboardInterrupt:  # a second signal: no agreement, every rank leaves now
         if run is not None:
             run.finish("interrupted", f"interrupted by {_signal_words(stop.signal or signal.SIGINT)}, twice")

@@ -14,6 +14,7 @@ from typer.exceptions import TyperException
 
 from anytimectl import __version__
 from anytimectl.bandwidth import bandwidth
+from anytimectl.commands.compress import compress_app
 from anytimectl.commands.train_amb_fmb import amb, fmb
 from anytimectl.commands.train_dynamic import dynamic
 from anytimectl.commands.train_gossip import gossip
@@ -60,6 +61,7 @@ train_app.command("dynamic")(dynamic)
 app.command(name="plot")(plot)
 app.add_typer(partitions_app, name="partitions")
 app.command(name="bandwidth")(bandwidth)
+app.add_typer(compress_app, name="compress")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     except TyperException as error:  # typer's own usage errors: no such option, bad value, missing argument
         context = getattr(error, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-        print(f"anytimectl: error: {error.format_message()}{hint}", file=sys.stderr)
+        print(f"anytimectl: error: {_bad_value_message(error, argv)}{hint}", file=sys.stderr)
         sys.exit(error.exit_code)
     except typer.Exit as done:
         if done.exit_code:
@@ -93,3 +95,24 @@ def main(argv: list[str] | None = None) -> None:
     if code:
         end_rank()
     sys.exit(code)
+
+
+def _bad_value_message(error: TyperException, argv: list[str] | None) -> str:
+    """"--steps 0: input should be greater than or equal to 1" rather than typer's "Invalid value for '--steps':
+    ...": the line names the flag and the value the user gave, as every other error of ours does."""
+    param = getattr(error, "param", None)
+    message = getattr(error, "message", None)
+    names = [n for n in getattr(param, "opts", []) if n.startswith("--")]
+    if type(error).__name__ != "BadParameter" or not names or not message:
+        return error.format_message()
+    args = list(sys.argv[1:] if argv is None else argv)
+    value = None
+    for index, arg in enumerate(args):
+        for name in names:
+            if arg == name and index + 1 < len(args):
+                value = args[index + 1]
+            elif arg.startswith(name + "="):
+                value = arg[len(name) + 1:]
+    text = message.removeprefix("Value error, ").rstrip(".")
+    text = text[:1].lower() + text[1:]
+    return f"{names[0]} {value}: {text}" if value is not None else f"{names[0]}: {text}"

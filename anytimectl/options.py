@@ -79,8 +79,22 @@ LiveMode = Literal["auto", "table", "lines", "off"]
 
 
 @dataclass
-class LaunchOptions:
-    """How the job is started and what each rank may use."""
+class MpiOptions:
+    """Which launcher starts a job on this machine, and on which hosts."""
+
+    mpiexec: Annotated[str | None, typer.Option(
+        metavar="PATH",
+        rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="The mpiexec used with --workers (default: the one next to this Python).")] = None
+    hosts: Annotated[str | None, typer.Option(
+        metavar="HOST,...",
+        rich_help_panel=PANEL_LAUNCH, show_default=False,
+        help="Host list passed to mpiexec -hosts with --workers.")] = None
+
+
+@dataclass
+class LaunchOptions(MpiOptions):
+    """How a training job is started and what each rank may use."""
 
     workers: Annotated[int | None, typer.Option(
         metavar="N", min=0, rich_help_panel=PANEL_LAUNCH, show_default=False,
@@ -95,14 +109,6 @@ class LaunchOptions:
     gpus_per_node: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_LAUNCH, show_default=False,
         help="GPUs per host for --device gpu* (default: detected).")] = None
-    mpiexec: Annotated[str | None, typer.Option(
-        metavar="PATH",
-        rich_help_panel=PANEL_LAUNCH, show_default=False,
-        help="The mpiexec used with --workers (default: the one next to this Python).")] = None
-    hosts: Annotated[str | None, typer.Option(
-        metavar="HOST,...",
-        rich_help_panel=PANEL_LAUNCH, show_default=False,
-        help="Host list passed to mpiexec -hosts with --workers.")] = None
 
 
 @dataclass
@@ -125,8 +131,8 @@ class StragglerOptions:
 
 
 @dataclass
-class OutputOptions:
-    """Where the run directory goes and what the terminal shows."""
+class ResultOptions:
+    """Where a run directory goes, and whether the summary is JSON: every command that writes one."""
 
     out: Annotated[Path, typer.Option(
         metavar="DIR",
@@ -134,16 +140,23 @@ class OutputOptions:
     name: Annotated[str | None, typer.Option(
         metavar="NAME",
         rich_help_panel=PANEL_OUTPUT, show_default=False,
-        help="Run directory name (default: METHOD-DATASET-wN-TIME); must be new.")] = None
+        help="Run directory name (default: COMMAND-...-TIME); must be new.")] = None
+    json: Annotated[bool, typer.Option(
+        "--json",
+        rich_help_panel=PANEL_OUTPUT, help="Print the summary as one JSON object on stdout.")] = False
+
+
+@dataclass
+class OutputOptions(ResultOptions):
+    """A training run's: also what the terminal shows while it runs."""
+
     live: Annotated[LiveMode, typer.Option(
         rich_help_panel=PANEL_OUTPUT,
         help="Live view: auto (the table on a terminal, plain lines otherwise), table, lines or off.")] = "auto"
     quiet: Annotated[bool, typer.Option(
         "--quiet",
-        rich_help_panel=PANEL_OUTPUT, help="No live view; print only the run directory at the end.")] = False
-    json: Annotated[bool, typer.Option(
-        "--json",
-        rich_help_panel=PANEL_OUTPUT, help="No live view; print a JSON summary on stdout at the end.")] = False
+        rich_help_panel=PANEL_OUTPUT, help="No live view; print only the run directory at the end (--json: no "
+                                           "live view either).")] = False
 
     def __post_init__(self) -> None:
         if self.quiet and self.json:

@@ -23,12 +23,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from anytimectl.backends.tensorflow import MODEL_INPUT, MODELS
 from anytimectl.errors import UsageError
+from anytimectl.options import ResultOptions, with_option_groups
 from anytimectl.ranges import parse_counts
 
 NUM_CLASSES = 10
@@ -244,32 +245,25 @@ partitions_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_Model = Annotated[str, typer.Option("--model", help="digits-cnn, mlp, mnist, cifar10, toy-conv or toy-fc.")]
-_Steps = Annotated[int, typer.Option("--steps", help="Steps timed per repetition (the original's --last_step).")]
-_Repeats = Annotated[int, typer.Option("--repeats", help="Repetitions; the median and spread are over these.")]
-_Warmup = Annotated[int, typer.Option("--warmup", help="Untimed steps per partition count first.")]
-_Threads = Annotated[int | None, typer.Option("--threads", help="TensorFlow threads \\[default: every core, as "
-                                                                "`train --workers 0` gets; a rank sharing the host "
-                                                                "with others gets cores / ranks].")]
-_Threshold = Annotated[float, typer.Option("--threshold", help="Overhead allowed by the recommendation (0.10 = "
-                                                               "10%).")]
-_Out = Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")]
-_Name = Annotated[str | None, typer.Option("--name", help="Run directory name \\[default: partitions-MODEL-TIME].")]
-_Json = Annotated[bool, typer.Option("--json", help="Print the rows and recommendation as JSON instead of a table.")]
+_Model = Annotated[Literal[MODELS], typer.Option(metavar="MODEL", help="The network to time: "
+                                                 f"{', '.join(MODELS)}.")]
+_Steps = Annotated[int, typer.Option(metavar="N", min=1, help="Steps timed per repetition (the original's "
+                                                              "--last_step).")]
+_Repeats = Annotated[int, typer.Option(metavar="N", min=1, help="Repetitions; the median and spread are over "
+                                                                "these.")]
+_Warmup = Annotated[int, typer.Option(metavar="N", min=0, help="Untimed steps per partition count first.")]
+_Threads = Annotated[int | None, typer.Option(metavar="N", min=1, show_default=False,
+                                              help="TensorFlow threads (default: every core, as `train --workers 0` "
+                                                   "gets; a rank sharing the host with others gets cores / ranks).")]
+_Threshold = Annotated[float, typer.Option(metavar="F", min=0, max=10,
+                                           help="Overhead allowed by the recommendation (0.10 = 10%).")]
 
 
-def _check_common(steps: int, repeats: int, warmup: int, threads: int | None, threshold: float) -> int:
+def _threads(threads: int | None, threshold: float) -> int:
     from anytimectl.launch import threads_per_rank
 
-    for flag, value in (("--steps", steps), ("--repeats", repeats)):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
-    if warmup < 0:
-        raise UsageError(f"--warmup {warmup}: must be 0 or more")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads {threads}: must be at least 1")
-    if not 0 < threshold < 10:
-        raise UsageError(f"--threshold {threshold}: give a fraction such as 0.1 (10%)")
+    if threshold <= 0:
+        raise UsageError(f"--threshold {threshold}: give a positive fraction such as 0.1 (10%)")
     return threads_per_rank(1, threads)
 
 
@@ -282,19 +276,18 @@ def _default_partitions(batch_size: int) -> list[int]:
     return counts
 
 
+@with_option_groups()
 def eval_command(
+    result: ResultOptions,
     model: _Model = "cifar10",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step.")] = 512,
-    partitions: Annotated[str, typer.Option("--partitions", help="Partition counts to compare with 1: N, a list "
-                                                                 "1,4,16 or a range 2..64 (powers of two).")] = "16",
+    batch_size: Annotated[int, typer.Option(metavar="N", min=1, help="Examples per step.")] = 512,
+    partitions: Annotated[str, typer.Option(metavar="COUNTS", help="Partition counts to compare with 1: N, a list "
+                                                                   "1,4,16 or a range 2..64 (powers of two).")] = "16",
     steps: _Steps = 10,
     repeats: _Repeats = 3,
     warmup: _Warmup = 2,
     threads: _Threads = None,
     threshold: _Threshold = DEFAULT_THRESHOLD,
-    out: _Out = Path("runs"),
-    name: _Name = None,
-    json_output: _Json = False,
 ) -> None:
     """Time one batch size split into 1 and P micro-batches, in this process.
 
@@ -309,38 +302,35 @@ def eval_command(
       anytimectl partitions eval --model mnist --batch-size 256 --partitions 2..64 --threads 1
       anytimectl partitions eval --model toy-fc --batch-size 64 --partitions 4,16 --steps 3 --repeats 2 --json
     """
-    check_model(model)
-    threads_used = _check_common(steps, repeats, warmup, threads, threshold)
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    threads_used = _threads(threads, threshold)
     counts = parse_counts(partitions, "--partitions")
     if max(counts) > batch_size:
         raise UsageError(f"--partitions {max(counts)} exceeds --batch-size {batch_size}: a micro-batch needs at "
                          "least one example; lower --partitions or raise --batch-size")
     check_memory(model, batch_size)
     spec = Spec(model, batch_size, counts, steps, repeats, warmup, threads_used)
-    _run("eval", model, [spec], threshold, out, name, json_output, isolate=False)
+    _run("eval", model, [spec], threshold, result, isolate=False)
 
 
+@with_option_groups()
 def sweep_command(
+    result: ResultOptions,
     model: _Model = "toy-fc",
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes: A..B (powers of two from A), "
-                                                                    "or a list 64,512.")] = "4..4096",
-    partitions: Annotated[str | None, typer.Option("--partitions", help="Partition counts \\[default: 1, 2, 4, ... "
-                                                                        "below each batch size, as the original]; "
-                                                                        "counts above a batch are skipped.")] = None,
+    batch_sizes: Annotated[str, typer.Option(metavar="SIZES", help="Batch sizes: A..B (powers of two from A), or a "
+                                                                   "list 64,512.")] = "4..4096",
+    partitions: Annotated[str | None, typer.Option(metavar="COUNTS", show_default=False,
+                                                   help="Partition counts (default: 1, 2, 4, ... below each batch "
+                                                        "size, as the original); counts above a batch are skipped.")]
+    = None,
     steps: _Steps = 10,
     repeats: _Repeats = 3,
     warmup: _Warmup = 2,
     threads: _Threads = None,
     threshold: _Threshold = DEFAULT_THRESHOLD,
-    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each batch size in a fresh subprocess "
-                                                                         "(default), or all in this one.")] = True,
+    isolate: Annotated[bool, typer.Option(help="Each batch size in a fresh subprocess (default), or all in this "
+                                               "one.")] = True,
     save_plot: Annotated[bool, typer.Option("--save-plot", help="Also draw the partitions figure into "
                                                                 "RUN_DIR/figures.")] = False,
-    out: _Out = Path("runs"),
-    name: _Name = None,
-    json_output: _Json = False,
 ) -> None:
     """Sweep batch sizes and partition counts (powers of two), as the original test_perf_partitions.py batch.
 
@@ -353,8 +343,7 @@ def sweep_command(
       anytimectl partitions sweep --model cifar10 --batch-sizes 128..1024 --partitions 1..64 --steps 3
       anytimectl plot runs/partitions-toy-fc-* --type partitions
     """
-    check_model(model)
-    threads_used = _check_common(steps, repeats, warmup, threads, threshold)
+    threads_used = _threads(threads, threshold)
     sizes = parse_counts(batch_sizes, "--batch-sizes")
     counts = parse_counts(partitions, "--partitions") if partitions else None
     if counts is not None and min(counts) > max(sizes):
@@ -364,7 +353,7 @@ def sweep_command(
     for size in sizes:
         chosen = [p for p in counts if p <= size] if counts is not None else _default_partitions(size)
         specs.append(Spec(model, size, chosen, steps, repeats, warmup, threads_used))
-    path = _run("sweep", model, specs, threshold, out, name, json_output, isolate=isolate)
+    path = _run("sweep", model, specs, threshold, result, isolate=isolate)
     if save_plot:
         import matplotlib
 
@@ -376,12 +365,12 @@ def sweep_command(
             typer.echo(str(written))
 
 
-def _run(mode: str, model: str, specs: list[Spec], threshold: float, out: Path, name: str | None,
-         json_output: bool, isolate: bool) -> Path:
+def _run(mode: str, model: str, specs: list[Spec], threshold: float, result: ResultOptions, isolate: bool) -> Path:
     from anytimectl import __version__
     from anytimectl.rundir import RunDirectory, reserve
 
-    path = reserve(out, name, f"partitions-{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    json_output = result.json
+    path = reserve(result.out, result.name, f"partitions-{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     first = specs[0]
     metadata = {
         "run_id": path.name, "command": "partitions", "method": "partitions", "mode": mode,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import anytimectl, metadata, table
@@ -79,3 +80,14 @@ def test_ratio_is_raw_time_over_ours_and_the_target_counts_large_messages_only()
 def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
     assert_one_line_error(anytimectl(*args, "--out", str(tmp_path), check=False, timeout=60), *fragments)
     assert not list(tmp_path.iterdir())
+
+
+def test_allreduce_pattern_measures_every_rank_against_raw_allreduce(tmp_path):
+    result = anytimectl("bandwidth", "--pattern", "allreduce", "--workers", "2", "--sizes", "2^10", "--rounds", "3",
+                        "--warmup", "1", "--out", str(tmp_path), "--json")
+    report = json.loads(result.stdout)
+    rows = report["rows"]
+    assert {row["layer"] for row in rows} == {"ours", "raw"}
+    assert all(row["workers"] == 2 and row["bcast_time"] == 0 for row in rows)
+    meta = json.loads((Path(report["run_dir"]) / "metadata.json").read_text())
+    assert meta["config"]["pattern"] == "allreduce" and meta["status"] == "completed"
