@@ -56,7 +56,35 @@ def gossip_label(run) -> str:
 
 
 def _styles(ctx: Context) -> dict[int, tuple[str, str, str]]:
-    """id(run) -> (label, colour, line style): one hue per method, shaded by probability when it repeats."""
+    """id(run) -> (label, colour, line style): one hue per method, shaded by probability when it repeats.
+
+    Also given to the runs themselves (so a panel's shared legend shows them), except where the user chose a
+    label with --label: that label stays."""
+    styles = _gossip_styles(ctx)
+    defaults = _default_labels(ctx.runs)
+    for run in ctx.runs:
+        if is_gossip(run):
+            label, color, linestyle = styles[id(run)]
+            run.color, run.linestyle = color, linestyle
+            if run.label == defaults[id(run)]:
+                run.label = label
+            styles[id(run)] = (run.label, color, linestyle)
+    return styles
+
+
+def _default_labels(runs) -> dict[int, str]:
+    """The labels `plot` gives runs when the user names none (to tell them from --label's)."""
+    from . import style
+
+    chosen = [(run.label, run.color, run.linestyle) for run in runs]
+    style.assign_labels(runs)
+    defaults = {id(run): run.label for run in runs}
+    for run, (label, color, linestyle) in zip(runs, chosen, strict=True):
+        run.label, run.color, run.linestyle = label, color, linestyle
+    return defaults
+
+
+def _gossip_styles(ctx: Context) -> dict[int, tuple[str, str, str]]:
     from matplotlib import colormaps
 
     labels = {id(r): gossip_label(r) for r in ctx.runs}

@@ -153,3 +153,15 @@ def test_an_interrupted_run_saves_its_last_step_and_resumes_from_it(tmp_path):
     master = table(run, "master_stats")
     assert master["step"].tolist() == list(range(1, stopped + 6))
     assert metadata(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize("kind", ["gossip", "accuracy_vs_bytes", "accuracy_spread"])
+def test_gossip_figures_draw_from_the_runs(runs, tmp_path, kind):
+    result = anytimectl("plot", str(runs / "elastic"), str(runs / "a"), str(runs / "allreduce"), "--type", kind,
+                        "--out", str(tmp_path))
+    written = [line for line in result.stdout.splitlines() if line.endswith(".png")]
+    assert len(written) == 1 and (tmp_path / written[0].rsplit("/", 1)[-1]).stat().st_size > 10_000
+    if kind != "accuracy_spread":
+        assert "elastic p=1/2: accuracy" in result.stdout and "allreduce: accuracy" in result.stdout
+    else:
+        assert "over 3 workers" in result.stdout
