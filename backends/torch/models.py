@@ -56,7 +56,7 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
     """Images arrive NHWC (the data layer is framework-neutral); torch's convolutions take NCHW.
 
     The permuted view is not copied: it is NCHW in torch's channels-last memory format, which the CPU convolutions
-    take directly (measured faster than a contiguous copy here, see the engine's notes)."""
+    take directly (digits-cnn, one thread, here: as fast as a contiguous NCHW copy at batch 128, ~4% faster at 512)."""
     if x.dim() == 4:
         return x.permute(0, 3, 1, 2)
     return x
