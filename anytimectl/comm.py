@@ -7,6 +7,10 @@ short sleeps: a waiting rank uses a few percent of a core. Only once every rank 
 `collect` and `distribute` move the large buffers with MPI's blocking calls, whose algorithms are the fastest
 and which then spin only for the transfer itself.
 
+When every rank of the job is on one host, a step's `collect` and `distribute` and the asynchronous protocol's
+channel go through shared memory instead, and their waits sleep in the kernel on per-rank doorbells
+(`anytimectl.shm`): no rank spins, and a waiting rank wakes the moment the rank it waits for arrives.
+
 Buffers are contiguous numpy arrays (float32 for models) and travel as raw memory, never pickled.
 Byte counts are the payload this rank hands over or obtains, per operation, whatever algorithm MPI
 uses underneath, so they compare across world sizes.
@@ -82,13 +86,15 @@ class Pending:
 class Comm:
     """Non-blocking reduce / broadcast / gather / point-to-point on flat buffers, with byte accounting."""
 
-    def __init__(self, mpi_comm: Any):
+    def __init__(self, mpi_comm: Any, shared_memory: bool = True):
+        """shared_memory=False keeps this communicator's traffic on MPI messages even on one host."""
         self.mpi = mpi_comm
         self.rank: int = mpi_comm.Get_rank()
         self.size: int = mpi_comm.Get_size()
         self.bytes = ByteCounter()
         #: time.time() at which the last collective found every rank ready (its transfer began)
         self.ready_at = 0.0
+        self._shared: Any = False if shared_memory else None  # False: not decided yet; else SharedStep or None
 
     def reduce_sum(self, send: np.ndarray, recv: np.ndarray | None, root: int = 0) -> Pending:
         """Element-wise sum of every rank's `send` into `recv` on `root` (recv ignored elsewhere)."""
@@ -126,19 +132,55 @@ class Comm:
         self.bytes.received += buffer.nbytes
         return Pending().add(self.mpi.Irecv(buffer, source=source, tag=tag))
 
+    def shared_memory(self) -> Any:
+        """The shared-memory step (`anytimectl.shm.SharedStep`) when every rank is on this host, else None.
+        Collective on first use (every rank decides together)."""
+        if self._shared is False:
+            from anytimectl import shm
+
+            self._shared = None
+            if shm.enabled() and shm.all_on_one_host(self.mpi):
+                self._shared = shm.SharedStep(self.mpi)
+        return self._shared
+
+    @property
+    def uses_shared_memory(self) -> bool | None:
+        """Whether step traffic goes through shared memory; None until the first collect or distribute."""
+        return None if self._shared is False else self._shared is not None
+
     def collect(self, contribution: np.ndarray, reduced: np.ndarray | None, stats: np.ndarray,
                 all_stats: np.ndarray | None) -> float:
         """One step's upward traffic: every rank's `contribution` summed into `reduced` at rank 0, and the
         ranks' small `stats` gathered into `all_stats` beside it. Returns the seconds this rank spent.
+        Collective: every rank passes buffers of the same shapes.
 
-        Waiting for the slowest rank happens on small non-blocking messages, with sleeps: rank 0 until every
-        rank's stats are in, the others until rank 0 says go. Only then does everyone enter MPI's blocking
-        reduce, whose algorithms are faster than the non-blocking ones for large buffers and which now spins
-        only for the transfer itself.
+        Ranks on one host go through shared memory (`anytimectl.shm`): a worker hands its contribution over
+        without waiting for anyone, rank 0 adds each as it arrives (in rank order, so the sum does not depend on
+        who came first), and waits sleep in the kernel until the awaited rank arrives.
+
+        Across hosts, waiting for the slowest rank happens on small non-blocking messages, with sleeps: rank 0
+        until every rank's stats are in, the others until rank 0 says go. Only then does everyone enter MPI's
+        blocking reduce, whose algorithms are faster than the non-blocking ones for large buffers and which now
+        spins only for the transfer itself.
         """
+        start = time.perf_counter()
+        shared = self.shared_memory()
+        if shared is not None:
+            self._count_collect(contribution, stats)
+            self.ready_at = shared.collect(contribution, reduced, stats, all_stats)
+            return time.perf_counter() - start
+        return self._collect_mpi(contribution, reduced, stats, all_stats, start)
+
+    def _count_collect(self, contribution: np.ndarray, stats: np.ndarray) -> None:
+        if self.rank == 0:
+            self.bytes.received += (contribution.nbytes + stats.nbytes) * (self.size - 1)
+        else:
+            self.bytes.sent += contribution.nbytes + stats.nbytes
+
+    def _collect_mpi(self, contribution: np.ndarray, reduced: np.ndarray | None, stats: np.ndarray,
+                     all_stats: np.ndarray | None, start: float) -> float:
         from mpi4py import MPI
 
-        start = time.perf_counter()
         gathered = self.gather(stats, all_stats)
         go = np.zeros(1, dtype=np.int8)
         if self.rank == 0:
@@ -161,6 +203,14 @@ class Comm:
         part in MPI's blocking broadcast of the parameters, which is already under way.
         """
         start = time.perf_counter()
+        shared = self.shared_memory()
+        if shared is not None:
+            if self.rank == 0:
+                self.bytes.sent += (header.nbytes + params.nbytes) * (self.size - 1)
+            else:
+                self.bytes.received += header.nbytes + params.nbytes
+            shared.distribute(header, params)
+            return time.perf_counter() - start
         header_sent = self.broadcast(header)
         if self.rank == 0:
             header_sent.wait(spin=True)
@@ -227,6 +277,18 @@ class Comm:
             pending.add(self.mpi.Isend(buffer, dest=peer, tag=tag))
         return pending
 
+    def async_channel(self, contribution_length: int, stats_length: int, header_length: int, params_length: int,
+                      dtype: Any = np.float32) -> Any:
+        """The asynchronous master-worker protocol's traffic (collective): through shared memory when every rank
+        is on this host (`anytimectl.shm.AsyncShared`), else MPI point-to-point (`AsyncMpi`). Both never make the
+        master wait for a worker, and hand a worker the newest model, never a queue of stale ones."""
+        from anytimectl import shm
+
+        if shm.enabled() and shm.all_on_one_host(self.mpi):
+            return shm.AsyncShared(self.mpi, contribution_length, stats_length, header_length, params_length, dtype,
+                                   counter=self.bytes)
+        return AsyncMpi(self, contribution_length, stats_length, header_length, params_length, dtype)
+
     def dup(self) -> Comm:
         """A separate communicator over the same ranks (collective): for traffic that must not mix with the
         protocol's, such as the run shell's step reports. It counts its bytes apart."""
@@ -235,3 +297,217 @@ class Comm:
     def abort(self, code: int) -> None:
         self.mpi.Abort(code)
 
+
+
+class AsyncMpi:
+    """The asynchronous protocol's traffic over MPI point-to-point (ranks on several hosts), with the same calls
+    as `anytimectl.shm.AsyncShared`.
+
+    Upward: each worker has at most one contribution in flight (the original's rule): one message of
+    [stats (float64) | contribution]; `send` first waits (sleep-polled) for the previous one. The master keeps one
+    receive posted per worker and re-posts it as it takes each message.
+
+    Downward: every publication is one snapshot [version, stop, header | parameters] that the master sends to each
+    worker whose previous model message has completed; a worker still receiving an older one gets the newest as
+    soon as that completes, never a queue of stale ones. Each worker keeps one receive posted.
+
+    Ending: after the master publishes the stop, each worker waits for its last contribution to be taken, then
+    says goodbye (a stats-only message with the goodbye flag); the master keeps taking messages until every worker
+    has said goodbye and every stop message has arrived, so that nothing is left in flight at MPI_Finalize.
+    """
+
+    _UP, _DOWN = 71, 72
+
+    def __init__(self, comm: Comm, data_length: int, stats_length: int, header_length: int, params_length: int,
+                 dtype: Any = np.float32):
+        self.comm = comm
+        self.mpi = comm.mpi
+        self.rank, self.size = comm.rank, comm.size
+        self.dtype = np.dtype(dtype)
+        self.stats_length = stats_length
+        self.header_length = header_length
+        self._up_bytes = 8 * (stats_length + 1) + self.dtype.itemsize * data_length
+        self._down_bytes = 8 * (header_length + 2) + self.dtype.itemsize * params_length
+        self.data_length, self.params_length = data_length, params_length
+        self.taken_version = 0
+        self.version = 0
+        self.stop_seen = False
+        if self.rank == 0:
+            self._up = {w: np.zeros(self._up_bytes, dtype=np.uint8) for w in range(1, self.size)}
+            self._up_requests = {w: self.mpi.Irecv(self._up[w], source=w, tag=self._UP) for w in range(1, self.size)}
+            self._goodbyes: set[int] = set()
+            self._snapshots: dict[int, np.ndarray] = {}
+            self._in_flight: dict[int, tuple[Any, int]] = {}  # worker -> (request, version)
+            self._sent_version = dict.fromkeys(range(1, self.size), 0)
+        else:
+            self._out = np.zeros(self._up_bytes, dtype=np.uint8)
+            self._out_request: Any = None
+            self._down = np.zeros(self._down_bytes, dtype=np.uint8)
+            self._spare = np.zeros(self._down_bytes, dtype=np.uint8)
+            self._down_request = self.mpi.Irecv(self._down, source=0, tag=self._DOWN)
+            self._ready: np.ndarray | None = None  # a received model not yet handed out
+
+    # --- packing ---------------------------------------------------------------------------------------------
+    def _up_views(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flag = raw[:8].view(np.float64)
+        stats = raw[8:8 * (self.stats_length + 1)].view(np.float64)
+        data = raw[8 * (self.stats_length + 1):].view(self.dtype)
+        return flag, stats, data
+
+    def _down_views(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        meta = raw[:16].view(np.float64)
+        header = raw[16:8 * (self.header_length + 2)].view(np.float64)
+        params = raw[8 * (self.header_length + 2):].view(self.dtype)
+        return meta, header, params
+
+    # --- master ----------------------------------------------------------------------------------------------
+    def publish(self, header: np.ndarray, params: np.ndarray, stop: bool = False) -> int:
+        self.version += 1
+        snapshot = np.empty(self._down_bytes, dtype=np.uint8)
+        meta, head, values = self._down_views(snapshot)
+        meta[:] = (self.version, 1.0 if stop else 0.0)
+        np.copyto(head, header.reshape(-1))
+        np.copyto(values, params.reshape(-1))
+        self._snapshots[self.version] = snapshot
+        self._progress_sends()
+        return self.version
+
+    def _progress_sends(self) -> None:
+        """Send the newest snapshot to every worker whose previous model message has completed."""
+        from mpi4py import MPI
+
+        for worker in range(1, self.size):
+            flight = self._in_flight.get(worker)
+            if flight is not None:
+                if not flight[0].Test():
+                    continue
+                del self._in_flight[worker]
+            if self._sent_version[worker] < self.version:
+                request = self.mpi.Isend([self._snapshots[self.version], MPI.BYTE], dest=worker, tag=self._DOWN)
+                self.comm.bytes.sent += self._down_bytes
+                self._in_flight[worker] = (request, self.version)
+                self._sent_version[worker] = self.version
+        alive = {version for _, version in self._in_flight.values()} | {self.version}
+        for version in [v for v in self._snapshots if v not in alive]:
+            del self._snapshots[version]
+
+    def poll(self, consume: Any) -> int:
+        from mpi4py import MPI
+
+        self._progress_sends()
+        taken = 0
+        status = MPI.Status()
+        for worker, request in list(self._up_requests.items()):
+            if not request.Test(status):
+                continue
+            flag, stats, data = self._up_views(self._up[worker])
+            count = status.Get_count(MPI.BYTE)
+            self.comm.bytes.received += count
+            if flag[0]:
+                self._goodbyes.add(worker)
+                del self._up_requests[worker]
+                continue
+            consume(worker, data, stats)
+            taken += 1
+            self._up_requests[worker] = self.mpi.Irecv(self._up[worker], source=worker, tag=self._UP)
+        return taken
+
+    def wait_for_contributions(self, timeout: float) -> None:
+        """Sleep-poll until a message arrived or `timeout` passed (the caller polls)."""
+        requests = list(self._up_requests.values())
+        deadline = time.perf_counter() + timeout
+        pause = FIRST_SLEEP
+        while time.perf_counter() < deadline:
+            if any(request.Get_status() for request in requests):  # Get_status leaves the request to poll()
+                return
+            self._progress_sends()
+            time.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
+            pause = min(MAX_SLEEP, pause * 2)
+
+    def finish(self, consume: Any) -> None:
+        """After the stop was published: take messages until every worker said goodbye and got the stop, so that
+        every contribution a worker handed over reaches `consume`."""
+        pause = FIRST_SLEEP
+        while len(self._goodbyes) < self.size - 1 or self._in_flight:
+            if not self.poll(consume):
+                time.sleep(pause)
+                pause = min(MAX_SLEEP, pause * 2)
+
+    # --- worker ----------------------------------------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        self._receive()
+        return self.stop_seen
+
+    def _receive(self) -> None:
+        """Take a model message that has arrived (keeping the newest) and post the next receive."""
+        if self._down_request is None or not self._down_request.Test():
+            return
+        self.comm.bytes.received += self._down_bytes
+        self._ready = self._down
+        meta, _, _ = self._down_views(self._ready)
+        if meta[1]:
+            self.stop_seen = True
+            self._down_request = None
+        else:  # the other buffer receives next; an older model still waiting in it is dropped for this newer one
+            self._down, self._spare = self._spare, self._down
+            self._down_request = self.mpi.Irecv(self._down, source=0, tag=self._DOWN)
+
+    def send(self, data: np.ndarray, stats: np.ndarray) -> bool:
+        from mpi4py import MPI
+
+        pause = FIRST_SLEEP
+        while self._out_request is not None and not self._out_request.Test():
+            if self.stopped:
+                return False
+            time.sleep(pause)
+            pause = min(MAX_SLEEP, pause * 2)
+        self._out_request = None
+        if self.stopped:
+            return False
+        flag, out_stats, out_data = self._up_views(self._out)
+        flag[0] = 0.0
+        np.copyto(out_stats, stats)
+        np.copyto(out_data, data.reshape(-1))
+        self._out_request = self.mpi.Isend([self._out, MPI.BYTE], dest=0, tag=self._UP)
+        self.comm.bytes.sent += self._up_bytes
+        return True
+
+    def newest(self, header: np.ndarray, params: np.ndarray) -> int:
+        self._receive()
+        if self._ready is None:
+            return 0
+        meta, head, values = self._down_views(self._ready)
+        self._ready = None
+        version = int(meta[0])
+        if version <= self.taken_version:
+            return 0
+        np.copyto(header.reshape(-1), head)
+        np.copyto(params.reshape(-1), values)
+        self.taken_version = version
+        return version
+
+    def wait_model(self, header: np.ndarray, params: np.ndarray) -> int:
+        pause = FIRST_SLEEP
+        while True:
+            version = self.newest(header, params)
+            if version:
+                return version
+            time.sleep(pause)
+            pause = min(MAX_SLEEP, pause * 2)
+
+    def leave(self) -> None:
+        """After the stop: wait for the last contribution to be taken, then say goodbye."""
+        from mpi4py import MPI
+
+        if self._out_request is not None:
+            Pending([self._out_request]).wait()
+        goodbye = np.zeros(8 * (self.stats_length + 1), dtype=np.uint8)
+        goodbye[:8].view(np.float64)[0] = 1.0
+        Pending([self.mpi.Isend([goodbye, MPI.BYTE], dest=0, tag=self._UP)]).wait()
+        if self._down_request is not None:  # the stop message is the last the master sends: none can be left
+            self._down_request.Cancel()
+            Pending([self._down_request]).wait()
+
+    def close(self) -> None:
+        """Nothing to free."""
