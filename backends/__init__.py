@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("tensorflow", "torch")
+BACKENDS = ("tensorflow", "torch", "sim")
+#: the backends that load a framework; the other one must not be in the process already
+_FRAMEWORKS = {"tensorflow": "torch", "torch": "tensorflow"}
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,14 @@ class EngineSpec:
     momentum: float | None = None  # SGD momentum where the method sets it explicitly (gossip, compress)
     nesterov: bool = False
     device: str = "cpu"  # what select_device chose for this rank: "cpu" or "gpu:N"
+    options: Mapping[str, Any] = field(default_factory=dict)  # a backend's own settings (sim: params, example_time)
 
 
 def _module(backend: str) -> Any:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
-    other = "torch" if backend == "tensorflow" else "tensorflow"
-    if other in sys.modules:
+    other = _FRAMEWORKS.get(backend)
+    if other is not None and other in sys.modules:
         raise RuntimeError(f"{other} is already imported in this process; the {backend} backend must run in a "
                            "process of its own (TensorFlow with torchvision segfaults)")
     return importlib.import_module(f"anytimectl.backends.{backend}.engine")

@@ -1,7 +1,9 @@
-"""`anytimectl train amb` and `anytimectl train fmb`: master-worker SGD on TensorFlow or PyTorch."""
+"""`anytimectl train amb` and `anytimectl train fmb`: master-worker SGD on TensorFlow, PyTorch or the simulated
+backend, synchronous (the original's default) or asynchronous (the original's Async-Timed `--dist_sgy async`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import typer
@@ -30,8 +32,87 @@ from anytimectl.options import (
 )
 
 DEFAULT_STEPS = 60
-Backend = Annotated[Literal["tensorflow", "torch"], typer.Option(
-    rich_help_panel=PANEL_TRAINING, help="The framework that computes the gradients.")]
+PANEL_PROTOCOL = "Protocol"
+PANEL_SIM = "Simulated backend (--backend sim)"
+Backend = Annotated[Literal["tensorflow", "torch", "sim"], typer.Option(
+    rich_help_panel=PANEL_TRAINING,
+    help="The framework that computes the gradients; sim: no framework, compute is sleeping (see --sim-*).")]
+#: what the async options mean when left out (the original's defaults)
+ASYNC_DEFAULTS = {"async_master": "batch", "async_batch_min": 4, "async_time_limit": 0.1, "async_delay_std": None}
+SIM_DEFAULTS = {"sim_example_time": 1e-3, "sim_params": 1 << 16, "sim_examples": 60_000, "sim_half_examples": 20_000}
+
+
+@dataclass
+class ProtocolOptions:
+    """Synchronous or asynchronous master-worker SGD, and the asynchronous master's rule."""
+
+    protocol: Annotated[Literal["sync", "async"], typer.Option(
+        rich_help_panel=PANEL_PROTOCOL,
+        help="sync: every step waits for every worker (the original's syncr); async: workers never wait, the "
+             "master updates by --async-master (the original's Async-Timed).")] = "sync"
+    async_master: Annotated[Literal["batch", "time"] | None, typer.Option(
+        rich_help_panel=PANEL_PROTOCOL, show_default=False,
+        help="async: update after --async-batch-min contributions (batch, the default) or every "
+             "--async-time-limit seconds (time).")] = None
+    async_batch_min: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_PROTOCOL, show_default=False,
+        help="async batch: contributions per update (default 4).")] = None
+    async_time_limit: Annotated[float | None, typer.Option(
+        metavar="SECONDS", min=0, rich_help_panel=PANEL_PROTOCOL, show_default=False,
+        help="async time: seconds between updates, with at least one contribution (default 0.1).")] = None
+    async_delay_std: Annotated[float | None, typer.Option(
+        metavar="SECONDS", min=0, rich_help_panel=PANEL_PROTOCOL, show_default=False,
+        help="async: simulated communication delay |N(0, S)| on every message (default: none).")] = None
+
+    def resolve(self, workers: int | None) -> dict[str, Any]:
+        """Config entries; the async options only with --protocol async."""
+        given = {name: getattr(self, name) for name in ASYNC_DEFAULTS if getattr(self, name) is not None}
+        if self.protocol == "sync":
+            if given:
+                name = next(iter(given))
+                raise UsageError(f"--{name.replace('_', '-')} applies to --protocol async only")
+            return {"protocol": "sync"}
+        if workers == 0:
+            raise UsageError("--protocol async needs workers: use --workers 1 or more")
+        values = {**ASYNC_DEFAULTS, **given}
+        if values["async_master"] == "time" and not values["async_time_limit"] > 0:
+            raise UsageError(f"--async-time-limit {values['async_time_limit']}: must be positive with "
+                             "--async-master time")
+        if values["async_delay_std"] == 0:
+            values["async_delay_std"] = None
+        return {"protocol": "async", **values}
+
+
+@dataclass
+class SimOptions:
+    """The simulated backend: compute is a sleep, parameters are a buffer, the loss a documented curve."""
+
+    sim_example_time: Annotated[float | None, typer.Option(
+        metavar="SECONDS", min=0, rich_help_panel=PANEL_SIM, show_default=False,
+        help="Compute time per example (default 0.001).")] = None
+    sim_params: Annotated[int | None, typer.Option(
+        metavar="N", min=3, rich_help_panel=PANEL_SIM, show_default=False,
+        help="float32 parameters moved per step (default 65536 = 256 KiB).")] = None
+    sim_examples: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_SIM, show_default=False,
+        help="Training examples (sets epochs and shards; default 60000).")] = None
+    sim_half_examples: Annotated[float | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_SIM, show_default=False,
+        help="Examples after which loss and accuracy are halfway to their final values (default 20000).")] = None
+
+    def resolve(self, backend: str, data: DataOptions) -> dict[str, Any]:
+        given = {name: getattr(self, name) for name in SIM_DEFAULTS if getattr(self, name) is not None}
+        if backend != "sim":
+            if given:
+                raise UsageError(f"--{next(iter(given)).replace('_', '-')} applies to --backend sim only")
+            return {}
+        if data.dataset != "digits" or data.data_dir is not None:
+            raise UsageError("--backend sim trains on no data: drop --dataset/--data-dir (--sim-examples sets the "
+                             "training-set size)")
+        values = {**SIM_DEFAULTS, **given}
+        return {"backend_options": {"params": values["sim_params"], "example_time": values["sim_example_time"],
+                                    "half_examples": values["sim_half_examples"],
+                                    "examples": values["sim_examples"]}}
 
 
 def _batch_option(text: str) -> Any:
@@ -41,7 +122,7 @@ def _batch_option(text: str) -> Any:
 @with_option_groups()
 def amb(
     launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions,
+    stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("The most examples a worker may process in one round.")] = 192,
     partitions: Annotated[int, typer.Option(
@@ -85,7 +166,7 @@ def amb(
     match = match_batch or max(1, round(batch_size * 2 / 3))
     if match > batch_size:
         raise UsageError(f"--match-batch {match}: must be between 1 and --batch-size {batch_size}")
-    exit_with(_train("amb", launch, data, optimizer, length, stragglers, output, backend, batch_size,
+    exit_with(_train("amb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
                      {"partitions": partitions, "time_limit": limit, "time_limit_requested": time_limit,
                       "match_batch": match}))
 
@@ -93,7 +174,7 @@ def amb(
 @with_option_groups()
 def fmb(
     launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions,
+    stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("Examples every worker processes per step.")] = 128,
 ) -> None:
@@ -106,22 +187,40 @@ def fmb(
       anytimectl train fmb --backend torch --workers 2 --optimizer sgd --learning-rate 0.05
       mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data --batch-size 242
     """
-    exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, backend, batch_size,
+    exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
                      {"partitions": 1, "time_limit": None, "time_limit_requested": None, "match_batch": None}))
 
 
 def _train(method: str, launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions,
-           length: LengthOptions, stragglers: StragglerOptions, output: OutputOptions, backend: str,
-           batch_size: int, amb: dict[str, Any]) -> int:
+           length: LengthOptions, stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions,
+           sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
+    sim_config = sim.resolve(backend, data)
+    protocol_config = protocol.resolve(launch.workers)
     model = resolve_model(data, backend)
     workers = launch.workers
     check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
     check_devices(launch)
+    if backend == "sim" and launch.device != "cpu":
+        raise UsageError(f"--device {launch.device}: the sim backend computes nothing on a device; use --device cpu")
     check_workers(launch, backend, (workers or 0) + 1)
     config = common_config(launch, data, length, stragglers, optimizer)
-    config.update(check_data(data, length, workers))
+    config.update(_sim_data(sim_config, length, workers) if sim_config else check_data(data, length, workers))
     config.update(model=model, backend=backend, batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS),
-                  **amb)
-    return run_request(command="train", method=method, protocol="master_worker", backend=backend,
-                       dataset=data.dataset, model=model, config=config, launch=launch, output=output,
-                       seed=stragglers.seed)
+                  **amb, **sim_config, **protocol_config)
+    return run_request(command="train", method=method,
+                       protocol="async_master_worker" if protocol.protocol == "async" else "master_worker",
+                       backend=backend, dataset="sim" if sim_config else data.dataset, model=model, config=config,
+                       launch=launch, output=output, seed=stragglers.seed)
+
+
+def _sim_data(sim_config: dict[str, Any], length: LengthOptions, workers: int | None) -> dict[str, Any]:
+    """The config entries check_data gives a real dataset, for the simulated one (nothing to read)."""
+    from anytimectl.backends.sim import MODEL_INPUT, NUM_CLASSES, TEST_EXAMPLES
+    from anytimectl.data import check_enough_examples, test_size_used
+
+    examples = sim_config["backend_options"]["examples"]
+    if workers:
+        check_enough_examples(examples, workers, "--sim-examples")
+    return {"dataset": "sim", "test_size": test_size_used(TEST_EXAMPLES, length.test_size),
+            "test_size_requested": length.test_size, "train_examples": examples,
+            "input_shape": list(MODEL_INPUT["sim"]), "num_classes": NUM_CLASSES}

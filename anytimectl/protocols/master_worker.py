@@ -7,12 +7,21 @@ are weighted correctly), adds weight decay once, applies the optimizer and broad
 
 Evaluation on the test subset runs on the master in a thread *while the workers compute the next step*, so it
 never holds them back (the original evaluated between steps and stalled everyone).
+
+Two ways to finish a step, with the same updates, tables and stop rules:
+- *broadcast* (the original's): the master applies the update and sends the new parameters to every worker;
+- *replicated*: the master sends the summed contributions (and the step's learning rate) instead, and every rank,
+  the master included, applies the same update to its own copy at the same time, so neither the master's update
+  nor a copy of the parameters in and out of the framework lies on the critical path. It is used when every rank
+  is a CPU rank on one host (the same arithmetic in every process gives the same bits); every CHECK_EVERY steps
+  the workers report a checksum of their parameters and the master re-sends its own if any copy ever differs.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,13 +36,32 @@ from anytimectl.records import Columns, RowLayout, StepRecord
 from anytimectl.round_clock import RoundClock
 from anytimectl.schedules import Schedule
 
-#: The method's own row fields: AMB's micro-batches done, and the warm-up's seconds per micro-batch.
-ROW_FIELDS = ("partitions_done", "calibration")
+#: The method's own row fields: AMB's micro-batches done, the warm-up's seconds per micro-batch, and (replicated
+#: updates) a checksum of the worker's parameters every CHECK_EVERY steps (-1 otherwise).
+ROW_FIELDS = ("partitions_done", "calibration", "params_checksum")
 LAYOUT = RowLayout(ROW_FIELDS)
-#: Header broadcast with the parameters: step, stop flag, the AMB time limit the workers must use.
-HEADER_STEP, HEADER_STOP, HEADER_TIME_LIMIT = 0, 1, 2
-HEADER_SIZE = 3
+#: Header sent with the parameters (or, replicated, the summed contributions): step, stop flag, the AMB time limit
+#: the workers must use, the learning rate of the update, and whether the master's parameters follow.
+HEADER_STEP, HEADER_STOP, HEADER_TIME_LIMIT, HEADER_RATE, HEADER_RESYNC = 0, 1, 2, 3, 4
+HEADER_SIZE = 5
 STOP_NONE, STOP_FINISHED = 0.0, 1.0
+#: Replicated updates: steps between the workers' parameter checksums.
+CHECK_EVERY = 25
+
+
+def params_checksum(params: np.ndarray) -> float:
+    """CRC-32 of the parameter bytes: equal copies give equal sums, and a float64 holds it exactly."""
+    return float(zlib.crc32(memoryview(np.ascontiguousarray(params)).cast("B")))
+
+
+def replicated_updates(hosts: list[str], devices: list[str]) -> bool:
+    """Whether every rank may apply the updates itself: all on one host, all on the CPU (see the module notes).
+    `ANYTIMECTL_REPLICATED=0` forces the broadcast of parameters."""
+    import os
+
+    if os.environ.get("ANYTIMECTL_REPLICATED", "1") in ("0", "false", "no", "off"):
+        return False
+    return len(set(hosts)) == 1 and all(device == "cpu" for device in devices)
 
 
 class Engine(Protocol):
@@ -89,6 +117,7 @@ class Worker:
         self.config = config
         self.clock = RoundClock(LAYOUT, rank, config.seed, delay, slowdown)
         self.micro_batches = config.partitions if config.method == "amb" else 1
+        self.examples_sent = 0  # the asynchronous protocol counts what it handed over
 
     @property
     def row(self) -> np.ndarray:
@@ -135,6 +164,7 @@ class StepResult:
     total_samples: int
     rows: np.ndarray  # (workers, len(LAYOUT))
     time_limit: float | None = None  # the AMB limit the workers used in this step
+    ranks: list[int] | None = None  # the worker of each row (None: workers 1..N in order)
     test_loss: float | None = None
     accuracy: float | None = None
     spans: list[tuple[str, float, float, dict[str, Any]]] = field(default_factory=list)
@@ -161,6 +191,9 @@ class Master:
         self.expected_delay = 0.0
         self._compute_seconds = 0.0
         self._micro_batches = 0.0
+        self.rate = 0.0  # the learning rate of the update being made
+        #: called with the step after each update (replicated transports keep their checksums here)
+        self.after_apply: Callable[[int], None] | None = None
 
     def resolve_time_limit(self, per_micro_batch: np.ndarray, delay: Any) -> None:
         """`--time-limit auto`: T = time for match_batch examples + E[delay], so that AMB's expected batch
@@ -208,11 +241,14 @@ class Master:
 
     def run(self, collect: Callable[[int], tuple[np.ndarray, np.ndarray, float]],
             broadcast: Callable[[int, float], float], on_start: Callable[[float], None] | None = None,
-            ) -> tuple[int, str]:
+            replicated: bool = False) -> tuple[int, str]:
         """Drive steps until a stop condition; returns (steps done, why it stopped).
 
         collect(step) waits for every worker's contribution and returns (reduced buffer, rows, wait time);
-        broadcast(step, stop_flag) sends the parameters and returns the time it took.
+        broadcast(step, stop_flag) sends the parameters and returns the time it took. `replicated`: broadcast
+        sends the summed contributions and `self.rate` instead, before the master applies them itself (the
+        workers apply them at the same time); the stop decision is the same, as nothing it reads changes in
+        the update.
         """
         pending: StepResult | None = None  # its evaluation is running during the current round
         broadcast(0, STOP_NONE)
@@ -236,15 +272,28 @@ class Master:
             total = int(round(reduced[-2]))
             self.examples += total
             epoch = self.examples / self.config.train_examples
-            rate = self.learning_rate(step, epoch)
-            loss = self.engine.apply(reduced, rate)
-            apply_end = time.time()
+            rate = self.rate = self.learning_rate(step, epoch)
+            if replicated:
+                reason = self.should_stop(step)
+                broadcast(step, STOP_FINISHED if reason else STOP_NONE)
+                broadcast_end = time.time()
+                loss = self.engine.apply(reduced, rate)
+                apply_end = time.time()
+                spans = [("collect", collect_start, collect_end, {}),
+                         ("broadcast", collect_end, broadcast_end, {"sent": "summed contributions"}),
+                         ("apply", broadcast_end, apply_end, {})]
+            else:
+                loss = self.engine.apply(reduced, rate)
+                apply_end = time.time()
+                reason = self.should_stop(step)
+                broadcast(step, STOP_FINISHED if reason else STOP_NONE)
+                spans = [("collect", collect_start, collect_end, {}), ("apply", collect_end, apply_end, {}),
+                         ("broadcast", apply_end, time.time(), {})]
             result = StepResult(step=step, applied_at=apply_end, loss=loss, learning_rate=rate, epoch=epoch,
                                 wait_time=wait_time, total_samples=total, rows=rows, time_limit=time_limit)
-            reason = self.should_stop(step)
-            broadcast(step, STOP_FINISHED if reason else STOP_NONE)
-            result.spans += [("collect", collect_start, collect_end, {}), ("apply", collect_end, apply_end, {}),
-                             ("broadcast", apply_end, time.time(), {})]
+            result.spans += spans
+            if self.after_apply is not None:
+                self.after_apply(step)
             if reason is not None:
                 self._finish_evaluation(result, self.evaluator.now())
             elif step % self.config.log_every == 0:
@@ -261,47 +310,100 @@ class Master:
         self.on_step(result)
 
 
-def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.ndarray) -> int:
-    """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run."""
+def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.ndarray,
+                replicated: bool = False) -> int:
+    """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run.
+
+    `replicated`: after the first step the master sends the summed contributions (param_count + 2 floats)
+    instead of the parameters, and the worker applies them itself with the learning rate in the header."""
     steps = 0
+    reduced = np.zeros(worker.engine.param_count + 2, dtype=np.float32) if replicated else None
+    comm.distribute(header, param_buffer)  # the initial parameters
     while True:
-        comm.distribute(header, param_buffer)
         worker.clock.received()
-        if header[HEADER_STOP] != STOP_NONE:
+        stop = header[HEADER_STOP] != STOP_NONE
+        if stop and reduced is None:
             return steps
-        worker.engine.set_params(param_buffer)
+        if reduced is None or steps == 0 or header[HEADER_RESYNC]:
+            worker.engine.set_params(param_buffer)
+        if reduced is not None and steps > 0:  # also the last update: every copy ends as the master's
+            worker.engine.apply(reduced, float(header[HEADER_RATE]))
+        if stop:
+            return steps
         step = int(header[HEADER_STEP]) + 1
         time_limit = float(header[HEADER_TIME_LIMIT])
+        worker.row[LAYOUT["params_checksum"]] = (params_checksum(worker.engine.get_params())
+                                                 if reduced is not None and step % CHECK_EVERY == 0 else -1.0)
         contribution = worker.round(step, time_limit if time_limit > 0 else None)
         worker.clock.bytes(comm.bytes.sent, comm.bytes.received)
         comm.collect(contribution, None, worker.row, None)
         worker.clock.sent(comm.ready_at)
         steps += 1
+        if reduced is None:
+            comm.distribute(header, param_buffer)
+            continue
+        comm.distribute(header, reduced)
+        if header[HEADER_RESYNC]:
+            comm.distribute(header, param_buffer)
 
 
 class MpiMasterTransport:
-    """The master's side of worker_loop."""
+    """The master's side of worker_loop (`replicated` as there; run the master with `replicated` too)."""
 
-    def __init__(self, master: Master, comm: Any, param_count: int):
+    def __init__(self, master: Master, comm: Any, param_count: int, replicated: bool = False):
         self.master = master
         self.comm = comm
+        self.replicated = replicated
         self.header = np.zeros(HEADER_SIZE)
         self.params = np.zeros(param_count, dtype=np.float32)
         self.contribution = np.zeros(param_count + 2, dtype=np.float32)
         self.reduced = np.zeros(param_count + 2, dtype=np.float32)
         self.row = LAYOUT.new()
         self.rows = np.zeros((comm.size, len(LAYOUT)))
+        self.checksums: dict[int, float] = {}  # replicated: step -> the master's checksum after that update
+        self.resyncs = 0
+        self._resync = False
+        if replicated:
+            master.after_apply = self._after_apply
 
     def collect(self, step: int) -> tuple[np.ndarray, np.ndarray, float]:
         wait = self.comm.collect(self.contribution, self.reduced, self.row, self.rows)
+        if self.replicated:
+            self._check(step)
         return self.reduced, self.rows[1:].copy(), wait
 
     def broadcast(self, step: int, stop: float) -> float:
         start = time.perf_counter()
-        self.header[:] = (step, stop, self.master.time_limit or 0.0)
-        self.params[:] = self.master.engine.get_params()
-        self.comm.distribute(self.header, self.params)
+        self.header[:] = (step, stop, self.master.time_limit or 0.0, self.master.rate, 0.0)
+        if not self.replicated or step == 0:
+            self.params[:] = self.master.engine.get_params()
+            self.comm.distribute(self.header, self.params)
+            return time.perf_counter() - start
+        resync, self._resync = self._resync, False
+        self.header[HEADER_RESYNC] = 1.0 if resync else 0.0
+        self.comm.distribute(self.header, self.reduced)
+        if resync:  # the master has not applied this step yet: its parameters are those the workers should have
+            self.params[:] = self.master.engine.get_params()
+            self.comm.distribute(self.header, self.params)
         return time.perf_counter() - start
+
+    def _after_apply(self, step: int) -> None:
+        if (step + 1) % CHECK_EVERY == 0:
+            self.checksums[step] = params_checksum(self.master.engine.get_params())
+
+    def _check(self, step: int) -> None:
+        """The workers' checksums of the parameters they started `step` with against the master's."""
+        if step % CHECK_EVERY:
+            return
+        expected = self.checksums.pop(step - 1, None)
+        reported = self.rows[1:, LAYOUT["params_checksum"]]
+        if expected is None or bool(np.all(reported == expected)):
+            return
+        self.resyncs += 1
+        self._resync = True
+        differing = [int(r) for r in np.flatnonzero(reported != expected) + 1]
+        self.master.on_event("worker parameters differed from the master's; re-sending them", step=step,
+                             workers=differing)
 
 
 class LocalTransport:
@@ -338,7 +440,7 @@ class MasterWorkerProtocol(TrainingProtocol):
         rank = context.rank
         self.workers = rank.size - 1 if rank.size > 1 else 1
         configure(context.request.backend, rank.threads, c["seed"])
-        dataset = load_dataset(c["dataset"], c["data_dir"])
+        dataset = backend_dataset(context.request.backend, c) or load_dataset(c["dataset"], c["data_dir"])
         if len(dataset.x_train) < self.workers:
             raise UsageError(f"--dataset {c['dataset']} has {len(dataset.x_train)} training examples, fewer than "
                              f"the {self.workers} workers; use fewer workers")
@@ -346,7 +448,7 @@ class MasterWorkerProtocol(TrainingProtocol):
         self.engine = create_engine(context.request.backend, EngineSpec(
             model=c["model"], input_shape=dataset.input_shape, num_classes=dataset.num_classes,
             optimizer=c["optimizer"], learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
-            device=context.device))
+            device=context.device, options=c.get("backend_options") or {}))
         self.config = ProtocolConfig(
             method=context.request.method, batch_size=c["batch_size"], partitions=c["partitions"],
             time_limit=c["time_limit"], match_batch=c["match_batch"], steps=c["steps"], epochs=c["epochs"],
@@ -390,13 +492,17 @@ class MasterWorkerProtocol(TrainingProtocol):
             return RunOutcome(None)
         return self._run_master()
 
+    @property
+    def replicated(self) -> bool:
+        return self.context.rank.size > 1 and replicated_updates(self.context.hosts, self.context.devices)
+
     def _run_worker(self) -> None:
         comm = self.context.rank.comm
         row = LAYOUT.new()
         row[LAYOUT["calibration"]] = self.calibration
         comm.gather(row, None).wait()
         params = np.zeros(self.engine.param_count, dtype=np.float32)
-        worker_loop(self.worker, comm, params, np.zeros(HEADER_SIZE))
+        worker_loop(self.worker, comm, params, np.zeros(HEADER_SIZE), replicated=self.replicated)
 
     def _run_master(self) -> RunOutcome:
         context = self.context
@@ -417,7 +523,7 @@ class MasterWorkerProtocol(TrainingProtocol):
             result.rows[:, f["step"]] = result.step
             recorder.step(StepRecord(
                 step=result.step, time=result.applied_at, loss=result.loss, learning_rate=result.learning_rate,
-                epoch=result.epoch, ranks=ranks, rows=result.rows, test_loss=result.test_loss,
+                epoch=result.epoch, ranks=result.ranks or ranks, rows=result.rows, test_loss=result.test_loss,
                 accuracy=result.accuracy, wait_time=result.wait_time, collect={"time_limit": result.time_limit},
                 spans=result.spans))
 
@@ -430,10 +536,24 @@ class MasterWorkerProtocol(TrainingProtocol):
         if self.config.method == "amb":
             context.note(f"AMB time limit {master.time_limit:.3f} s"
                          + (" (calibrated: --time-limit auto)" if self.config.time_limit is None else ""))
-        transport: Any = (MpiMasterTransport(master, rank.comm, self.engine.param_count) if rank.size > 1
-                          else LocalTransport(master, self.local_worker))
-        _, reason = master.run(transport.collect, transport.broadcast, on_start=recorder.start_clock)
-        return RunOutcome(reason, {"time_limit": master.time_limit})
+        replicated = self.replicated
+        transport: Any = (MpiMasterTransport(master, rank.comm, self.engine.param_count, replicated)
+                          if rank.size > 1 else LocalTransport(master, self.local_worker))
+        _, reason = master.run(transport.collect, transport.broadcast, on_start=recorder.start_clock,
+                               replicated=replicated)
+        summary: dict[str, Any] = {"time_limit": master.time_limit, "replicated_updates": replicated,
+                                   "shared_memory": rank.size > 1 and rank.comm.uses_shared_memory is True}
+        if replicated:
+            summary["replica_resyncs"] = transport.resyncs
+        return RunOutcome(reason, summary)
+
+
+def backend_dataset(backend: str, config: dict[str, Any]) -> Any:
+    """The data a backend brings itself (the simulated backend's example numbers), or None: load the dataset."""
+    import importlib
+
+    make = getattr(importlib.import_module(f"anytimectl.backends.{backend}"), "make_dataset", None)
+    return make(config) if make is not None else None
 
 
 PROTOCOL = MasterWorkerProtocol
