@@ -1,0 +1,412 @@
+"""Asynchronous AMB and FMB (`--protocol async`): the original's Async-Timed design (JSAIT'21), on any backend.
+
+Workers never wait for the master and the master never waits for a worker:
+- A worker computes a contribution (FMB: its batch; AMB: micro-batches until the time limit), hands
+  (sum of gradients, count, its row) to the master and goes straight on computing with the parameters it has.
+  Whenever a newer model has arrived it takes it: FMB between contributions, AMB also between micro-batches (so a
+  contribution may mix gradients of two models, as in the original). It always takes the newest model; models it
+  did not get to in time are skipped, never queued (their number is `last_queued_update_count`).
+- The master takes contributions as they arrive and adds them up. Once the rule is met, `--async-master batch`
+  (at least `--async-batch-min` contributions) or `time` (`--async-time-limit` seconds since the last update and
+  at least one contribution), it divides by the total count, applies the update and publishes the new parameters
+  to every worker without waiting for any of them.
+- `--async-delay-std S` simulates communication stragglers as the original did: each message is delivered
+  |N(0, S)| seconds after it arrived (contributions at the master, models at the workers), drawn from a generator
+  seeded by (--seed, worker, message number).
+
+Per contribution the tables record `worker_step` (the worker's own count of contributions), `worker_master_step`
+(the master step of the newest model the contribution used), `last_queued_update_count`, `staleness` (the updates
+applied between the model the contribution was computed on and the one it is applied to: master step - 1 -
+worker_master_step; synchronous SGD has 0) and `comm_delay` (the simulated delay of that message). Each master
+step has one row per contribution it applied, so a worker may have several rows in a step, or none.
+
+The channel is `anytimectl.comm.Comm.async_channel`: shared memory with doorbells on one host, MPI point-to-point
+across hosts. Everything else (launch, run directory, live view, stop and failure handling) is the run shell's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from anytimectl.errors import UsageError
+from anytimectl.evaluation import Evaluator
+from anytimectl.protocols.base import RunOutcome
+from anytimectl.protocols.master_worker import (
+    HEADER_SIZE,
+    HEADER_STEP,
+    HEADER_STOP,
+    HEADER_TIME_LIMIT,
+    LAYOUT,
+    ROW_FIELDS,
+    STOP_FINISHED,
+    STOP_NONE,
+    Master,
+    MasterWorkerProtocol,
+    StepResult,
+    Worker,
+)
+from anytimectl.records import Columns, LiveColumn, RowLayout, StepRecord
+from anytimectl.schedules import Schedule
+
+ASYNC_FIELDS = ("worker_step", "worker_master_step", "last_queued_update_count", "staleness", "comm_delay")
+ASYNC_LAYOUT = RowLayout((*ROW_FIELDS, *ASYNC_FIELDS))
+#: Longest the master sleeps before it looks again on its own.
+MASTER_NAP = 0.05
+#: At most this many delayed models a worker holds back (the oldest is dropped beyond it).
+MAX_HELD_MODELS = 4
+
+
+@dataclass
+class AsyncConfig:
+    master: str  # "batch" or "time"
+    batch_min: int
+    time_limit: float
+    delay_std: float | None  # None: no simulated communication delay
+
+
+def comm_delay(seed: int, worker: int, number: int, direction: int, std: float | None) -> float:
+    """The simulated delay of message `number` of `worker` (direction 1: to the master, 2: to the worker)."""
+    if not std:
+        return 0.0
+    return float(abs(np.random.default_rng([seed, worker, number, direction, 0xDE1A]).normal(0.0, std)))
+
+
+# --- the worker ------------------------------------------------------------------------------------------------------
+class ModelInbox:
+    """The models a worker has been sent, each delivered after its simulated delay; `take` gives the newest
+    delivered one (skipping older ones) and says how many arrived since the last take."""
+
+    def __init__(self, channel: Any, rank: int, seed: int, delay_std: float | None, param_count: int):
+        self.channel = channel
+        self.rank, self.seed, self.delay_std = rank, seed, delay_std
+        self.param_count = param_count
+        self.held: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # (due, version, header, params)
+        self.version = 0
+        self.arrived = 0  # models seen since the last take
+
+    def take(self, header: np.ndarray, params: np.ndarray) -> int:
+        """Copy the newest delivered model into header/params; returns how many models arrived since the last
+        take (0: nothing new)."""
+        if not self.delay_std:
+            version = self.channel.newest(header, params)
+            if not version:
+                return 0
+            queued, self.version = version - self.version, version
+            return queued
+        incoming_header, incoming = np.zeros(HEADER_SIZE), np.zeros(self.param_count, dtype=np.float32)
+        version = self.channel.newest(incoming_header, incoming)
+        if version:
+            self.arrived += version - max(self.version, self.held[-1][1] if self.held else 0)
+            due = time.time() + comm_delay(self.seed, self.rank, version, 2, self.delay_std)
+            self.held.append((due, version, incoming_header, incoming))
+            if len(self.held) > MAX_HELD_MODELS:
+                self.held.pop(0)
+        now = time.time()
+        ready = [item for item in self.held if item[0] <= now]
+        if not ready:
+            return 0
+        newest = max(ready, key=lambda item: item[1])
+        self.held = [item for item in self.held if item[1] > newest[1]]
+        np.copyto(header, newest[2])
+        np.copyto(params, newest[3])
+        self.version = newest[1]
+        queued, self.arrived = self.arrived, 0
+        return max(1, queued)
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.channel.stopped)
+
+
+def async_round(worker: Worker, step: int, time_limit: float | None, between: Any) -> np.ndarray:
+    """One contribution: sleep the induced delay, then compute. AMB runs its micro-batches one engine call at a
+    time, calling `between()` after each (which may swap in a newer model), under the same deadline rule as the
+    engines: a micro-batch starts only if, at the round's pace so far, it ends in time; at least one runs."""
+    clock, engine = worker.clock, worker.engine
+    clock.begin(step)
+    x, y = worker.stream.peek(worker.config.batch_size)
+    if worker.config.method != "amb":
+        total, examples, done = engine.compute(x, y, 1, math.inf)
+    elif getattr(engine, "accepts_between", False):  # the engine runs its loop and calls back between batches
+        deadline = clock.real_deadline(time_limit) if time_limit is not None else math.inf
+        total, examples, done = engine.compute(x, y, worker.micro_batches, deadline, between=between)
+    else:
+        deadline = clock.real_deadline(time_limit) if time_limit is not None else math.inf
+        parts = worker.micro_batches
+        n = len(x)
+        start = time.time()
+        total, examples, done = None, 0, 0
+        while done < parts:
+            if done > 0:
+                now = time.time()
+                if now + (now - start) / done > deadline:
+                    break
+            begin, end = (done * n) // parts, ((done + 1) * n) // parts
+            buffer, count, _ = engine.compute(x[begin:end], y[begin:end], 1, math.inf)
+            if total is None:
+                total = buffer.copy()
+            else:
+                np.add(total, buffer, out=total)
+            examples += count
+            done += 1
+            if done < parts:
+                between()
+    worker.stream.advance(examples)
+    clock.computed(examples)
+    worker.row[ASYNC_LAYOUT["partitions_done"]] = done
+    return total
+
+
+def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_std: float | None) -> int:
+    """A worker until the master publishes the stop: contribute, take the newest model, repeat. Returns the
+    contributions it sent."""
+    f = ASYNC_LAYOUT
+    engine = worker.engine
+    header = np.zeros(HEADER_SIZE)
+    params = np.zeros(engine.param_count, dtype=np.float32)
+    inbox = ModelInbox(channel, worker.rank, seed, delay_std, engine.param_count)
+    inbox.version = channel.wait_model(header, params)
+    engine.set_params(params)
+    state = {"model_step": int(header[HEADER_STEP]), "queued": 0, "stop": header[HEADER_STOP] != STOP_NONE,
+             "time_limit": float(header[HEADER_TIME_LIMIT])}
+    worker.clock.received()
+
+    def take_newest() -> None:
+        queued = inbox.take(header, params)
+        if queued:
+            engine.set_params(params)
+            state["model_step"] = int(header[HEADER_STEP])
+            state["queued"] = queued
+            state["time_limit"] = float(header[HEADER_TIME_LIMIT])
+            if header[HEADER_STOP] != STOP_NONE:
+                state["stop"] = True
+
+    sent = 0
+    while not state["stop"] and not inbox.stopped:
+        state["queued"] = 0
+        limit = state["time_limit"]
+        contribution = async_round(worker, sent + 1, limit if limit > 0 else None, take_newest)
+        row = worker.row
+        row[f["worker_step"]] = sent + 1
+        row[f["worker_master_step"]] = state["model_step"]
+        row[f["last_queued_update_count"]] = state["queued"]
+        worker.clock.bytes(comm.bytes.sent, comm.bytes.received)
+        handed = time.time()
+        if not channel.send(contribution, row):
+            break
+        worker.clock.sent(handed)
+        sent += 1
+        worker.examples_sent += int(row[f["num_samples"]])
+        take_newest()
+        worker.clock.received()
+    channel.leave()
+    return sent
+
+
+# --- the master ------------------------------------------------------------------------------------------------------
+class AsyncMaster(Master):
+    """The master's loop: take contributions as they arrive, update when the rule is met, publish, repeat."""
+
+    def __init__(self, *args: Any, channel: Any, settings: AsyncConfig, workers: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.channel = channel
+        self.settings = settings
+        self.workers = workers
+        self.applied_counts = 0  # examples applied, as the contributions counted them
+        self.taken_counts = 0  # examples in every contribution taken (applied, or left over at the stop)
+        self.taken = 0  # contributions taken
+
+    def run_async(self, param_count: int, on_start: Any = None) -> tuple[int, str]:
+        s = self.settings
+        header = np.zeros(HEADER_SIZE)
+        accumulated = np.zeros(param_count + 2, dtype=np.float32)
+        rows: list[np.ndarray] = []
+        ranks: list[int] = []
+        held: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # delayed contributions: (due, rank, data, row)
+        f = ASYNC_LAYOUT
+        update = 0
+
+        def publish(stop: bool) -> None:
+            header[:] = 0.0
+            header[HEADER_STEP] = update
+            header[HEADER_STOP] = STOP_FINISHED if stop else STOP_NONE
+            header[HEADER_TIME_LIMIT] = self.time_limit or 0.0
+            self.channel.publish(header, self.engine.get_params(), stop=stop)
+
+        def add(rank: int, data: np.ndarray, row: np.ndarray) -> None:
+            np.add(accumulated, data, out=accumulated)
+            row[f["staleness"]] = update - row[f["worker_master_step"]]
+            rows.append(row)
+            ranks.append(rank)
+
+        def consume(rank: int, data: np.ndarray, stats: np.ndarray) -> None:
+            row = np.array(stats, dtype=np.float64)
+            self.taken_counts += int(round(data[-2]))
+            self.taken += 1
+            delay = comm_delay(self.config.seed, rank, int(row[f["worker_step"]]), 1, s.delay_std)
+            row[f["comm_delay"]] = delay
+            if delay > 0:
+                held.append((time.time() + delay, rank, np.array(data), row))
+            else:
+                add(rank, data, row)
+
+        published_stop = False
+        publish(False)
+        self.origin = time.time()
+        if on_start is not None:
+            on_start(self.origin)
+        last_update = self.origin
+        waited = 0.0
+        reason = None
+        evaluating: StepResult | None = None
+        while reason is None:
+            self.channel.poll(consume)
+            now = time.time()
+            if held:
+                due = [item for item in held if item[0] <= now]
+                held[:] = [item for item in held if item[0] > now]
+                for _, rank, data, row in sorted(due, key=lambda item: item[0]):
+                    add(rank, data, row)
+            ready = len(rows) >= s.batch_min if s.master == "batch" else (
+                rows and now - last_update >= s.time_limit)
+            if not ready:
+                if self.stopper.reason:
+                    reason = self.stopper.reason
+                    break
+                nap = MASTER_NAP
+                if s.master == "time" and rows:
+                    nap = min(nap, max(0.0, last_update + s.time_limit - now))
+                if held:
+                    nap = min(nap, max(0.0, min(item[0] for item in held) - now))
+                wait_start = time.perf_counter()
+                self.channel.wait_for_contributions(nap)
+                waited += time.perf_counter() - wait_start
+                continue
+            update += 1
+            collect_end = time.time()
+            table = np.stack(rows)
+            self.recalibrate(table)
+            if evaluating is not None:  # the evaluation reads the parameters the update changes
+                self._finish_evaluation(evaluating, self.evaluator.join())
+                evaluating = None
+            total = int(round(accumulated[-2]))
+            self.examples += total
+            self.applied_counts += total
+            epoch = self.examples / self.config.train_examples
+            rate = self.rate = self.learning_rate(update, epoch)
+            loss = self.engine.apply(accumulated, rate)
+            apply_end = time.time()
+            reason = self.should_stop(update)
+            publish(reason is not None)
+            published_stop = reason is not None
+            result = StepResult(step=update, applied_at=apply_end, loss=loss, learning_rate=rate, epoch=epoch,
+                                wait_time=waited, total_samples=total, rows=table, time_limit=self.time_limit,
+                                ranks=list(ranks))
+            result.spans += [("collect", last_update, collect_end, {"contributions": len(rows)}),
+                             ("apply", collect_end, apply_end, {}), ("broadcast", apply_end, time.time(), {})]
+            accumulated[:] = 0.0
+            rows.clear()
+            ranks.clear()
+            last_update = time.time()
+            waited = 0.0
+            if reason is not None:
+                self._finish_evaluation(result, self.evaluator.now())
+            elif update % self.config.log_every == 0:
+                evaluating = result
+                self.evaluator.start()
+            else:
+                self.on_step(result)
+        if evaluating is not None:
+            self._finish_evaluation(evaluating, self.evaluator.join())
+        if not published_stop:
+            publish(True)
+        self.channel.finish(consume)  # whatever was handed over after the last update is taken, not applied
+        self.left_over = self.taken_counts - self.applied_counts
+        return update, reason
+
+
+# --- the protocol in the run shell ---------------------------------------------------------------------------------
+class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
+    """`train amb|fmb --protocol async`: rank 0 is the master, ranks 1..N the workers."""
+
+    row_fields = (*ROW_FIELDS, *ASYNC_FIELDS)
+    columns = Columns(worker=("partitions_done", *ASYNC_FIELDS), collect=("time_limit",))
+    live_columns = (LiveColumn("stale", "staleness", "{:.0f}"),)
+
+    def setup(self) -> None:
+        if self.context.rank.size < 2:
+            raise UsageError("--protocol async needs workers: use --workers 1 or more (or -n 2+ under mpiexec)")
+        super().setup()
+        c = self.context.config
+        self.settings = AsyncConfig(master=c["async_master"], batch_min=c["async_batch_min"],
+                                    time_limit=c["async_time_limit"], delay_std=c["async_delay_std"])
+
+    def _make_worker(self, rank: int) -> Worker:
+        worker = super()._make_worker(rank)
+        worker.clock.layout = ASYNC_LAYOUT
+        worker.clock.row = ASYNC_LAYOUT.new()
+        return worker
+
+    def _channel(self) -> Any:
+        comm = self.context.rank.comm
+        return comm.async_channel(self.engine.param_count + 2, len(ASYNC_LAYOUT), HEADER_SIZE,
+                                  self.engine.param_count)
+
+    def _run_worker(self) -> None:
+        comm = self.context.rank.comm
+        row = LAYOUT.new()
+        row[LAYOUT["calibration"]] = self.calibration
+        comm.gather(row, None).wait()
+        channel = self._channel()
+        sent = async_worker_loop(self.worker, channel, comm, self.config.seed, self.settings.delay_std)
+        comm.gather(np.array([sent, self.worker.examples_sent], dtype=np.float64), None).wait()
+
+    def _run_master(self) -> RunOutcome:
+        context = self.context
+        rank, recorder = context.rank, context.recorder
+        calibration = np.zeros((rank.size, len(LAYOUT)))
+        rank.comm.gather(LAYOUT.new(), calibration).wait()
+        per_micro = calibration[1:, LAYOUT["calibration"]]
+        schedule = Schedule.from_config(context.config, self.config.steps)
+        f = ASYNC_LAYOUT
+
+        def on_step(result: StepResult) -> None:
+            result.rows[:, f["time"]] = result.applied_at
+            result.rows[:, f["wait_time"]] = result.wait_time
+            result.rows[:, f["step"]] = result.step
+            recorder.step(StepRecord(
+                step=result.step, time=result.applied_at, loss=result.loss, learning_rate=result.learning_rate,
+                epoch=result.epoch, ranks=result.ranks or [], rows=result.rows,
+                test_loss=result.test_loss, accuracy=result.accuracy, wait_time=result.wait_time,
+                collect={"time_limit": result.time_limit}, spans=result.spans))
+
+        channel = self._channel()
+        master = AsyncMaster(self.engine, self.config, Evaluator(self.engine, self.x_test, self.y_test), schedule.at,
+                             context.stopper, on_step, context.log, channel=channel, settings=self.settings,
+                             workers=self.workers)
+        master.resolve_time_limit(per_micro, context.delay)
+        run_dir = context.run_dir
+        run_dir.metadata["config"]["time_limit"] = master.time_limit
+        run_dir.save_metadata()
+        if self.config.method == "amb":
+            context.note(f"AMB time limit {master.time_limit:.3f} s"
+                         + (" (calibrated: --time-limit auto)" if self.config.time_limit is None else ""))
+        s = self.settings
+        context.note(f"async master: {s.master} ("
+                     + (f">= {s.batch_min} contributions" if s.master == "batch" else f"{s.time_limit:g} s")
+                     + ")" + (f", simulated delay std {s.delay_std:g} s" if s.delay_std else ""))
+        _, reason = master.run_async(self.engine.param_count, on_start=recorder.start_clock)
+        sent = np.zeros((rank.size, 2))
+        rank.comm.gather(np.zeros(2), sent).wait()
+        return RunOutcome(reason, {
+            "time_limit": master.time_limit, "contributions_sent": int(sent[1:, 0].sum()),
+            "contributions_taken": master.taken, "examples_sent": int(sent[1:, 1].sum()),
+            "examples_applied": master.applied_counts, "examples_left_at_stop": master.left_over})
+
+
+PROTOCOL = AsyncMasterWorkerProtocol

@@ -1,0 +1,136 @@
+"""Asynchronous AMB/FMB (`--protocol async`): the channel on its own, and real runs through the run shell.
+
+What must hold: every contribution a worker hands over reaches the master exactly once (applied, or left over when
+the run stopped) and the counts add up; staleness is the master step minus one minus the step of the model the
+contribution used; workers take only newer models; a stopped run ends every rank within seconds, recorded as
+interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import anytimectl, metadata, table
+
+from anytimectl.launch import find_mpiexec
+from anytimectl.protocols.async_master_worker import ASYNC_FIELDS, AsyncMasterWorkerProtocol
+
+CHANNEL = Path(__file__).parent / "mpi" / "async_channel.py"
+SIM = ["--backend", "sim", "--sim-example-time", "0.0005", "--sim-params", "2000", "--induce", "niagara:0.03"]
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shared-memory", "mpi-messages"])
+def test_channel_delivers_every_contribution_once_and_only_newer_models(shared_memory):
+    env = {**os.environ, "ANYTIMECTL_SHARED_MEMORY": "1" if shared_memory else "0"}
+    result = subprocess.run([find_mpiexec(), "-n", "4", sys.executable, "-m", "mpi4py", str(CHANNEL)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["shared_memory"] is shared_memory
+    assert report["contributions"] == 3 * 30 and report["counts"] == report["expected_counts"]
+    assert report["payloads_intact"] and report["min_staleness"] >= 0
+    for worker in report["workers"]:
+        assert worker["monotonic"] and worker["consistent"]
+        assert worker["queued_total"] == worker["span"]  # each take says how many models arrived since the last
+
+
+def _check_invariants(run: Path, summary: dict) -> None:
+    workers = table(run, "worker_stats")
+    collect = table(run, "collect_stats")
+    master = table(run, "master_stats")
+    # never applied twice, never lost
+    assert not workers.duplicated(["rank", "worker_step"]).any()
+    assert summary["contributions_sent"] == summary["contributions_taken"]
+    assert summary["examples_sent"] == summary["examples_applied"] + summary["examples_left_at_stop"]
+    assert workers.num_samples.sum() == collect.total_samples.sum() == summary["examples_applied"]
+    per_step = workers.groupby("master_step").size().reindex(collect.step).to_numpy()
+    assert (collect.worker_count.to_numpy() == per_step).all()
+    # staleness: the updates applied between the contribution's model and the one it was applied to
+    assert (workers.staleness == workers.master_step - 1 - workers.worker_master_step).all()
+    assert (workers.staleness >= 0).all() and (workers.worker_master_step < workers.master_step).all()
+    # each worker's contributions arrive in the order it sent them
+    for _, rows in workers.groupby("rank"):
+        assert rows.worker_step.is_monotonic_increasing
+    assert list(master.step) == list(range(1, len(master) + 1))
+
+
+@pytest.mark.parametrize("rule", [["--async-master", "batch", "--async-batch-min", "3"],
+                                  ["--async-master", "time", "--async-time-limit", "0.05"]], ids=["batch", "time"])
+def test_async_amb_run_accounts_for_every_contribution(tmp_path, rule):
+    result = anytimectl("train", "amb", "--protocol", "async", "--workers", "3", "--steps", "15", *SIM, *rule,
+                        "--out", str(tmp_path), "--name", "run", "--json")
+    summary = json.loads(result.stdout)
+    run = tmp_path / "run"
+    meta = metadata(run)
+    assert meta["status"] == "completed" and meta["protocol"] == "async_master_worker"
+    workers = table(run, "worker_stats")
+    assert list(workers.columns) == list(AsyncMasterWorkerProtocol.columns.tables()["worker_stats"])
+    assert set(ASYNC_FIELDS) <= set(workers.columns)
+    _check_invariants(run, summary)
+    if rule[1] == "batch":
+        assert (table(run, "collect_stats").worker_count >= 3).all()
+
+
+def test_async_fmb_over_mpi_messages_with_simulated_delays(tmp_path):
+    result = anytimectl("train", "fmb", "--protocol", "async", "--workers", "3", "--steps", "12", *SIM,
+                        "--batch-size", "32", "--async-batch-min", "2", "--async-delay-std", "0.01",
+                        "--out", str(tmp_path), "--name", "run", "--json",
+                        env={"ANYTIMECTL_SHARED_MEMORY": "0"})
+    summary = json.loads(result.stdout)
+    run = tmp_path / "run"
+    _check_invariants(run, summary)
+    workers = table(run, "worker_stats")
+    assert (workers.comm_delay > 0).mean() > 0.9 and (workers.num_samples == 32).all()
+    assert metadata(run)["config"]["async_delay_std"] == 0.01
+
+
+def test_async_amb_on_tensorflow(tmp_path):
+    result = anytimectl("train", "amb", "--protocol", "async", "--workers", "2", "--steps", "6", "--batch-size",
+                        "32", "--partitions", "4", "--test-size", "100", "--out", str(tmp_path), "--name", "tf",
+                        "--json")
+    summary = json.loads(result.stdout)
+    _check_invariants(tmp_path / "tf", summary)
+    assert summary["final_accuracy"] is not None
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_stopped_async_run_ends_every_rank_and_is_recorded(tmp_path, how):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anytimectl", "train", "amb", "--protocol", "async", "--workers", "3", "--steps",
+         "100000", *SIM, "--out", str(tmp_path), "--name", "stopped", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = tmp_path / "stopped"
+    deadline = time.time() + 120
+    while not ((run / "master_stats.csv").exists() and len((run / "master_stats.csv").read_text().splitlines()) > 5):
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, "no progress"
+        time.sleep(0.2)
+    if how == "SIGINT":
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+    else:
+        process.send_signal(signal.SIGTERM)  # a batch scheduler's polite kill, to the launcher only
+    stopped_at = time.time()
+    _, stderr = process.communicate(timeout=60)
+    assert time.time() - stopped_at < 15
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    meta = metadata(run)
+    assert meta["status"] == "interrupted"
+    assert meta["summary"]["steps"] == len(table(run, "master_stats"))
+    assert meta["summary"]["examples_sent"] == (meta["summary"]["examples_applied"]
+                                                + meta["summary"]["examples_left_at_stop"])
+    leftover = subprocess.run(["pgrep", "-f", f"--out {tmp_path}"], capture_output=True, text=True)
+    assert not leftover.stdout.strip(), "ranks left running"
+
+
+def test_sync_runs_have_no_async_columns(real_runs):
+    workers = table(real_runs["amb"], "worker_stats")
+    assert not set(ASYNC_FIELDS) & set(workers.columns)
+    assert np.isfinite(workers.compute_time).all()
