@@ -74,11 +74,28 @@ def assert_no_leftovers(marker: str, timeout: float = 5.0) -> None:
     wait_until(lambda: not marked(marker), timeout, "every process of the job to be gone")
 
 
+_STARTED: list[Parent] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test():
+    """A failed assertion must not leave a job of 10^8 rounds running for the rest of the suite."""
+    yield
+    while _STARTED:
+        parent = _STARTED.pop()
+        for pid in marked(parent.marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 class Parent:
     """A parent process under test, in its own session (so signals we send reach it alone)."""
 
     def __init__(self, command: list[str], tmp_path: Path, **popen):
         self.marker = uuid.uuid4().hex
+        _STARTED.append(self)
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
             env={**os.environ, MARKER: self.marker, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=tmp_path,
