@@ -31,3 +31,22 @@ def test_epochs_halves_every_ten_epochs():
 def test_milestones_multiply_by_the_anneal_factor_at_each_epoch_passed():
     schedule = Schedule("milestones", 0.01, milestones=(15, 30, 40), anneal=0.5)
     assert [schedule.at(1, e) for e in (0, 14.9, 15, 31, 45)] == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.00125])
+
+
+def test_piecewise_is_cifar10_fasts_triangle_in_epochs():
+    schedule = Schedule("piecewise", knots=((0, 0.0), (5, 0.4), (24, 0.0)))
+    assert [schedule.at(1, e) for e in (0, 2.5, 5, 14.5, 24, 30)] == pytest.approx([0.0, 0.2, 0.4, 0.2, 0.0, 0.0])
+
+
+def test_piecewise_holds_its_ends_and_jumps_at_a_repeated_knot():
+    schedule = Schedule("piecewise", knots=((1, 0.1), (2, 0.1), (2, 0.05), (3, 0.0)))
+    assert [schedule.at(1, e) for e in (0, 1.5, 1.999, 2, 2.5, 9)] == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.025, 0.0])
+    with pytest.raises(ValueError):
+        Schedule("piecewise").at(1, 0.0)
+
+
+def test_piecewise_knots_come_from_the_config():
+    config = {"lr_schedule": "piecewise", "learning_rate": 0.4, "lr_linear_end": 1e-4, "lr_decay_steps": 50,
+              "lr_decay_rate": 0.9, "lr_staircase": True, "lr_epochs_every": 10.0, "lr_epochs_frac": 0.5,
+              "lr_knots": [[0, 0], [5, 0.4], [24, 0]]}
+    assert Schedule.from_config(config, None).at(1, 10) == pytest.approx(0.4 * 14 / 19)
