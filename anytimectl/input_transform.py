@@ -134,3 +134,58 @@ class TransformedEngine:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """cifar10-fast's training augmentation (the compression study's recipe), in numpy on NHWC batches: reflect-pad
+    by `pad`, a random crop back to the image's size, a horizontal flip with probability 1/2, and one `cutout` x
+    `cutout` square of zeros placed wholly inside the image. Each example draws its own offsets, flip and square.
+
+    Unlike `InputTransform` it is random and for training batches only (the test set is never augmented): the
+    caller passes the generator, e.g. seeded by (seed, rank, step), so that ranks draw differently and a run
+    repeats exactly (the original's numpy choices were unseeded and differed per worker)."""
+
+    pad: int = 4
+    flip: bool = True
+    cutout: int = 8
+
+    def check(self, input_shape: tuple[int, ...]) -> None:
+        if len(input_shape) != 3:
+            raise UsageError(f"augmentation needs image data (height x width x channels); this dataset's examples "
+                             f"have shape {input_shape}")
+        height, width, _ = input_shape
+        if self.cutout and (self.cutout >= height or self.cutout >= width):
+            raise UsageError(f"the {self.cutout}x{self.cutout} cutout would cover the whole {height}x{width} image; "
+                             "augment only larger images (cifar10's are 32x32)")
+        if self.pad >= min(height, width):
+            raise UsageError(f"reflect padding of {self.pad} needs images larger than {self.pad} pixels a side")
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A new augmented float32 batch (`x` is not modified)."""
+        x = np.asarray(x, dtype=np.float32)
+        count, height, width, _ = x.shape
+        p = self.pad
+        padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect") if p else x
+        rows = rng.integers(0, 2 * p + 1, count)[:, None] + np.arange(height)
+        cols = rng.integers(0, 2 * p + 1, count)[:, None] + np.arange(width)
+        if self.flip:
+            flipped = rng.random(count) < 0.5
+            cols[flipped] = cols[flipped, ::-1]
+        out = padded[np.arange(count)[:, None, None], rows[:, :, None], cols[:, None, :]]  # crop (+ flip): one gather
+        if self.cutout:
+            c = self.cutout
+            top = rng.integers(0, height - c + 1, count)[:, None]
+            left = rng.integers(0, width - c + 1, count)[:, None]
+            inside_rows = (np.arange(height) >= top) & (np.arange(height) < top + c)
+            inside_cols = (np.arange(width) >= left) & (np.arange(width) < left + c)
+            out[inside_rows[:, :, None] & inside_cols[:, None, :]] = 0.0
+        return np.ascontiguousarray(out)
+
+    def describe(self) -> str:
+        parts = [f"reflect-pad {self.pad}, random crop"] if self.pad else []
+        if self.flip:
+            parts.append("horizontal flip")
+        if self.cutout:
+            parts.append(f"{self.cutout}x{self.cutout} cutout")
+        return ", ".join(parts) or "none"
