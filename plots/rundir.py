@@ -31,10 +31,12 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "partitions": ("partitions.csv", ("batch_size", "partitions", "partition_size", "time_per_step",
                                       "time_per_sample", "overhead")),
     "bandwidth": ("bandwidth.csv", ("workers", "elements", "bytes", "layer", "round_time")),
+    "compress_bench": ("compress_bench.csv", ("bytes", "bound_bytes", "compression_ratio", "relative_error")),
 }
 TEXT_COLUMNS = {"host", "layer", "model"}
 #: run directories of the studies: metadata "command" -> (their table, the figure type that draws them)
-STUDIES = {"partitions": ("partitions", "partitions"), "bandwidth": ("bandwidth", "master_bandwidth")}
+STUDIES = {"partitions": ("partitions", "partitions"), "bandwidth": ("bandwidth", "master_bandwidth"),
+           "compress bench": ("compress_bench", "compress_bench")}
 STUDY_FIGURES = {figure: command for command, (_, figure) in STUDIES.items()}
 TRACE = "trace.json"
 
@@ -200,6 +202,10 @@ class Run:
     def bandwidth(self) -> pd.DataFrame:
         df = self._load("bandwidth").dropna(subset=["workers", "elements", "round_time"])
         return df.sort_values(["elements", "workers"], kind="stable").reset_index(drop=True)
+
+    @cached_property
+    def compress_bench(self) -> pd.DataFrame:
+        return self._load("compress_bench").reset_index(drop=True)
 
     @cached_property
     def trace(self) -> pd.DataFrame:

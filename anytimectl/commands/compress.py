@@ -1,0 +1,504 @@
+"""`anytimectl compress train` and `anytimectl compress bench`: training with gradients that really travel
+compressed (protocols/compressed.py), and the per-method bytes / error / speed study of the compression library
+(backends/torch/compression).
+
+Importing this module imports no framework: the method names are declared here (a torch test checks that they
+are the library's), and torch is imported only when a run or a bench starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from anytimectl.commands.common import (
+    check_data,
+    check_devices,
+    check_stragglers,
+    check_workers,
+    common_config,
+    exit_with,
+    resolve_model,
+    run_request,
+)
+from anytimectl.errors import UsageError
+from anytimectl.options import (
+    PANEL_DATA,
+    PANEL_OUTPUT,
+    PANEL_TRAINING,
+    DataOptions,
+    LaunchOptions,
+    LengthOptions,
+    OptimizerOptions,
+    OutputOptions,
+    ResultOptions,
+    StragglerOptions,
+    aliased_choice,
+    with_option_groups,
+)
+
+BACKEND = "torch"
+PANEL_COMPRESSION = "Compression"
+#: the library's canonical names (backends/torch/compression/compressors.py), and the original's spellings
+METHODS = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd")
+METHOD_ALIASES = {"Topk": "topk", "Randomk": "randomk", "Thresholdv": "threshold",
+                  "AdaptiveThreshold": "adaptive-threshold", "TernGrad": "terngrad", "RandomDithering": "qsgd"}
+MODES = ("layerwise", "entire")
+MODE_ALIASES = {"entiremodel": "entire", "entire-model": "entire", "layer-wise": "layerwise"}
+AUGMENTS = ("auto", "cifar", "none")
+MAX_LEVELS = 1 << 30
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a left-out option means for a dataset."""
+
+    model: str
+    batch_size: int
+    epochs: float
+
+
+#: cifar10: the original's (cifar10-fast's ResNet9, batch 512 per worker, 24 epochs). The other datasets get
+#: CPU-sized defaults: digits trains the digits CNN at 32 per worker, 2 workers x 8 epochs in about a minute.
+RECIPES = {
+    "cifar10": Recipe("resnet9", 512, 24.0),
+    "digits": Recipe("digits-cnn", 32, 8.0),
+    "mnist": Recipe("mnist", 128, 4.0),
+    "fashion-mnist": Recipe("mnist", 128, 4.0),
+    "iris": Recipe("mlp", 8, 40.0),
+    "toy": Recipe("toy-conv", 64, 2.0),
+}
+
+
+def check_compression(method: str, ratio: float, threshold: float, levels: int, rescale: bool) -> None:
+    """The compression options a method uses must make sense: one line otherwise, before anything starts."""
+    if not 0 < ratio <= 1:
+        raise UsageError(f"--ratio {ratio:g}: K must lie in (0, 1] (the fraction of elements sent; use --method "
+                         "none for no compression)")
+    if threshold < 0:
+        raise UsageError(f"--threshold {threshold:g}: V must be 0 or more (0 sends every non-zero element)")
+    if not 1 <= levels <= MAX_LEVELS:
+        raise UsageError(f"--levels {levels}: s must be an integer in 1..{MAX_LEVELS}")
+    if rescale and method != "randomk":
+        raise UsageError(f"--rescale scales random-k's values by 1/K; it does not apply to --method {method}")
+
+
+def _option(text: str, *names: str, metavar: str | None = None, panel: str = PANEL_COMPRESSION, **extra: Any) -> Any:
+    return typer.Option(*names, metavar=metavar, rich_help_panel=panel, help=text, **extra)
+
+
+_Method = Annotated[str, aliased_choice(
+    METHODS, METHOD_ALIASES, rich_help_panel=PANEL_COMPRESSION,
+    help="none (dense all-reduce), topk (K largest |g|), randomk (K random), threshold (|g| >= V), "
+         "adaptive-threshold (|g| >= max|g|/2), terngrad, qsgd (s levels); the original's Topk, Randomk, "
+         "Thresholdv, AdaptiveThreshold, TernGrad and RandomDithering work too.")]
+def _named(option: Any, *names: str) -> Any:
+    """An `aliased_choice` option under several names (the original's spellings beside ours)."""
+    option.param_decls = names
+    return option
+
+
+_Mode = Annotated[str, _named(aliased_choice(
+    MODES, MODE_ALIASES, rich_help_panel=PANEL_COMPRESSION,
+    help="layerwise: each tensor compressed on its own; entire: the whole model at once (the original's "
+         "--compress entiremodel works too)."), "--mode", "--compress", "-c")]
+_Ratio = Annotated[float, _option("K: the fraction of each tensor's (or the model's) elements topk and randomk "
+                                  "send, in (0, 1].", "--ratio", "-K", metavar="K")]
+_Threshold = Annotated[float, _option("V: threshold sends the elements with |g| >= V (of the summed gradient).",
+                                      "--threshold", "-V", metavar="V")]
+_Levels = Annotated[int, _option("s: qsgd's quantisation levels per sign (the original's --qstates).",
+                                 "--levels", "--qstates", "-Q", metavar="S")]
+_ValueDtype = Annotated[Literal["float32", "float16"], _option(
+    "The values that travel (none, topk, randomk, thresholds); terngrad's and qsgd's scales stay float32.",
+    "--value-dtype")]
+_Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/K): an unbiased estimate.",
+                                   "--rescale/--no-rescale")]
+
+
+@with_option_groups(test_size=-1, log_every=None)  # --log-every left out: once an epoch (the protocol counts)
+def train(
+    launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
+    output: OutputOptions,
+    method: _Method = "topk",
+    mode: _Mode = "layerwise",
+    ratio: _Ratio = 0.01,
+    threshold: _Threshold = 0.001,
+    levels: _Levels = 255,
+    value_dtype: _ValueDtype = "float32",
+    rescale: _Rescale = False,
+    error_feedback: Annotated[bool, _option(
+        "Add what a worker did not send to its next gradient (the original had none).",
+        "--error-feedback/--no-error-feedback")] = False,
+    batch_size: Annotated[int | None, _option(
+        "Examples per worker per step (default: cifar10 512, digits 32).", metavar="N", min=1,
+        panel=PANEL_TRAINING, show_default=False)] = None,
+    learning_rate: Annotated[float, _option(
+        "The peak of the piecewise-linear rate 0 -> LR -> 0, per example (the original's 0.4 / 512 on a summed "
+        "loss).", metavar="LR", min=0, panel=PANEL_TRAINING)] = 0.4,
+    lr_peak_epoch: Annotated[float | None, _option(
+        "Epoch at which the rate peaks (default: 5/24 of the run, cifar10-fast's 5 of 24).", metavar="E", min=0,
+        panel=PANEL_TRAINING, show_default=False)] = None,
+    momentum: Annotated[float, _option(
+        "SGD momentum, Nesterov when > 0 (the original's default 0: plain SGD).", metavar="M", min=0, max=1,
+        panel=PANEL_TRAINING)] = 0.0,
+    weight_decay: Annotated[float, _option(
+        "L2 weight decay on the per-example gradient (the original's 5e-4 x 512 on a summed loss of 512).",
+        metavar="WD", min=0, panel=PANEL_TRAINING)] = 5e-4,
+    augment: Annotated[Literal["auto", "cifar", "none"], _option(
+        "cifar: reflect-pad 4, random crop, flip, 8x8 cutout; auto: cifar on cifar10, none on other data.",
+        panel=PANEL_TRAINING)] = "auto",
+) -> None:
+    """Data-parallel SGD whose gradients travel compressed, packed on the wire.
+
+    Every worker computes the summed gradient of its own batch (its own shard
+    of the data, all from the same initial model), compresses it with the
+    method (with error feedback if asked), packs it (indices and values, or
+    bit-packed levels) and all-gathers the variable-size payloads; every
+    worker decodes all of them and applies the same averaged update. The
+    recipe is cifar10-fast's, as the original ran it: SGD (Nesterov when
+    --momentum > 0), a piecewise-linear rate 0 -> 0.4 -> 0, weight decay,
+    augmentation on cifar10, the whole test set every epoch (--log-every N:
+    every N steps instead). worker_stats.csv
+    records every worker's payload bytes per step beside the dense size.
+
+    \b
+    Examples:
+      anytimectl compress train --workers 2 --method topk --ratio 0.01 \\
+          --error-feedback
+      anytimectl compress train --workers 4 --method qsgd --levels 255 \\
+          --mode entire
+      mpiexec -n 4 anytimectl compress train --dataset cifar10 \\
+          --data-dir ~/data --model resnet9 --method terngrad --epochs 24
+      anytimectl compress train --workers 2 --method Thresholdv -V 0.01
+      anytimectl plot runs/compress-* --type accuracy_vs_bytes
+    """
+    check_compression(method, ratio, threshold, levels, rescale)
+    recipe = RECIPES[data.dataset]
+    if data.model is None:
+        data.model = recipe.model
+    model = resolve_model(data, BACKEND)
+    workers = launch.workers
+    ranks = workers if workers else 1
+    batch = batch_size if batch_size is not None else recipe.batch_size
+    check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
+    check_devices(launch)
+    check_workers(launch, BACKEND, ranks)
+    described = check_data(data, length, workers)
+    if batch * ranks > described["train_examples"]:
+        raise UsageError(f"--batch-size {batch} x {ranks} workers is more than the {described['train_examples']} "
+                         f"training examples of {data.dataset}; lower --batch-size")
+    chosen = augment if augment != "auto" else ("cifar" if data.dataset == "cifar10" else "none")
+    if chosen == "cifar":
+        from anytimectl.input_transform import Augmentation
+
+        Augmentation().check(tuple(described["input_shape"]))
+    epochs = length.epochs
+    if length.steps is None and length.epochs is None:
+        epochs = recipe.epochs
+    end = min(e for e in (epochs, length.steps and length.steps * batch * ranks / described["train_examples"])
+              if e is not None)
+    if lr_peak_epoch is not None and lr_peak_epoch >= end and (workers is not None or length.steps is None):
+        raise UsageError(f"--lr-peak-epoch {lr_peak_epoch:g}: the rate must peak before the run ends (epoch "
+                         f"{end:.3g}); lower it or train longer")
+    optimizer = OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
+    config = common_config(launch, data, length, stragglers, optimizer)
+    config.update(described)
+    config.update(model=model, backend=BACKEND, method=method, mode=mode, ratio=ratio, threshold=threshold,
+                  levels=levels, value_dtype=value_dtype, rescale=rescale,
+                  error_feedback=error_feedback and method != "none", batch_size=batch, epochs=epochs,
+                  lr_schedule="piecewise", lr_peak_epoch=lr_peak_epoch, lr_knots=None, momentum=momentum,
+                  nesterov=momentum > 0, augment=chosen,
+                  log_every=length.log_every)
+    exit_with(run_request(command="compress", method="compress", protocol="compressed", backend=BACKEND,
+                          dataset=data.dataset, model=model, config=config, launch=launch, output=output,
+                          seed=stragglers.seed))
+
+
+# --- compress bench --------------------------------------------------------------------------------------------------
+BENCH_COLUMNS = (
+    "method", "mode", "value_dtype", "ratio", "threshold", "levels", "elements", "tensors", "sent", "bytes",
+    "bound_bytes", "bytes_over_bound", "dense_bytes", "compression_ratio", "relative_error", "encode_s", "decode_s",
+    "encode_cpu_s", "decode_cpu_s", "codec_over_backward", "codec_cpu_over_backward_cpu", "model", "batch_size",
+    "backward_s", "backward_cpu_s",
+)
+#: metadata "command" of a bench run directory (plots/rundir.py's STUDIES key) and its table
+BENCH_COMMAND = "compress bench"
+BENCH_TABLE = "compress_bench"
+
+
+def _methods(values: list[str] | None) -> list[str]:
+    """--methods: names (comma-separated or repeated, the original's spellings too) or all."""
+    names = [part.strip() for value in values or ["all"] for part in value.split(",") if part.strip()]
+    if not names or "all" in (n.lower() for n in names):
+        return list(METHODS)
+    lookup = {m.lower(): m for m in METHODS} | {a.lower(): m for a, m in METHOD_ALIASES.items()}
+    chosen = []
+    for name in names:
+        if name.lower() not in lookup:
+            raise UsageError(f"--methods {name!r} is not one of {', '.join(METHODS)} or all")
+        if lookup[name.lower()] not in chosen:
+            chosen.append(lookup[name.lower()])
+    return chosen
+
+
+def _modes(values: list[str] | None) -> list[str]:
+    names = [part.strip().lower() for value in values or ["layerwise,entire"] for part in value.split(",")
+             if part.strip()]
+    lookup = {m: m for m in MODES} | MODE_ALIASES
+    chosen = []
+    for name in names:
+        if name not in lookup:
+            raise UsageError(f"--modes {name!r} is not one of {', '.join(MODES)}")
+        if lookup[name] not in chosen:
+            chosen.append(lookup[name])
+    return chosen
+
+
+@with_option_groups()
+def bench(
+    result: ResultOptions,
+    model: Annotated[str, _option("The network whose gradient is compressed.", "--model", metavar="NAME",
+                                  panel=PANEL_DATA)] = "resnet9",
+    dataset: Annotated[str | None, _option(
+        "Take the batch from this dataset's training split (default: random inputs of the model's shape).",
+        "--dataset", metavar="NAME", panel=PANEL_DATA, show_default=False)] = None,
+    data_dir: Annotated[Path | None, _option("Folder with the dataset's files (mnist, cifar10).", "--data-dir",
+                                             metavar="DIR", panel=PANEL_DATA, show_default=False)] = None,
+    batch_size: Annotated[int, _option("Examples in the one backward pass that makes the gradient.",
+                                       "--batch-size", metavar="N", min=1, panel=PANEL_DATA)] = 64,
+    methods: Annotated[list[str] | None, _option(
+        "Methods to measure, comma-separated or repeated (the original's names too), or all.", "--methods",
+        metavar="NAMES", show_default=False)] = None,
+    modes: Annotated[list[str] | None, _option("layerwise, entire or both (comma-separated).", "--modes",
+                                               metavar="MODES", show_default=False)] = None,
+    ratio: _Ratio = 0.01,
+    threshold: Annotated[float | None, _option(
+        "V for threshold (default: the V that keeps K n elements of this gradient, to compare with topk).",
+        "--threshold", "-V", metavar="V", show_default=False)] = None,
+    levels: _Levels = 255,
+    value_dtype: _ValueDtype = "float32",
+    rescale: _Rescale = False,
+    repeats: Annotated[int, _option("Encode and decode repetitions (medians are reported).", "--repeats",
+                                    metavar="N", min=1)] = 3,
+    world: Annotated[int, _option("Payloads averaged in each decode, as a rank of a W-worker job does.", "--world",
+                                  metavar="W", min=1)] = 1,
+    seed: Annotated[int, _option("Seed for the model, the batch and the random draws.", "--seed", metavar="N",
+                                 panel=PANEL_DATA)] = 0,
+    threads: Annotated[int | None, _option("torch threads (default: every core).", "--threads", metavar="N", min=1,
+                                           panel=PANEL_DATA, show_default=False)] = None,
+    save_plot: Annotated[bool, _option("Also draw the compress_bench figure into RUN_DIR/figures.", "--save-plot",
+                                       panel=PANEL_OUTPUT)] = False,
+) -> None:
+    """Bytes, packing bound, error and speed of every method on one real gradient.
+
+    One backward pass of the model's summed cross-entropy (train mode) on a
+    batch of random inputs, or of --dataset's images, gives the gradient; every
+    method in every mode then encodes it (memory off) and decodes it: the bytes
+    on the wire (6-byte header included), the method's packing bound, the ratio
+    against dense float32, the relative error ||C(g) - g|| / ||g||, and the
+    encode and decode times (wall and CPU medians) against the backward pass.
+    Writes a run directory (default name codec-bench-MODEL-TIME) with
+    compress_bench.csv.
+
+    \b
+    Examples:
+      anytimectl compress bench --model resnet9 --methods all --ratio 0.01
+      anytimectl compress bench --model alexnet-small --modes entire --json
+      anytimectl compress bench --model digits-cnn --dataset digits \\
+          --methods topk,qsgd --levels 15 --save-plot
+      anytimectl plot runs/codec-bench-* --type compress_bench
+    """
+    out, name, json_output = result.out, result.name, result.json
+    chosen_methods, chosen_modes = _methods(methods), _modes(modes)
+    if rescale and "randomk" not in chosen_methods:
+        raise UsageError("--rescale scales random-k's values; add randomk to --methods")
+    check_compression("randomk" if rescale else "none", ratio, threshold or 0.0, levels, rescale)
+    data = DataOptions(dataset=dataset, data_dir=data_dir, model=model) if dataset is not None else None
+    if data is not None:
+        model = resolve_model(data, BACKEND)
+    else:
+        from anytimectl.backends.torch import MODEL_INPUT
+
+        if model not in MODEL_INPUT:
+            raise UsageError(f"--model {model!r}: random inputs need one of the built-in networks "
+                             f"({', '.join(MODEL_INPUT)}); for another network give --dataset to take its images")
+    from anytimectl.rundir import RunDirectory, reserve
+
+    path = reserve(out, name, f"codec-bench-{_slug(model)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    config = {"model": model, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None,
+              "batch_size": batch_size, "methods": chosen_methods, "modes": chosen_modes, "ratio": ratio,
+              "threshold": threshold, "levels": levels, "value_dtype": value_dtype, "rescale": rescale,
+              "repeats": repeats, "world": world, "seed": seed, "threads": threads}
+    from anytimectl import __version__
+
+    metadata = {"run_id": path.name, "command": BENCH_COMMAND, "method": "compress-bench", "config": config,
+                "versions": {"anytimectl": __version__, "python": sys.version.split()[0]}, "argv": sys.argv[1:],
+                "summary": {}}
+    try:
+        run = RunDirectory(path, metadata, {BENCH_TABLE: BENCH_COLUMNS})
+    except BaseException:
+        from anytimectl.rundir import release
+
+        release(path)
+        raise
+    say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
+    say(f"run directory: {path}")
+    try:
+        rows, gradient_info = measure(model, dataset, data_dir, batch_size, chosen_methods, chosen_modes, ratio,
+                                      threshold, levels, value_dtype, rescale, repeats, world, seed, threads, say)
+        run.metadata["versions"].update(gradient_info.pop("versions"))
+        run.metadata["gradient"] = gradient_info
+        run.tables[BENCH_TABLE].write([[row.get(c) for c in BENCH_COLUMNS] for row in rows])
+    except KeyboardInterrupt:
+        run.finish("interrupted", "interrupted by Ctrl-C")
+        raise
+    except BaseException as error:
+        run.finish("failed", f"{type(error).__name__}: {error}".splitlines()[0])
+        raise
+    summary = bench_summary(rows)
+    run.finish("completed", summary=summary)
+    if json_output:
+        typer.echo(json.dumps({"run_dir": str(path), "gradient": gradient_info, "rows": rows, "summary": summary},
+                              default=float))
+    else:
+        _print_table(rows, gradient_info)
+        typer.echo(f"run directory: {path}")
+    if save_plot:
+        import matplotlib
+
+        from anytimectl.plots.render import build_figures, save_figures
+
+        matplotlib.use("Agg")
+        figures, _ = build_figures([path], kind="compress_bench")
+        for written in save_figures(figures, path / "figures", ["png"]):
+            typer.echo(str(written), err=json_output)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in Path(text.split(":")[0]).stem)[:40]
+
+
+def measure(model: str, dataset: str | None, data_dir: Path | None, batch_size: int, methods: list[str],
+            modes: list[str], ratio: float, threshold: float | None, levels: int, value_dtype: str, rescale: bool,
+            repeats: int, world: int, seed: int, threads: int | None, say: Any = None) -> tuple[list[dict], dict]:
+    """The bench in this process: one real gradient, then `bench_codecs` on it; rows gain the backward pass's
+    time and the codec's share of it. Returns (rows, a description of the gradient)."""
+    import numpy as np
+
+    from anytimectl.launch import limit_threads, threads_per_rank
+
+    count = threads_per_rank(1, threads)
+    limit_threads(count)
+    from anytimectl.backends import configure, framework_versions
+
+    configure(BACKEND, count, seed)
+    import torch
+    from torch.nn import functional
+
+    from anytimectl.backends.torch.compression.bench import bench_codecs
+    from anytimectl.backends.torch.engine import TorchEngine
+    from anytimectl.backends.torch.models import to_model_input
+
+    if dataset is not None:
+        from anytimectl.data import load_dataset
+
+        loaded = load_dataset(dataset, data_dir)
+        if batch_size > len(loaded.x_train):
+            raise UsageError(f"--batch-size {batch_size}: {dataset} has {len(loaded.x_train)} training examples")
+        pick = np.random.default_rng(seed).permutation(len(loaded.x_train))[:batch_size]
+        x, y, shape, classes = loaded.x_train[pick], loaded.y_train[pick], loaded.input_shape, loaded.num_classes
+    else:
+        from anytimectl.backends.torch import MODEL_INPUT
+
+        shape, classes = MODEL_INPUT[model], 10
+        rng = np.random.default_rng(seed)
+        x = rng.random((batch_size, *shape), dtype=np.float32)
+        y = rng.integers(0, classes, batch_size)
+    engine = TorchEngine(model, shape, classes, "sgd", 0.1, 0.0)
+    layout = [s for s in engine.layout if s.trainable]
+    buffer, _, _ = engine.compute(x, y, 1, math.inf)
+    gradient = buffer[:engine.trainable_count].copy()
+    # the backward pass alone, timed as the training step runs it (train mode, summed loss), median of 3
+    parameters = [p for p in engine.model.parameters() if p.requires_grad]
+    inputs = to_model_input(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    walls, cpus = [], []
+    for _ in range(3):
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.zero_()
+        loss = functional.cross_entropy(engine.model(inputs), labels, reduction="sum")
+        start, start_cpu = time.perf_counter(), time.process_time()
+        loss.backward()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    backward_s, backward_cpu_s = float(np.median(walls)), float(np.median(cpus))
+    if say is not None:
+        say(f"{model}: {gradient.size:,} trainable floats in {len(layout)} tensors; backward at batch {batch_size}: "
+            f"{backward_s * 1e3:.0f} ms wall, {backward_cpu_s * 1e3:.0f} ms CPU ({count} thread(s))")
+    rows = bench_codecs(gradient, layout, methods=methods, modes=modes, ratio=ratio, threshold=threshold,
+                        levels=levels, value_dtype=value_dtype, rescale=rescale, repeats=repeats, world=world,
+                        seed=seed)
+    for row in rows:
+        row.update(model=model, batch_size=batch_size, backward_s=backward_s, backward_cpu_s=backward_cpu_s,
+                   codec_over_backward=(row["encode_s"] + row["decode_s"]) / backward_s,
+                   codec_cpu_over_backward_cpu=(row["encode_cpu_s"] + row["decode_cpu_s"]) / backward_cpu_s
+                   if backward_cpu_s > 0 else None)
+    info = {"model": model, "elements": int(gradient.size), "tensors": len(layout), "batch_size": batch_size,
+            "inputs": f"{dataset} training images" if dataset else "random inputs of the model's shape",
+            "norm": float(np.linalg.norm(gradient.astype(np.float64))), "threads": count,
+            "backward_s": backward_s, "backward_cpu_s": backward_cpu_s, "versions": framework_versions(BACKEND)}
+    return rows, info
+
+
+def bench_summary(rows: list[dict]) -> dict[str, Any]:
+    """The figures a reader wants first: the worst bytes/bound and codec share, and the best ratio."""
+    over = [r["bytes_over_bound"] for r in rows if r.get("bytes_over_bound") is not None]
+    shares = [r["codec_over_backward"] for r in rows if r.get("codec_over_backward") is not None]
+    cpu = [r["codec_cpu_over_backward_cpu"] for r in rows if r.get("codec_cpu_over_backward_cpu") is not None]
+    best = max(rows, key=lambda r: r["compression_ratio"]) if rows else None
+    return {"rows": len(rows), "worst_bytes_over_bound": max(over) if over else None,
+            "worst_codec_over_backward": max(shares) if shares else None,
+            "worst_codec_cpu_over_backward_cpu": max(cpu) if cpu else None,
+            "best_compression": {"method": best["method"], "mode": best["mode"],
+                                 "compression_ratio": best["compression_ratio"]} if best else None}
+
+
+def _print_table(rows: list[dict], info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{info['model']}: {info['elements']:,} floats, {info['tensors']} tensors; backward "
+                        f"{info['backward_s'] * 1e3:.0f} ms (batch {info['batch_size']})", title_justify="left")
+    for heading in ("method", "mode", "bytes", "bound", "/bound", "ratio", "rel.err", "enc ms", "dec ms",
+                    "/bwd", "cpu/bwd"):
+        table.add_column(heading, justify="left" if heading in ("method", "mode") else "right", no_wrap=True)
+    for r in rows:
+        over = r["bytes_over_bound"]
+        cpu = r.get("codec_cpu_over_backward_cpu")
+        table.add_row(r["method"], r["mode"], f"{r['bytes']:,}", f"{r['bound_bytes']:,.0f}",
+                      "-" if over is None else f"{over:.4f}", f"{r['compression_ratio']:.1f}x",
+                      f"{r['relative_error']:.3f}", f"{r['encode_s'] * 1e3:.1f}", f"{r['decode_s'] * 1e3:.1f}",
+                      f"{r['codec_over_backward']:.1%}", "-" if cpu is None else f"{cpu:.1%}")
+    console = Console()
+    console.print(table, width=max(console.width, 130) if not console.is_terminal else None, crop=False)
+
+
+compress_app = typer.Typer(
+    help="Training with compressed gradients that are really compressed on the wire (train), and the "
+         "per-method bytes, error and speed study (bench).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+compress_app.command("train")(train)
+compress_app.command("bench")(bench)
+
+__all__ = ["BENCH_COLUMNS", "METHODS", "METHOD_ALIASES", "MODES", "RECIPES", "bench", "compress_app", "train"]

@@ -1,0 +1,247 @@
+"""`anytimectl compress`'s figures.
+
+From `compress train` runs (worker_stats' payload columns, master_stats, metadata's summary):
+- compress_accuracy: test accuracy against epochs, each run labelled by what sets compression runs apart (method,
+  mode, K / V / s, error feedback, value dtype).
+- payload_bytes: each step's payload per worker (mean over the workers) on a log scale, with the dense float32
+  gradient it replaces as a dashed line of the run's colour: what compression saves, step by step.
+- compress: accuracy_vs_bytes (test accuracy against the bytes each worker sent; the gossip figures' axis, which
+  reads the same worker_stats column), compress_accuracy and payload_bytes side by side.
+- layerwise_vs_entire: the paper's comparison: for each method, the final test accuracy of its layerwise and its
+  entire-model runs side by side (mean of the runs, whiskers from the worst to the best), and their compression
+  ratios (dense over payload bytes, log scale).
+
+From `compress bench` run directories (compress_bench.csv):
+- compress_bench: per method, layerwise beside entire: the compression ratio against dense float32 (log scale,
+  bytes over the packing bound written on each bar), the relative error ||C(g) - g|| / ||g||, and encode + decode
+  time as a share of the backward pass (the issue's 10% budget as a dotted line).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import style
+from .fig_partitions import study_runs
+from .registry import Context, axis, figure, panel
+
+MODE_HATCH = {"layerwise": "", "entire": "//", "dense": ".."}
+MODE_SHADE = {"layerwise": 1.0, "entire": 0.6, "dense": 0.8}
+METHOD_ORDER = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd")
+
+
+def is_compress(run) -> bool:
+    return run.meta.get("command") == "compress" and run.meta.get("protocol") == "compressed"
+
+
+def compress_label(run) -> str:
+    """method, mode and the option that method uses, then error feedback, dtype and rescale when set."""
+    if not is_compress(run):
+        return run.label
+    c = run.config
+    method = str(c.get("method") or "?")
+    if method == "none":
+        return "none (dense)"
+    parts = [method, str(c.get("mode") or "")]
+    if method in ("topk", "randomk"):
+        parts.append(f"K={c.get('ratio'):g}")
+    elif method == "threshold":
+        parts.append(f"V={c.get('threshold'):g}")
+    elif method == "qsgd":
+        parts.append(f"s={c.get('levels')}")
+    if c.get("error_feedback"):
+        parts.append("EF")
+    if c.get("value_dtype") == "float16" and method in ("none", "topk", "randomk", "threshold", "adaptive-threshold"):
+        parts.append("fp16")
+    if c.get("rescale"):
+        parts.append("rescaled")
+    return " ".join(p for p in parts if p)
+
+
+def _labels(ctx: Context) -> dict[int, str]:
+    labels = {id(r): compress_label(r) for r in ctx.runs}
+    values = list(labels.values())
+    for run in ctx.runs:  # the same configuration twice (e.g. two seeds): say which run
+        if values.count(labels[id(run)]) > 1 and is_compress(run):
+            labels[id(run)] = f"{labels[id(run)]} [{run.name}]"
+    return labels
+
+
+def _colors(ctx: Context) -> dict[int, str]:
+    """One colour per compression method (tab10 in METHOD_ORDER), so a method's modes share it."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    colors = {}
+    for run in ctx.runs:
+        method = str(run.config.get("method")) if is_compress(run) else None
+        colors[id(run)] = palette(METHOD_ORDER.index(method)) if method in METHOD_ORDER else run.color
+    return colors
+
+
+def _linestyle(run) -> str:
+    return "--" if run.config.get("mode") == "entire" else "-"
+
+
+@axis("compress_accuracy", "compress train: test accuracy against epochs, labelled by method, mode and options",
+      in_panel_all=False)
+def compress_accuracy(ax, ctx: Context):
+    labels, colors = _labels(ctx), _colors(ctx)
+    drew = False
+    for run in ctx.runs:
+        df = run.master[["epoch", "accuracy"]].dropna()
+        if df.empty:
+            continue
+        ax.plot(df["epoch"].to_numpy(), df["accuracy"].to_numpy(), color=colors[id(run)], linestyle=_linestyle(run),
+                marker="o" if len(df) < 40 else None, markersize=3, linewidth=1.6, label=labels[id(run)])
+        drew = True
+    ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy")
+    return drew
+
+
+@axis("payload_bytes", "compress train: payload bytes per worker per step (log), the dense gradient dashed",
+      in_panel_all=False)
+def payload_bytes(ax, ctx: Context):
+    from .fig_gossip import byte_unit
+
+    labels, colors = _labels(ctx), _colors(ctx)
+    series = []
+    for run in ctx.runs:
+        workers = ctx.data(run, "workers")
+        if workers is None or "payload_bytes" not in workers:
+            continue
+        df = workers[["master_step", "payload_bytes", "dense_bytes"]].dropna()
+        if df.empty:
+            continue
+        series.append((run, df.groupby("master_step", sort=True).mean()))
+    if not series:
+        if not ctx._missing:
+            ctx._missing.append("no run has payload_bytes (a compress train run's worker_stats)")
+        return False
+    unit, scale = byte_unit(max(float(df["dense_bytes"].max()) for _, df in series))
+    for run, df in series:
+        color = colors[id(run)]
+        ax.plot(df.index.to_numpy(), df["payload_bytes"].to_numpy() / scale, color=color, linestyle=_linestyle(run),
+                linewidth=1.4, label=labels[id(run)])
+        ax.axhline(float(df["dense_bytes"].iloc[0]) / scale, color=color, linestyle=":", linewidth=0.9)
+        ratio = run.meta.get("summary", {}).get("compression_ratio")
+        if ratio:
+            ctx.note(f"{labels[id(run)]}: {ratio:.1f}x fewer gradient bytes than dense float32")
+    ax.set_yscale("log")
+    ax.set(title="Payload per worker per step (dotted: dense float32)", xlabel="step",
+           ylabel=f"bytes sent per step ({unit})")
+    return True
+
+
+panel("compress", "compress train: accuracy against bytes sent, accuracy against epochs, payload per step",
+      ["accuracy_vs_bytes", "compress_accuracy", "payload_bytes"])
+
+
+def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None, high: str | None = None,
+               colors: dict | None = None) -> None:
+    """Bars per method (x) for each mode (side by side); optional whiskers from `low` to `high`."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    methods = [m for m in METHOD_ORDER if m in set(table["method"])]
+    methods += sorted(set(table["method"]) - set(methods))
+    modes = [m for m in ("layerwise", "entire", "dense") if m in set(table["mode"])]
+    width = 0.8 / max(1, len(modes))
+    for j, mode in enumerate(modes):
+        for i, method in enumerate(methods):
+            row = table[(table["method"] == method) & (table["mode"] == mode)]
+            if row.empty:
+                continue
+            row = row.iloc[0]
+            x = i + (j - (len(modes) - 1) / 2) * width
+            base = palette(METHOD_ORDER.index(method)) if method in METHOD_ORDER else "0.5"
+            ax.bar(x, row[value], width=width * 0.95, color=base, alpha=MODE_SHADE[mode], hatch=MODE_HATCH[mode],
+                   edgecolor="0.25", linewidth=0.6, label=mode if i == 0 or method == methods[0] else "_nolegend_")
+            if low and high and np.isfinite(row[low]) and np.isfinite(row[high]) and row[high] > row[low]:
+                ax.plot([x, x], [row[low], row[high]], color="0.2", linewidth=1.0)
+    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    ax.legend(unique.values(), unique.keys(), loc="best", frameon=False)
+
+
+@figure("layerwise_vs_entire", "compress train: per method, final accuracy and compression ratio of layerwise "
+        "and entire-model runs side by side (the AAAI'20 paper's comparison)")
+def layerwise_vs_entire(ctx: Context):
+    rows = []
+    for run in ctx.runs:
+        if not is_compress(run):
+            continue
+        c, summary = run.config, run.meta.get("summary") or {}
+        accuracy = run.master["accuracy"].dropna()
+        if accuracy.empty:
+            continue
+        method = str(c.get("method"))
+        rows.append({"method": method, "mode": "dense" if method == "none" else str(c.get("mode")),
+                     "accuracy": float(accuracy.iloc[-1]), "ratio": summary.get("compression_ratio") or np.nan})
+    if not rows:
+        from anytimectl.errors import UsageError
+
+        raise UsageError("--type layerwise_vs_entire draws compress train runs; none among: "
+                         + ", ".join(r.name for r in ctx.runs))
+    df = pd.DataFrame(rows).groupby(["method", "mode"], sort=False).agg(
+        accuracy=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max"), runs=("accuracy", "size"),
+        ratio=("ratio", "mean")).reset_index()
+    fig = ctx.new_figure(style.AX_SIZE[0] * 2, style.AX_SIZE[1] + 0.4)
+    accuracy_ax, ratio_ax = fig.subplots(1, 2)
+    _mode_bars(accuracy_ax, df, "accuracy", "low", "high")
+    top = float(df["high"].max())
+    bottom = max(0.0, float(df["low"].min()) - 0.1 * (top - float(df["low"].min()) + 0.01))
+    accuracy_ax.set_ylim(bottom, min(1.0, top + 0.02))
+    accuracy_ax.set(title="Final test accuracy (mean; whiskers: worst to best run)", ylabel="test accuracy")
+    _mode_bars(ratio_ax, df, "ratio")
+    ratio_ax.set_yscale("log")
+    ratio_ax.set(title="Compression ratio (dense float32 / payload bytes)", ylabel="x fewer bytes")
+    for row in df.itertuples():
+        ctx.note(f"{row.method} {row.mode}: accuracy {row.accuracy:.4f} over {row.runs} run(s), "
+                 f"compression {row.ratio:.1f}x")
+    return fig
+
+
+@figure("compress_bench", "compress bench: compression ratio (bytes / packing bound), relative error and codec "
+        "time against the backward pass, per method and mode")
+def compress_bench(ctx: Context):
+    runs = study_runs(ctx, "compress bench", "compress_bench")
+    frames = []
+    for run in runs:
+        df = run.compress_bench.copy()
+        df["share"] = (df["encode_s"] + df["decode_s"]) / df["backward_s"]
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "mode"], keep="last")
+    fig = ctx.new_figure(style.AX_SIZE[0] * 3, style.AX_SIZE[1] + 0.4)
+    ratio_ax, error_ax, time_ax = fig.subplots(1, 3)
+    _mode_bars(ratio_ax, df, "compression_ratio")
+    ratio_ax.set_yscale("log")
+    for i, method in enumerate(m for m in METHOD_ORDER if m in set(df["method"])):
+        for j, mode in enumerate(m for m in ("layerwise", "entire") if m in set(df["mode"])):
+            row = df[(df["method"] == method) & (df["mode"] == mode)]
+            if row.empty or not np.isfinite(row["bytes_over_bound"].iloc[0]):
+                continue
+            modes = df["mode"].nunique()
+            x = i + (j - (modes - 1) / 2) * 0.8 / modes
+            ratio_ax.annotate(f"{row['bytes_over_bound'].iloc[0]:.3f}", (x, row["compression_ratio"].iloc[0]),
+                              xytext=(0, 2), textcoords="offset points", ha="center", fontsize=6, rotation=90)
+    model = ", ".join(sorted({str(r.config.get("model")) for r in runs}))
+    ratio_ax.set(title=f"Compression vs dense float32 ({model}; labels: bytes / bound)", ylabel="x fewer bytes")
+    _mode_bars(error_ax, df, "relative_error")
+    error_ax.set(title="Relative error ||C(g) - g|| / ||g||", ylabel="relative error")
+    _mode_bars(time_ax, df, "share")
+    time_ax.axhline(0.10, color="0.4", linestyle=":", linewidth=1)
+    batch = ", ".join(sorted({str(int(b)) for b in df["batch_size"].dropna()}))
+    time_ax.set(title=f"Encode + decode / backward (batch {batch})", ylabel="share of the backward pass")
+    time_ax.yaxis.set_major_formatter(_percent())
+    ctx.note(f"worst bytes/bound {df['bytes_over_bound'].max():.4f}; worst (encode + decode)/backward "
+             f"{df['share'].max():.1%}")
+    return fig
+
+
+def _percent():
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(1.0, decimals=0)

@@ -1,0 +1,85 @@
+"""Benchmark: does top-k at K = 0.01 with error feedback reach the test accuracy of uncompressed training in the same
+epochs (the issue's target: within 1 point), and how far does it lag without error feedback?
+
+Real `anytimectl compress train` runs on the built-in digits (2 workers, the command's defaults: the digits CNN,
+32 examples per worker, 8 epochs, the piecewise rate 0 -> 0.4 -> 0, the whole 360-image test set every epoch), one
+per (configuration, seed), run one after the other. The figure is the final test accuracy, the mean over the seeds
+(one point = 3.6 test images), and the difference of the means against `none`; each run's bytes come from its
+metadata summary. Run under the shared lock; wall times depend on the machine's load, the accuracies do not:
+
+    flock /tmp/anytimectl-bench.lock .venv/bin/python tests/bench/compress_convergence.py --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+CONFIGS = {
+    "none": ["--method", "none"],
+    "topk K=0.01 EF": ["--method", "topk", "--ratio", "0.01", "--error-feedback"],
+    "topk K=0.01": ["--method", "topk", "--ratio", "0.01"],
+}
+
+
+def run(out: Path, name: str, args: list[str], seed: int, workers: int, epochs: float | None) -> dict:
+    length = ["--epochs", str(epochs)] if epochs is not None else []
+    command = [sys.executable, "-m", "anytimectl", "compress", "train", "--workers", str(workers), *args, *length,
+               "--seed", str(seed), "--json", "--out", str(out), "--name", name]
+    start = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    master = pd.read_csv(out / name / "master_stats.csv")
+    evaluated = master.dropna(subset=["accuracy"])
+    return {"seed": seed, "final_accuracy": summary["final_accuracy"], "best_accuracy": evaluated.accuracy.max(),
+            "epochs": summary["epochs"], "steps": summary["steps"], "compression_ratio": summary["compression_ratio"],
+            "payload_bytes": summary["payload_bytes"], "wall_s": time.time() - start,
+            "curve": evaluated[["epoch", "accuracy"]].round(4).values.tolist()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=None, help="default: the command's (digits: 8)")
+    parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="compress-convergence-"))
+    print(f"runs in {out}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    results: dict[str, list[dict]] = {}
+    for seed in range(args.seeds):  # seeds outermost: a partial run still compares every configuration
+        for label, extra in CONFIGS.items():
+            name = f"{label.replace(' ', '_').replace('=', '')}-s{seed}"
+            row = run(out, name, extra, seed, args.workers, args.epochs)
+            results.setdefault(label, []).append(row)
+            print(f"{label:<16} seed {seed}: final accuracy {row['final_accuracy']:.4f} "
+                  f"(best {row['best_accuracy']:.4f}) after {row['epochs']:.2f} epochs, "
+                  f"{row['compression_ratio']:.1f}x fewer gradient bytes, {row['wall_s']:.0f} s", flush=True)
+    base = sum(r["final_accuracy"] for r in results["none"]) / len(results["none"])
+    print(f"\n{'configuration':<16}{'final accuracy (mean)':>23}{'vs none':>10}{'per seed':>28}{'ratio':>9}")
+    for label, rows in results.items():
+        mean = sum(r["final_accuracy"] for r in rows) / len(rows)
+        seeds = " ".join(f"{r['final_accuracy']:.4f}" for r in rows)
+        print(f"{label:<16}{mean:>23.4f}{(mean - base) * 100:>+9.2f}pt{seeds:>28}"
+              f"{rows[0]['compression_ratio']:>8.1f}x")
+    ef = sum(r["final_accuracy"] for r in results["topk K=0.01 EF"]) / len(results["topk K=0.01 EF"])
+    gap = (base - ef) * 100
+    print(f"top-k K=0.01 with error feedback is {gap:+.2f} points below uncompressed (target: within 1 point): "
+          f"{'PASS' if gap <= 1.0 else 'FAIL'}; load average now {os.getloadavg()[0]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
