@@ -27,7 +27,8 @@ COMMON = ["--workers", "2", "--epochs", "2", "--test-size", "50", "--log-every",
 POLICY_ARGS = {
     "static": ["--batch-size", "24"],
     "increasing": ["--batch-size", "16", "--max-batch", "64"],
-    "decreasing": ["--batch-size", "32", "--min-batch", "8"],
+    "decreasing": ["--batch-size", "32", "--min-batch", "8", "--lr-scaling", "sqrt", "--lr-schedule", "epochs",
+                   "--lr-epochs-every", "1", "--lr-epochs-frac", "0.5"],
     "loss": ["--batch-size", "16", "--tolerance", "0", "--time-weight", "0", "--epochs", "3"],
     "progress": ["--batch-size", "16", "--progress-k", "3"],
     "probe": ["--batch-size", "16", "--probe-sizes", "2", "--epochs", "3"],
@@ -158,22 +159,22 @@ def test_learning_rate_follows_the_global_batch(runs, policy):
     master = table(runs[policy], "master_stats")
     base = metadata(runs[policy])["config"]["learning_rate"]
     start = master.global_batch.iloc[0]
-    assert master.learning_rate.values == pytest.approx(base * master.global_batch.values / start)
+    assert master.learning_rate.values == pytest.approx(base * master.global_batch.values / start, rel=1e-5)
     changes = [e for e in events(runs[policy]) if e["msg"] == "learning rate changed"]
     if policy == "increasing":
         assert changes and changes[0]["learning_rate"] == pytest.approx(2 * base)
 
 
-def test_sqrt_scaling_and_an_explicit_schedule(tmp_path):
-    anytimectl("train", "dynamic", "--policy", "increasing", "--lr-scaling", "sqrt", "--lr-schedule", "epochs",
-               "--lr-epochs-every", "1", "--lr-epochs-frac", "0.5", *COMMON, "--batch-size", "16",
-               "--out", str(tmp_path), "--name", "sqrt")
-    master = table(tmp_path / "sqrt", "master_stats")
-    base = metadata(tmp_path / "sqrt")["config"]["learning_rate"]
-    # the schedule halves the rate each epoch, the doubled batch multiplies it by sqrt(2)
+def test_sqrt_scaling_and_an_explicit_schedule_multiply(runs):
+    run = runs["decreasing"]
+    master = table(run, "master_stats")
+    base = metadata(run)["config"]["learning_rate"]
+    # the schedule halves the rate each epoch (of the epochs before the step), the halved batch multiplies it by
+    # sqrt(1/2)
     previous_epoch = master.epoch.shift(1, fill_value=0.0)
-    expected = base * 0.5 ** (previous_epoch // 1) * (master.global_batch / 32) ** 0.5
-    assert master.learning_rate.values == pytest.approx(expected.values)
+    expected = base * 0.5 ** (previous_epoch // 1) * (master.global_batch / 64) ** 0.5
+    assert master.learning_rate.values == pytest.approx(expected.values, rel=1e-5)
+    assert master.global_batch.iloc[-1] == 32
 
 
 def test_figures_draw_a_dynamic_run(runs, tmp_path):

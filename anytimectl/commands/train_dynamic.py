@@ -128,6 +128,8 @@ def dynamic(
     workers = launch.workers
     if transport == "torch" and backend != "torch":
         raise UsageError("--transport torch needs --backend torch (TensorFlow and torch never share a process)")
+    if min_batch > max_batch:
+        raise UsageError(f"--min-batch {min_batch} exceeds --max-batch {max_batch}")
     if channels not in (None, 1, 3):
         raise UsageError(f"--channels {channels}: give 1 or 3")
     options = PolicyOptions(min_batch=min_batch, max_batch=max_batch, every=every, loss_weight=loss_weight,
