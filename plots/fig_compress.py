@@ -4,12 +4,13 @@ From `compress train` runs (worker_stats' payload columns, master_stats, metadat
 - compress_accuracy: test accuracy against epochs, each run labelled by what sets compression runs apart (method,
   mode, K / V / s, error feedback, value dtype).
 - payload_bytes: each step's payload per worker (mean over the workers) on a log scale, with the dense float32
-  gradient it replaces as a dashed line of the run's colour: what compression saves, step by step.
+  gradient it replaces as a dotted line of the run's colour: what compression saves, step by step (other methods'
+  runs: what their cumulative bytes_sent grew by each step).
 - compress: accuracy_vs_bytes (test accuracy against the bytes each worker sent; the gossip figures' axis, which
   reads the same worker_stats column), compress_accuracy and payload_bytes side by side.
 - layerwise_vs_entire: the paper's comparison: for each method, the final test accuracy of its layerwise and its
   entire-model runs side by side (mean of the runs, whiskers from the worst to the best), and their compression
-  ratios (dense over payload bytes, log scale).
+  ratios (dense over payload bytes, log scale). Runs of other methods count as dense (ratio 1).
 
 From `compress bench` run directories (compress_bench.csv):
 - compress_bench: per method, layerwise beside entire: the compression ratio against dense float32 (log scale,
@@ -100,8 +101,8 @@ def compress_accuracy(ax, ctx: Context):
     return drew
 
 
-@axis("payload_bytes", "compress train: payload bytes per worker per step (log), the dense gradient dashed",
-      in_panel_all=False)
+@axis("payload_bytes", "bytes each worker sends per step (log): compress train's payload with the dense gradient "
+      "dotted; other runs' per-step bytes_sent", in_panel_all=False)
 def payload_bytes(ax, ctx: Context):
     from .fig_gossip import byte_unit
 
@@ -109,27 +110,34 @@ def payload_bytes(ax, ctx: Context):
     series = []
     for run in ctx.runs:
         workers = ctx.data(run, "workers")
-        if workers is None or "payload_bytes" not in workers:
+        if workers is None or workers.empty:
             continue
-        df = workers[["master_step", "payload_bytes", "dense_bytes"]].dropna()
-        if df.empty:
+        if "payload_bytes" in workers:
+            df = workers[["master_step", "payload_bytes", "dense_bytes"]].dropna()
+            per_step = df.groupby("master_step", sort=True).mean()
+        elif "bytes_sent" in workers:  # any other method: what the cumulative counter grew by in each step
+            df = workers[["master_step", "rank", "bytes_sent"]].dropna().sort_values(["rank", "master_step"])
+            df["payload_bytes"] = df.groupby("rank")["bytes_sent"].diff()
+            per_step = df.dropna().groupby("master_step", sort=True)[["payload_bytes"]].mean()
+        else:
             continue
-        series.append((run, df.groupby("master_step", sort=True).mean()))
+        if not per_step.empty:
+            series.append((run, per_step))
     if not series:
-        if not ctx._missing:
-            ctx._missing.append("no run has payload_bytes (a compress train run's worker_stats)")
         return False
-    unit, scale = byte_unit(max(float(df["dense_bytes"].max()) for _, df in series))
+    largest = max(float(df.max().max()) for _, df in series)
+    unit, scale = byte_unit(largest)
     for run, df in series:
         color = colors[id(run)]
         ax.plot(df.index.to_numpy(), df["payload_bytes"].to_numpy() / scale, color=color, linestyle=_linestyle(run),
                 linewidth=1.4, label=labels[id(run)])
-        ax.axhline(float(df["dense_bytes"].iloc[0]) / scale, color=color, linestyle=":", linewidth=0.9)
-        ratio = run.meta.get("summary", {}).get("compression_ratio")
-        if ratio:
+        if "dense_bytes" in df:
+            ax.axhline(float(df["dense_bytes"].iloc[0]) / scale, color=color, linestyle=":", linewidth=0.9)
+        ratio = (run.meta.get("summary") or {}).get("compression_ratio")
+        if ratio and is_compress(run):
             ctx.note(f"{labels[id(run)]}: {ratio:.1f}x fewer gradient bytes than dense float32")
     ax.set_yscale("log")
-    ax.set(title="Payload per worker per step (dotted: dense float32)", xlabel="step",
+    ax.set(title="Bytes per worker per step (dotted: dense float32)", xlabel="step",
            ylabel=f"bytes sent per step ({unit})")
     return True
 
@@ -148,6 +156,7 @@ def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None, high
     methods += sorted(set(table["method"]) - set(methods))
     modes = [m for m in ("layerwise", "entire", "dense") if m in set(table["mode"])]
     width = 0.8 / max(1, len(modes))
+    labelled: set[str] = set()
     for j, mode in enumerate(modes):
         for i, method in enumerate(methods):
             row = table[(table["method"] == method) & (table["mode"] == mode)]
@@ -157,34 +166,34 @@ def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None, high
             x = i + (j - (len(modes) - 1) / 2) * width
             base = palette(METHOD_ORDER.index(method)) if method in METHOD_ORDER else "0.5"
             ax.bar(x, row[value], width=width * 0.95, color=base, alpha=MODE_SHADE[mode], hatch=MODE_HATCH[mode],
-                   edgecolor="0.25", linewidth=0.6, label=mode if i == 0 or method == methods[0] else "_nolegend_")
+                   edgecolor="0.25", linewidth=0.6, label="_nolegend_" if mode in labelled else mode)
+            labelled.add(mode)
             if low and high and np.isfinite(row[low]) and np.isfinite(row[high]) and row[high] > row[low]:
                 ax.plot([x, x], [row[low], row[high]], color="0.2", linewidth=1.0)
     ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=False))
-    ax.legend(unique.values(), unique.keys(), loc="best", frameon=False)
+    ax.legend(loc="best", frameon=False)
 
 
-@figure("layerwise_vs_entire", "compress train: per method, final accuracy and compression ratio of layerwise "
-        "and entire-model runs side by side (the AAAI'20 paper's comparison)")
+@figure("layerwise_vs_entire", "per method, final accuracy and compression ratio of layerwise and entire-model "
+        "compress train runs side by side (the AAAI'20 paper's comparison; other runs count as dense)")
 def layerwise_vs_entire(ctx: Context):
     rows = []
     for run in ctx.runs:
-        if not is_compress(run):
-            continue
-        c, summary = run.config, run.meta.get("summary") or {}
-        accuracy = run.master["accuracy"].dropna()
+        accuracy = run.master["accuracy"].dropna() if "accuracy" in run.master else pd.Series(dtype=float)
         if accuracy.empty:
             continue
-        method = str(c.get("method"))
-        rows.append({"method": method, "mode": "dense" if method == "none" else str(c.get("mode")),
-                     "accuracy": float(accuracy.iloc[-1]), "ratio": summary.get("compression_ratio") or np.nan})
+        c, summary = run.config, run.meta.get("summary") or {}
+        if is_compress(run):
+            method = str(c.get("method"))
+            mode = "dense" if method == "none" else str(c.get("mode"))
+            ratio = summary.get("compression_ratio") or np.nan
+        else:  # every other method sends its gradients dense
+            method, mode, ratio = run.method, "dense", 1.0
+        rows.append({"method": method, "mode": mode, "accuracy": float(accuracy.iloc[-1]), "ratio": ratio})
     if not rows:
         from anytimectl.errors import UsageError
 
-        raise UsageError("--type layerwise_vs_entire draws compress train runs; none among: "
-                         + ", ".join(r.name for r in ctx.runs))
+        raise UsageError("cannot draw layerwise_vs_entire: no run has an evaluated test accuracy")
     df = pd.DataFrame(rows).groupby(["method", "mode"], sort=False).agg(
         accuracy=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max"), runs=("accuracy", "size"),
         ratio=("ratio", "mean")).reset_index()
