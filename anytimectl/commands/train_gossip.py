@@ -155,6 +155,8 @@ def gossip(
         raise UsageError(f"--method local runs one process; drop --workers {workers} (or use another method)")
     if workers == 1:
         method = "local"  # as the original: one worker trains locally
+    if method == "local" and workers == 1:
+        launch.workers = workers = 0  # one process, no MPI job to start
     ranks = workers if workers else 1
     batch = batch_size if batch_size is not None else experiment.batch_size
     if batch < ranks:
