@@ -114,6 +114,12 @@ def test_bench_writes_a_run_directory_and_json(tmp_path):
     assert [(r["method"], r["mode"]) for r in rows] == [("topk", "layerwise"), ("topk", "entire"),
                                                         ("terngrad", "layerwise"), ("terngrad", "entire")]
     assert all(1.0 <= r["bytes_over_bound"] <= 1.1 and r["compression_ratio"] > 1 for r in rows)
+    for row in rows:  # terngrad's trits: 5 to a byte, and their entropy below log2(3)
+        if row["method"] == "terngrad":
+            assert row["bits_per_symbol"] == pytest.approx(1.6, abs=1e-3)
+            assert 0 < row["symbol_entropy_bits"] < math.log2(3)
+        else:
+            assert row.get("symbol_entropy_bits") is None
     bench = table(tmp_path / "b", "compress_bench")
     assert list(bench.method) == ["topk", "topk", "terngrad", "terngrad"] and (bench.relative_error > 0).all()
     meta = metadata(tmp_path / "b")

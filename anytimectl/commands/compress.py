@@ -227,8 +227,10 @@ BENCH_COLUMNS = (
     "method", "mode", "value_dtype", "ratio", "threshold", "levels", "elements", "tensors", "sent", "bytes",
     "bound_bytes", "bytes_over_bound", "dense_bytes", "compression_ratio", "relative_error", "encode_s", "decode_s",
     "encode_cpu_s", "decode_cpu_s", "codec_over_backward", "codec_cpu_over_backward_cpu", "model", "batch_size",
-    "backward_s", "backward_cpu_s",
+    "backward_s", "backward_cpu_s", "symbol_entropy_bits", "bits_per_symbol",
 )
+#: the methods whose messages are one symbol per element (their symbols' entropy says what entropy coding would save)
+LEVEL_METHODS = ("terngrad", "qsgd")
 #: metadata "command" of a bench run directory (plots/rundir.py's STUDIES key) and its table
 BENCH_COMMAND = "compress bench"
 BENCH_TABLE = "compress_bench"
@@ -304,8 +306,9 @@ def bench(
     method in every mode then encodes it (memory off) and decodes it: the bytes
     on the wire (6-byte header included), the method's packing bound, the ratio
     against dense float32, the relative error ||C(g) - g|| / ||g||, and the
-    encode and decode times (wall and CPU medians) against the backward pass.
-    Writes a run directory (default name codec-bench-MODEL-TIME) with
+    encode and decode times (wall and CPU medians) against the backward pass,
+    and for terngrad and qsgd the entropy of their symbols against the bits
+    sent per symbol (no entropy coding is done). Writes a run directory (default name codec-bench-MODEL-TIME) with
     compress_bench.csv.
 
     \b
@@ -447,7 +450,16 @@ def measure(model: str, dataset: str | None, data_dir: Path | None, batch_size: 
     rows = bench_codecs(gradient, layout, methods=methods, modes=modes, ratio=ratio, threshold=threshold,
                         levels=levels, value_dtype=value_dtype, rescale=rescale, repeats=repeats, world=world,
                         seed=seed)
+    from anytimectl.backends.torch.compression import make_codec
+
     for row in rows:
+        if row["method"] in LEVEL_METHODS:  # what an entropy coder could reach, against the fixed-length code sent
+            codec = make_codec(row["method"], layout, mode=row["mode"], levels=levels, seed=seed)
+            symbols = np.concatenate([np.asarray(m.symbols) for m in codec.compress(gradient, 0)])
+            _, counts = np.unique(symbols, return_counts=True)
+            p = counts / counts.sum()
+            row.update(symbol_entropy_bits=float(-(p * np.log2(p)).sum()),
+                       bits_per_symbol=8 * (row["bytes"] - 6 - 4 * row["tensors"]) / symbols.size)
         row.update(model=model, batch_size=batch_size, backward_s=backward_s, backward_cpu_s=backward_cpu_s,
                    codec_over_backward=(row["encode_s"] + row["decode_s"]) / backward_s,
                    codec_cpu_over_backward_cpu=(row["encode_cpu_s"] + row["decode_cpu_s"]) / backward_cpu_s
@@ -479,7 +491,7 @@ def _print_table(rows: list[dict], info: dict) -> None:
     table = Table(title=f"{info['model']}: {info['elements']:,} floats, {info['tensors']} tensors; backward "
                         f"{info['backward_s'] * 1e3:.0f} ms (batch {info['batch_size']})", title_justify="left")
     for heading in ("method", "mode", "bytes", "bound", "/bound", "ratio", "rel.err", "enc ms", "dec ms",
-                    "/bwd", "cpu/bwd"):
+                    "/bwd", "cpu/bwd", "entropy/sent"):
         table.add_column(heading, justify="left" if heading in ("method", "mode") else "right", no_wrap=True)
     for r in rows:
         over = r["bytes_over_bound"]
@@ -487,9 +499,13 @@ def _print_table(rows: list[dict], info: dict) -> None:
         table.add_row(r["method"], r["mode"], f"{r['bytes']:,}", f"{r['bound_bytes']:,.0f}",
                       "-" if over is None else f"{over:.4f}", f"{r['compression_ratio']:.1f}x",
                       f"{r['relative_error']:.3f}", f"{r['encode_s'] * 1e3:.1f}", f"{r['decode_s'] * 1e3:.1f}",
-                      f"{r['codec_over_backward']:.1%}", "-" if cpu is None else f"{cpu:.1%}")
+                      f"{r['codec_over_backward']:.1%}", "-" if cpu is None else f"{cpu:.1%}",
+                      f"{r['symbol_entropy_bits']:.2f}/{r['bits_per_symbol']:.2f} bits"
+                      if r.get("symbol_entropy_bits") is not None else "-")
     console = Console()
-    console.print(table, width=max(console.width, 130) if not console.is_terminal else None, crop=False)
+    if not console.is_terminal:  # a pipe or a file: the whole table, not one squeezed to 80 columns
+        console = Console(width=max(console.width, 140))
+    console.print(table)
 
 
 compress_app = typer.Typer(
