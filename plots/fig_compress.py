@@ -6,8 +6,9 @@ From `compress train` runs (worker_stats' payload columns, master_stats, metadat
 - payload_bytes: each step's payload per worker (mean over the workers) on a log scale, with the dense float32
   gradient it replaces as a dotted line of the run's colour: what compression saves, step by step (other methods'
   runs: what their cumulative bytes_sent grew by each step).
-- compress: accuracy_vs_bytes (test accuracy against the bytes each worker sent; the gossip figures' axis, which
-  reads the same worker_stats column), compress_accuracy and payload_bytes side by side.
+- compress_accuracy_vs_bytes: test accuracy against the bytes each worker sent (cumulative, log scale), labelled as
+  above (`accuracy_vs_bytes`, the gossip figures' axis, draws the same data with the generic run labels).
+- compress: those three side by side, with one legend.
 - layerwise_vs_entire: the paper's comparison: for each method, the final test accuracy of its layerwise and its
   entire-model runs side by side (mean of the runs, whiskers from the worst to the best), and their compression
   ratios (dense over payload bytes, log scale). Runs of other methods count as dense (ratio 1).
@@ -25,7 +26,7 @@ import pandas as pd
 
 from . import style
 from .fig_partitions import study_runs
-from .registry import Context, axis, figure, panel
+from .registry import Context, axis, figure
 
 MODE_HATCH = {"layerwise": "", "entire": "//", "dense": ".."}
 MODE_SHADE = {"layerwise": 1.0, "entire": 0.6, "dense": 0.8}
@@ -69,15 +70,21 @@ def _labels(ctx: Context) -> dict[int, str]:
     return labels
 
 
-def _colors(ctx: Context) -> dict[int, str]:
-    """One colour per compression method (tab10 in METHOD_ORDER), so a method's modes share it."""
+def _colors(ctx: Context) -> dict[int, object]:
+    """One colour per compression method (tab10 in METHOD_ORDER), so a method's modes share it (told apart by line
+    style); with error feedback a darker shade of it."""
     from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
 
     palette = colormaps["tab10"]
-    colors = {}
+    colors: dict[int, object] = {}
     for run in ctx.runs:
         method = str(run.config.get("method")) if is_compress(run) else None
-        colors[id(run)] = palette(METHOD_ORDER.index(method)) if method in METHOD_ORDER else run.color
+        if method not in METHOD_ORDER:
+            colors[id(run)] = run.color
+            continue
+        base = to_rgb(palette(METHOD_ORDER.index(method)))
+        colors[id(run)] = tuple(0.55 * c for c in base) if run.config.get("error_feedback") else base
     return colors
 
 
@@ -125,8 +132,7 @@ def payload_bytes(ax, ctx: Context):
             series.append((run, per_step))
     if not series:
         return False
-    largest = max(float(df.max().max()) for _, df in series)
-    unit, scale = byte_unit(largest)
+    unit, scale = byte_unit(max(float(df.max().max()) for _, df in series))
     for run, df in series:
         color = colors[id(run)]
         ax.plot(df.index.to_numpy(), df["payload_bytes"].to_numpy() / scale, color=color, linestyle=_linestyle(run),
@@ -136,14 +142,63 @@ def payload_bytes(ax, ctx: Context):
         ratio = (run.meta.get("summary") or {}).get("compression_ratio")
         if ratio and is_compress(run):
             ctx.note(f"{labels[id(run)]}: {ratio:.1f}x fewer gradient bytes than dense float32")
-    ax.set_yscale("log")
+    log = all((df["payload_bytes"] > 0).all() for _, df in series)
+    if log:  # payloads and the dense size differ by orders of magnitude; a run that sent nothing stays linear
+        ax.set_yscale("log")
     ax.set(title="Bytes per worker per step (dotted: dense float32)", xlabel="step",
-           ylabel=f"bytes sent per step ({unit})")
+           ylabel=f"bytes sent per step ({unit}{', log' if log else ''})")
     return True
 
 
-panel("compress", "compress train: accuracy against bytes sent, accuracy against epochs, payload per step",
-      ["accuracy_vs_bytes", "compress_accuracy", "payload_bytes"])
+@axis("compress_accuracy_vs_bytes", "compress train: test accuracy against the bytes each worker sent (cumulative), "
+      "labelled by method, mode and options", in_panel_all=False)
+def compress_accuracy_vs_bytes(ax, ctx: Context):
+    from .fig_gossip import byte_unit, bytes_per_step
+
+    labels, colors = _labels(ctx), _colors(ctx)
+    series = []
+    for run in ctx.runs:
+        sent = bytes_per_step(ctx, run)
+        if sent is None:
+            continue
+        df = run.master[["step", "accuracy"]].dropna().merge(sent, on="step", how="inner")
+        if not df.empty:
+            series.append((run, df))
+    if not series:
+        return False
+    unit, scale = byte_unit(max(float(df["bytes_sent"].max()) for _, df in series))
+    for run, df in series:
+        ax.plot(df["bytes_sent"].to_numpy() / scale, df["accuracy"].to_numpy(), color=colors[id(run)],
+                linestyle=_linestyle(run), linewidth=1.6, marker="o" if len(df) < 40 else None, markersize=3,
+                label=labels[id(run)])
+        ctx.note(f"{labels[id(run)]}: accuracy {df['accuracy'].iloc[-1]:.4f} after "
+                 f"{df['bytes_sent'].iloc[-1] / scale:.3g} {unit} sent per worker")
+    ax.set(title="Test accuracy vs bytes sent", xlabel=f"bytes sent per worker ({unit}, cumulative; log)",
+           ylabel="test accuracy")
+    ax.set_xscale("log")  # compressed and dense runs differ by orders of magnitude
+    return True
+
+
+COMPRESS_PANEL = ("compress_accuracy_vs_bytes", "compress_accuracy", "payload_bytes")
+
+
+@figure("compress", "compress train: accuracy against bytes sent (log) and against epochs, bytes per step",
+        COMPRESS_PANEL)
+def compress_panel(ctx: Context):
+    from matplotlib.lines import Line2D
+
+    from .registry import draw_axis
+
+    labels, colors = _labels(ctx), _colors(ctx)
+    width = style.AX_SIZE[0] * len(COMPRESS_PANEL)
+    handles = [Line2D([], [], color=colors[id(r)], linestyle=_linestyle(r), linewidth=2, label=labels[id(r)])
+               for r in ctx.runs]
+    columns = max(1, min(len(handles), int(width // ((max(len(h.get_label()) for h in handles) + 6) / 13.0))))
+    fig = ctx.new_figure(width, style.AX_SIZE[1] + 0.25 * -(-len(handles) // columns))
+    for ax, name in zip(fig.subplots(1, len(COMPRESS_PANEL)), COMPRESS_PANEL, strict=True):
+        draw_axis(ctx, ax, name, standalone=False)
+    fig.legend(handles=handles, loc="outside upper center", ncols=columns, frameon=False)
+    return fig
 
 
 def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None, high: str | None = None,
