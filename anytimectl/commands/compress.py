@@ -274,8 +274,9 @@ def bench(
         "--dataset", metavar="NAME", panel=PANEL_DATA, show_default=False)] = None,
     data_dir: Annotated[Path | None, _option("Folder with the dataset's files (mnist, cifar10).", "--data-dir",
                                              metavar="DIR", panel=PANEL_DATA, show_default=False)] = None,
-    batch_size: Annotated[int, _option("Examples in the one backward pass that makes the gradient.",
-                                       "--batch-size", metavar="N", min=1, panel=PANEL_DATA)] = 64,
+    batch_size: Annotated[int, _option("Examples in the one backward pass that makes the gradient (512: the "
+                                       "recipe's per-worker batch, so the codec's share is of a real step's).",
+                                       "--batch-size", metavar="N", min=1, panel=PANEL_DATA)] = 512,
     methods: Annotated[list[str] | None, _option(
         "Methods to measure, comma-separated or repeated (the original's names too), or all.", "--methods",
         metavar="NAMES", show_default=False)] = None,
