@@ -201,24 +201,25 @@ def compress_panel(ctx: Context):
     return fig
 
 
-def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None, high: str | None = None,
-               colors: dict | None = None) -> None:
-    """Bars per method (x) for each mode (side by side); optional whiskers from `low` to `high`."""
+def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None,
+               high: str | None = None) -> dict[tuple[str, str], float]:
+    """Bars per method (x), its modes side by side and centred on its tick; optional whiskers from `low` to `high`.
+    Returns each (method, mode)'s bar position."""
     from matplotlib import colormaps
 
     palette = colormaps["tab10"]
     methods = [m for m in METHOD_ORDER if m in set(table["method"])]
     methods += sorted(set(table["method"]) - set(methods))
     modes = [m for m in ("layerwise", "entire", "dense") if m in set(table["mode"])]
-    width = 0.8 / max(1, len(modes))
+    width = 0.8 / max(1, max(table.groupby("method")["mode"].nunique()))
     labelled: set[str] = set()
-    for j, mode in enumerate(modes):
-        for i, method in enumerate(methods):
-            row = table[(table["method"] == method) & (table["mode"] == mode)]
-            if row.empty:
-                continue
-            row = row.iloc[0]
-            x = i + (j - (len(modes) - 1) / 2) * width
+    positions: dict[tuple[str, str], float] = {}
+    for i, method in enumerate(methods):
+        rows = [(mode, table[(table["method"] == method) & (table["mode"] == mode)]) for mode in modes]
+        rows = [(mode, row.iloc[0]) for mode, row in rows if not row.empty]
+        for j, (mode, row) in enumerate(rows):
+            x = i + (j - (len(rows) - 1) / 2) * width
+            positions[(method, mode)] = x
             base = palette(METHOD_ORDER.index(method)) if method in METHOD_ORDER else "0.5"
             ax.bar(x, row[value], width=width * 0.95, color=base, alpha=MODE_SHADE[mode], hatch=MODE_HATCH[mode],
                    edgecolor="0.25", linewidth=0.6, label="_nolegend_" if mode in labelled else mode)
@@ -227,6 +228,7 @@ def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None, high
                 ax.plot([x, x], [row[low], row[high]], color="0.2", linewidth=1.0)
     ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
     ax.legend(loc="best", frameon=False)
+    return positions
 
 
 @figure("layerwise_vs_entire", "per method, final accuracy and compression ratio of layerwise and entire-model "
@@ -283,16 +285,11 @@ def compress_bench(ctx: Context):
     df = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "mode"], keep="last")
     fig = ctx.new_figure(style.AX_SIZE[0] * 3, style.AX_SIZE[1] + 0.4)
     ratio_ax, error_ax, time_ax = fig.subplots(1, 3)
-    _mode_bars(ratio_ax, df, "compression_ratio")
+    positions = _mode_bars(ratio_ax, df, "compression_ratio")
     ratio_ax.set_yscale("log")
-    for i, method in enumerate(m for m in METHOD_ORDER if m in set(df["method"])):
-        for j, mode in enumerate(m for m in ("layerwise", "entire") if m in set(df["mode"])):
-            row = df[(df["method"] == method) & (df["mode"] == mode)]
-            if row.empty or not np.isfinite(row["bytes_over_bound"].iloc[0]):
-                continue
-            modes = df["mode"].nunique()
-            x = i + (j - (modes - 1) / 2) * 0.8 / modes
-            ratio_ax.annotate(f"{row['bytes_over_bound'].iloc[0]:.3f}", (x, row["compression_ratio"].iloc[0]),
+    for row in df.itertuples():
+        if (row.method, row.mode) in positions and np.isfinite(row.bytes_over_bound):
+            ratio_ax.annotate(f"{row.bytes_over_bound:.3f}", (positions[(row.method, row.mode)], row.compression_ratio),
                               xytext=(0, 2), textcoords="offset points", ha="center", fontsize=6, rotation=90)
     model = ", ".join(sorted({str(r.config.get("model")) for r in runs}))
     ratio_ax.set(title=f"Compression vs dense float32 ({model}; labels: bytes / bound)", ylabel="x fewer bytes")

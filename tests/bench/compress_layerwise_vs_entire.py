@@ -68,11 +68,11 @@ def main() -> None:
 
     dense = mean(results["none"]["dense"], "final_accuracy")
     print(f"\nuncompressed (none): final accuracy {dense:.4f}")
-    print(f"{'method':<20}{'option':<14}{'layerwise':>10}{'entire':>10}{'l - e':>9}{'ratio l':>10}{'ratio e':>10}")
+    print(f"{'method':<20}{'option':<18}{'layerwise':>10}{'entire':>10}{'l - e':>9}{'ratio l':>10}{'ratio e':>10}")
     for method in methods:
         layer, entire = results[method]["layerwise"], results[method]["entire"]
         a, b = mean(layer, "final_accuracy"), mean(entire, "final_accuracy")
-        print(f"{method:<20}{' '.join(METHODS[method]) or '-':<14}{a:>10.4f}{b:>10.4f}{(a - b) * 100:>+8.2f}pt"
+        print(f"{method:<20}{' '.join(METHODS[method]) or '-':<18}{a:>10.4f}{b:>10.4f}{(a - b) * 100:>+8.2f}pt"
               f"{mean(layer, 'compression_ratio'):>9.1f}x{mean(entire, 'compression_ratio'):>9.1f}x")
     print(f"({args.seeds} seed(s); one point = 3.6 of the 360 test images); load average now "
           f"{os.getloadavg()[0]:.1f}")
