@@ -505,7 +505,7 @@ def _print_table(rows: list[dict], info: dict) -> None:
                       if r.get("symbol_entropy_bits") is not None else "-")
     console = Console()
     if not console.is_terminal:  # a pipe or a file: the whole table, not one squeezed to 80 columns
-        console = Console(width=max(console.width, 140))
+        console = Console(width=max(console.width, 170))
     console.print(table)
 
 
