@@ -99,6 +99,14 @@ class SharedEpochStream:
     def epochs(self) -> float:
         return self.position / self.size
 
+    # the checkpoint interface of a BatchStream (PeerProtocol.checkpoint_state): the position is the whole state
+    @property
+    def _consumed(self) -> int:
+        return self.position
+
+    def advance(self, count: int) -> None:
+        self.position += count
+
 
 class _ScaledSchedule:
     """The run's learning-rate schedule times the batch scaling: what `PeerProtocol.run` asks for each step."""
@@ -187,6 +195,25 @@ class DynamicProtocol(AllReduceProtocol):
         self._compute += self.clock.row[self.layout["compute_time"]]
         if self._period_ends(step) and not self._last_step(step):
             self._decide(step)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+    _CHECKPOINTED = ("periods", "_period_step", "_epochs_done", "_last_rate", "_loss_sum", "_loss_examples",
+                     "_examples", "_compute")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The base's (engine, stream position, counters) and the policy with its history (the loss score, the
+        progress strip, the probe's times), so a resumed run decides as the uninterrupted one would."""
+        state = super().checkpoint_state()
+        state["policy"] = self.policy
+        state["dynamic"] = {name: getattr(self, name) for name in self._CHECKPOINTED}
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().load_checkpoint_state(state)
+        self.policy = state["policy"]
+        for name, value in state["dynamic"].items():
+            setattr(self, name, value)
+        self._period_start = time.time()
 
     # --- periods and decisions ---------------------------------------------------------------------------------
     def _new_period(self, start: float) -> None:

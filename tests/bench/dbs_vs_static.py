@@ -3,7 +3,8 @@
 Run: flock /tmp/anytimectl-bench.lock python tests/bench/dbs_vs_static.py [--workers 2 4] [--epochs 8]
 Each worker count runs `train dynamic --policy static` and `--policy dbs` with `--slow 2:2` (worker 2 computes at
 half speed), the same global batch and the same epochs, interleaved (static, dbs, static, dbs, ...) so that machine
-noise hits both alike. Epoch time = mean wall time of epochs 2..E (DBS measures epoch 1 before it re-balances);
+noise hits both alike. Epoch time = median wall time of epochs 2..E (DBS measures epoch 1 before it re-balances;
+the median, because other work on a shared machine comes in bursts that a mean of a few epochs takes in whole);
 speed-up = static / DBS. With 2 workers the ideal is 1.5x (1 + 0.5 against 2 x 0.5); with 4, 1.75x (4 x 1 against
 3 + 0.5). Accuracy: the final test accuracy on the whole test split. Both policies train on the same global batch of
 the same examples at every step (only the split between workers differs), so their updates agree up to rounding.
@@ -47,7 +48,7 @@ def one_run(policy: str, workers: int, batch: int, epochs: int, slow: str, out: 
 
     workers_table = pd.read_csv(run / "worker_stats.csv")
     last = workers_table[workers_table.master_step > workers_table.master_step.max() - 5]
-    return {"epoch_time": float(np.mean(times[1:])), "accuracy": meta["summary"]["final_accuracy"],
+    return {"epoch_time": float(np.median(times[1:])), "accuracy": meta["summary"]["final_accuracy"],
             "batches": last.groupby("rank").batch_size.mean().round(1).tolist(), "epochs": len(times)}
 
 

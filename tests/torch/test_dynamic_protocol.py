@@ -117,3 +117,16 @@ def test_the_input_transform_reaches_the_engine():
     assert len(context.recorder.records) == 2
     described = protocol.metadata()["batch_policy"]["input_transform"]
     assert described == "resize 16x16, 3 channel(s), imagenet normalisation"
+
+
+def test_a_checkpoint_carries_the_policy_and_the_data_position():
+    protocol, _, _ = _protocol(policy="loss", epochs=None, steps=60, tolerance=0.0)
+    protocol.run()
+    state = protocol.checkpoint_state()
+    resumed, _, _ = _protocol(policy="loss", epochs=None, steps=60, tolerance=0.0)
+    resumed.load_checkpoint_state(state)
+    assert resumed.stream.position == protocol.stream.position > 0
+    assert resumed.policy.batches == protocol.policy.batches
+    assert resumed.policy.previous == protocol.policy.previous is not None  # the score history came along
+    assert resumed.periods == protocol.periods >= 2
+    assert np.array_equal(resumed.engine.get_params(), protocol.engine.get_params())
