@@ -536,6 +536,12 @@ class BatchStream:
             del self._orders[epoch]
 
     @property
+    def position(self) -> int:
+        """Examples consumed so far: with (seed, rank) this is the stream's whole state (its orders derive from
+        them), which is what a checkpoint stores."""
+        return self._consumed
+
+    @property
     def epochs(self) -> float:
         """Fractional passes over the shard, for logging progress the way the originals did."""
         return self._consumed / self._size

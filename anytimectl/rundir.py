@@ -354,9 +354,16 @@ class Trace:
         self._stream.flush()
 
     def close(self) -> None:
-        self._stream.seek(self._stream.tell() - 2)  # drop the trailing ",\n"
-        self._stream.truncate()
-        self._stream.write("\n]\n")
+        self._stream.flush()
+        end = self._stream.tell()
+        with open(self._stream.name, "rb") as stream:
+            stream.seek(max(0, end - 2))
+            tail = stream.read()
+        if tail == b",\n":  # drop the last event's separator; an empty trace keeps its "[" alone
+            self._stream.seek(end - 2)
+            self._stream.truncate()
+            self._stream.write("\n")
+        self._stream.write("]\n")
         self._stream.close()
 
 

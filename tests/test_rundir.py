@@ -20,6 +20,7 @@ from anytimectl.rundir import (
     MASTER_COLUMNS,
     EventLog,
     RunDirectory,
+    Trace,
     file_mode,
     mark_if_unfinished,
     read_trace,
@@ -258,3 +259,9 @@ def test_args_json_for_fmb_and_auto_limits():
     auto = original_args({**AMB_CONFIG, "time_limit": None, "optimizer": "adam"}, None, 2, time_limit=0.25)
     assert auto["amb_time_limit"] == 0.25 and auto["intr_opt"] == "adm"
     assert original_args({**AMB_CONFIG, "protocol": "async"}, None, 2)["dist_sgy"] == "async"
+
+
+def test_a_trace_without_events_closes_as_an_empty_array(tmp_path):
+    trace = Trace(tmp_path / "trace.json", 0.0)
+    trace.close()
+    assert json.loads((tmp_path / "trace.json").read_text()) == []

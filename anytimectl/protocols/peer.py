@@ -260,7 +260,7 @@ class PeerProtocol(TrainingProtocol):
 
 def _stream_position(stream: Any) -> int:
     """Examples a BatchStream has consumed (its orders are derived from (seed, rank, epoch), so this is its state)."""
-    return int(stream._consumed)
+    return int(stream.position)
 
 
 def _best(best: float | None, accuracy: float | None) -> float | None:
