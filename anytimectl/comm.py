@@ -148,11 +148,12 @@ class Comm:
         """Whether step traffic goes through shared memory; None until the first collect or distribute."""
         return None if self._shared is False else self._shared is not None
 
-    def collect(self, contribution: np.ndarray, reduced: np.ndarray | None, stats: np.ndarray,
+    def collect(self, contribution: np.ndarray | None, reduced: np.ndarray | None, stats: np.ndarray,
                 all_stats: np.ndarray | None) -> float:
         """One step's upward traffic: every rank's `contribution` summed into `reduced` at rank 0, and the
         ranks' small `stats` gathered into `all_stats` beside it. Returns the seconds this rank spent.
-        Collective: every rank passes buffers of the same shapes.
+        Collective: every rank passes buffers of the same shapes; rank 0 may pass contribution None (it adds
+        nothing of its own, as a master).
 
         Ranks on one host go through shared memory (`anytimectl.shm`): a worker hands its contribution over
         without waiting for anyone, rank 0 adds each as it arrives (in rank order, so the sum does not depend on
@@ -166,18 +167,18 @@ class Comm:
         start = time.perf_counter()
         shared = self.shared_memory()
         if shared is not None:
-            self._count_collect(contribution, stats)
+            self._count_collect(contribution, reduced, stats)
             self.ready_at = shared.collect(contribution, reduced, stats, all_stats)
             return time.perf_counter() - start
         return self._collect_mpi(contribution, reduced, stats, all_stats, start)
 
-    def _count_collect(self, contribution: np.ndarray, stats: np.ndarray) -> None:
+    def _count_collect(self, contribution: np.ndarray | None, reduced: np.ndarray | None, stats: np.ndarray) -> None:
         if self.rank == 0:
-            self.bytes.received += (contribution.nbytes + stats.nbytes) * (self.size - 1)
+            self.bytes.received += (reduced.nbytes + stats.nbytes) * (self.size - 1)
         else:
             self.bytes.sent += contribution.nbytes + stats.nbytes
 
-    def _collect_mpi(self, contribution: np.ndarray, reduced: np.ndarray | None, stats: np.ndarray,
+    def _collect_mpi(self, contribution: np.ndarray | None, reduced: np.ndarray | None, stats: np.ndarray,
                      all_stats: np.ndarray | None, start: float) -> float:
         from mpi4py import MPI
 
@@ -190,17 +191,24 @@ class Comm:
             Pending(gathered.requests).add(self.broadcast(go).requests[0]).wait()
         self.ready_at = time.time()
         if self.rank == 0:
-            self.bytes.received += contribution.nbytes * (self.size - 1)
+            self.bytes.received += reduced.nbytes * (self.size - 1)
         else:
             self.bytes.sent += contribution.nbytes
-        self.mpi.Reduce(contribution, reduced, op=MPI.SUM, root=0)
+        if contribution is None:  # rank 0 adds nothing of its own
+            reduced[...] = 0
+            self.mpi.Reduce(MPI.IN_PLACE, reduced, op=MPI.SUM, root=0)
+        else:
+            self.mpi.Reduce(contribution, reduced, op=MPI.SUM, root=0)
         return time.perf_counter() - start
 
-    def distribute(self, header: np.ndarray, params: np.ndarray) -> float:
+    def distribute(self, header: np.ndarray, params: np.ndarray, acknowledge: bool = True) -> float:
         """One step's downward traffic: a small `header` and the `params` from rank 0 to every rank.
 
-        The others sleep until the header arrives (rank 0 may be busy for a while), then everyone takes
-        part in MPI's blocking broadcast of the parameters, which is already under way.
+        On one host, through shared memory: rank 0 writes them once (not at all if they are the buffers
+        `outgoing` gave it) and every rank copies them out; `acknowledge=False` delays telling rank 0 until
+        `acknowledge()`, for rank 0's `wait_acknowledged`. Across hosts the others sleep until the header arrives
+        (rank 0 may be busy for a while), then everyone takes part in MPI's blocking broadcast of the parameters,
+        which is already under way (and the acknowledgements are no-ops).
         """
         start = time.perf_counter()
         shared = self.shared_memory()
@@ -209,7 +217,7 @@ class Comm:
                 self.bytes.sent += (header.nbytes + params.nbytes) * (self.size - 1)
             else:
                 self.bytes.received += header.nbytes + params.nbytes
-            shared.distribute(header, params)
+            shared.distribute(header, params, acknowledge)
             return time.perf_counter() - start
         header_sent = self.broadcast(header)
         if self.rank == 0:
@@ -220,6 +228,23 @@ class Comm:
             self.bytes.received += params.nbytes
         self.mpi.Bcast(params, root=0)
         return time.perf_counter() - start
+
+    def outgoing(self, header: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rank 0, one host: the buffers the next `distribute` of these shapes sends, to fill in place (e.g. as
+        `collect`'s `reduced`), saving a copy. Elsewhere, and before the first such distribute: the arguments."""
+        shared = self._shared if self._shared is not False else None
+        return shared.outgoing(header, params) if shared is not None else (header, params)
+
+    def acknowledge(self) -> None:
+        """After `distribute(..., acknowledge=False)`: this rank is done with what it received."""
+        shared = self._shared if self._shared is not False else None
+        if shared is not None:
+            shared.acknowledge()
+
+    def wait_acknowledged(self, timeout: float | None = None) -> bool:
+        """Rank 0: wait (asleep) until every rank acknowledged the last distribute (at once across hosts)."""
+        shared = self._shared if self._shared is not False else None
+        return shared.wait_acknowledged(timeout) if shared is not None else True
 
     def barrier(self) -> float:
         return Pending().add(self.mpi.Ibarrier()).wait()

@@ -228,7 +228,9 @@ class SharedStep:
     """`collect` and `distribute` of a synchronous step through shared memory (see the module notes).
 
     The windows are allocated at the first call with the buffers' sizes (a collective call, as MPI's Reduce is:
-    every rank passes the same shapes) and again whenever they change.
+    every rank passes the same shapes); `collect` keeps one window and replaces it when the shapes change,
+    `distribute` keeps one per shape (a protocol may send parameters at one point and summed contributions at
+    another).
     """
 
     def __init__(self, mpi: Any):
@@ -237,17 +239,21 @@ class SharedStep:
         self.size = mpi.Get_size()
         self.bells = Doorbells(mpi, range(self.size) if self.rank == 0 else [0])
         self._up: _Up | None = None
-        self._down: _Down | None = None
+        self._downs: dict[tuple, _Down] = {}
+        self._last_down: _Down | None = None
+        self._unacknowledged: list[_Down] = []
 
     # --- upward: contributions summed at rank 0, stats gathered ------------------------------------------------
-    def collect(self, contribution: np.ndarray, reduced: np.ndarray | None, stats: np.ndarray,
+    def collect(self, contribution: np.ndarray | None, reduced: np.ndarray | None, stats: np.ndarray,
                 all_stats: np.ndarray | None) -> float:
-        """Returns time.time() at which every contribution was in (workers: when theirs was handed over)."""
+        """Returns time.time() at which every contribution was in (workers: when theirs was handed over).
+        Rank 0 may pass contribution None: it adds nothing of its own (and `reduced` gives the shape)."""
+        shape_of = contribution if contribution is not None else reduced
         up = self._up
-        if up is None or not up.fits(contribution, stats):
+        if up is None or not up.fits(shape_of, stats):
             if up is not None:
                 up.free()
-            up = self._up = _Up(self.mpi, contribution, stats)
+            up = self._up = _Up(self.mpi, shape_of, stats)
         up.count += 1
         n = up.count
         bells, window = self.bells, up.window
@@ -263,14 +269,22 @@ class SharedStep:
             return handed
         assert reduced is not None and all_stats is not None
         flat = reduced.reshape(-1)
-        np.copyto(flat, contribution.reshape(-1))
+        started = contribution is not None
+        if started:
+            np.copyto(flat, contribution.reshape(-1))
         all_stats[0] = stats
         arrive = up.arrive
         for worker in range(1, self.size):
             bells.wait(lambda w=worker: arrive[w] >= n, EV_ARRIVE)
             window.sync()
-            np.add(flat, up.data[worker], out=flat)
+            if started:
+                np.add(flat, up.data[worker], out=flat)
+            else:
+                np.copyto(flat, up.data[worker])
+                started = True
             all_stats[worker] = up.stats[worker]
+        if not started:
+            flat[:] = 0
         ready = time.time()
         window.sync()
         up.done[0] = n
@@ -279,12 +293,29 @@ class SharedStep:
         return ready
 
     # --- downward: rank 0's header and parameters to every rank --------------------------------------------------
-    def distribute(self, header: np.ndarray, params: np.ndarray) -> None:
-        down = self._down
-        if down is None or not down.fits(header, params):
-            if down is not None:
-                down.free()
-            down = self._down = _Down(self.mpi, header, params)
+    def _down_for(self, header: np.ndarray, params: np.ndarray) -> _Down:
+        key = (header.dtype.str, header.size, params.dtype.str, params.size)
+        down = self._downs.get(key)
+        if down is None:
+            down = self._downs[key] = _Down(self.mpi, header, params)
+        return down
+
+    def outgoing(self, header: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rank 0: the window buffers the next `distribute` of these shapes sends, to be filled in place (so that
+        nothing is copied); it waits until every rank has read the previous one. Before the first distribute of
+        these shapes (or elsewhere) it returns the arguments."""
+        key = (header.dtype.str, header.size, params.dtype.str, params.size)
+        down = self._downs.get(key)
+        if self.rank != 0 or down is None:
+            return header, params
+        read, m = down.read, down.count + 1
+        self.bells.wait(lambda: bool(np.all(read[1:] >= m - 1)), EV_READ)
+        down.window.sync()
+        return down.header.reshape(header.shape), down.data.reshape(params.shape)
+
+    def distribute(self, header: np.ndarray, params: np.ndarray, acknowledge: bool = True) -> None:
+        """acknowledge=False (not rank 0): tell rank 0 only at `acknowledge()` that this rank is done with them."""
+        down = self._last_down = self._down_for(header, params)
         down.count += 1
         m = down.count
         bells, window = self.bells, down.window
@@ -292,8 +323,10 @@ class SharedStep:
             read = down.read
             bells.wait(lambda: bool(np.all(read[1:] >= m - 1)), EV_READ)
             window.sync()
-            np.copyto(down.header, header.reshape(-1))
-            np.copyto(down.data, params.reshape(-1))
+            if not np.shares_memory(header, down.header):
+                np.copyto(down.header, header.reshape(-1))
+            if not np.shares_memory(params, down.data):
+                np.copyto(down.data, params.reshape(-1))
             window.sync()
             down.seq[0] = m
             bells.sync()
@@ -303,16 +336,38 @@ class SharedStep:
         window.sync()
         np.copyto(header.reshape(-1), down.header)
         np.copyto(params.reshape(-1), down.data)
-        window.sync()
-        down.read[self.rank] = m
-        bells.sync()
-        bells.ring(0, EV_READ)
+        if acknowledge:
+            self._acknowledge(down)
+        else:
+            self._unacknowledged.append(down)
+
+    def acknowledge(self) -> None:
+        """Not rank 0: done with the distributes received with acknowledge=False (rank 0 may overwrite them, and
+        its wait_acknowledged ends)."""
+        pending, self._unacknowledged = self._unacknowledged, []
+        for down in pending:
+            self._acknowledge(down)
+
+    def _acknowledge(self, down: _Down) -> None:
+        down.window.sync()
+        down.read[self.rank] = down.count
+        self.bells.sync()
+        self.bells.ring(0, EV_READ)
+
+    def wait_acknowledged(self, timeout: float | None = None) -> bool:
+        """Rank 0: wait (asleep) until every rank acknowledged the last distribute; False if `timeout` passed."""
+        down = self._last_down
+        if self.rank != 0 or down is None:
+            return True
+        read, m = down.read, down.count
+        return self.bells.wait(lambda: bool(np.all(read[1:] >= m)), EV_READ, timeout)
 
     def close(self) -> None:
-        for part in (self._up, self._down):
-            if part is not None:
-                part.free()
-        self._up = self._down = None
+        if self._up is not None:
+            self._up.free()
+        for down in self._downs.values():
+            down.free()
+        self._up, self._downs = None, {}
         self.bells.close()
 
 

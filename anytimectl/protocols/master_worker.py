@@ -194,6 +194,8 @@ class Master:
         self.rate = 0.0  # the learning rate of the update being made
         #: called with the step after each update (replicated transports keep their checksums here)
         self.after_apply: Callable[[int], None] | None = None
+        #: replicated: called before the master's own update (to let the workers make theirs first)
+        self.before_apply: Callable[[], None] | None = None
 
     def resolve_time_limit(self, per_micro_batch: np.ndarray, delay: Any) -> None:
         """`--time-limit auto`: T = time for match_batch examples + E[delay], so that AMB's expected batch
@@ -277,6 +279,8 @@ class Master:
                 reason = self.should_stop(step)
                 broadcast(step, STOP_FINISHED if reason else STOP_NONE)
                 broadcast_end = time.time()
+                if self.before_apply is not None:
+                    self.before_apply()
                 loss = self.engine.apply(reduced, rate)
                 apply_end = time.time()
                 spans = [("collect", collect_start, collect_end, {}),
@@ -328,6 +332,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
             worker.engine.set_params(param_buffer)
         if reduced is not None and steps > 0:  # also the last update: every copy ends as the master's
             worker.engine.apply(reduced, float(header[HEADER_RATE]))
+            comm.acknowledge()  # the master makes its own update only now, off the workers' critical path
         if stop:
             return steps
         step = int(header[HEADER_STEP]) + 1
@@ -342,7 +347,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         if reduced is None:
             comm.distribute(header, param_buffer)
             continue
-        comm.distribute(header, reduced)
+        comm.distribute(header, reduced, acknowledge=False)
         if header[HEADER_RESYNC]:
             comm.distribute(header, param_buffer)
 
@@ -356,36 +361,53 @@ class MpiMasterTransport:
         self.replicated = replicated
         self.header = np.zeros(HEADER_SIZE)
         self.params = np.zeros(param_count, dtype=np.float32)
-        self.contribution = np.zeros(param_count + 2, dtype=np.float32)
         self.reduced = np.zeros(param_count + 2, dtype=np.float32)
+        self._last_reduced = self.reduced
         self.row = LAYOUT.new()
         self.rows = np.zeros((comm.size, len(LAYOUT)))
         self.checksums: dict[int, float] = {}  # replicated: step -> the master's checksum after that update
         self.resyncs = 0
         self._resync = False
+        self._out_header = self.header
         if replicated:
             master.after_apply = self._after_apply
+            master.before_apply = self._before_apply
 
     def collect(self, step: int) -> tuple[np.ndarray, np.ndarray, float]:
-        wait = self.comm.collect(self.contribution, self.reduced, self.row, self.rows)
+        reduced = self.reduced
+        if self.replicated:  # sum straight into the buffer the broadcast sends (on one host: shared memory)
+            self._out_header, reduced = self.comm.outgoing(self.header, self.reduced)
+        wait = self.comm.collect(None, reduced, self.row, self.rows)  # the master adds nothing of its own
+        self._last_reduced = reduced
         if self.replicated:
             self._check(step)
-        return self.reduced, self.rows[1:].copy(), wait
+        return reduced, self.rows[1:].copy(), wait
 
     def broadcast(self, step: int, stop: float) -> float:
         start = time.perf_counter()
-        self.header[:] = (step, stop, self.master.time_limit or 0.0, self.master.rate, 0.0)
+        values = (step, stop, self.master.time_limit or 0.0, self.master.rate, 0.0)
         if not self.replicated or step == 0:
-            self.params[:] = self.master.engine.get_params()
-            self.comm.distribute(self.header, self.params)
+            self._send_params(values)
             return time.perf_counter() - start
         resync, self._resync = self._resync, False
-        self.header[HEADER_RESYNC] = 1.0 if resync else 0.0
-        self.comm.distribute(self.header, self.reduced)
+        header = self._out_header
+        header[:] = values
+        header[HEADER_RESYNC] = 1.0 if resync else 0.0
+        self.comm.distribute(header, self._last_reduced)
         if resync:  # the master has not applied this step yet: its parameters are those the workers should have
-            self.params[:] = self.master.engine.get_params()
-            self.comm.distribute(self.header, self.params)
+            self._send_params(header)
         return time.perf_counter() - start
+
+    def _send_params(self, values: Any) -> None:
+        header, params = self.comm.outgoing(self.header, self.params)
+        header[:] = values
+        params[:] = self.master.engine.get_params()
+        self.comm.distribute(header, params)
+
+    def _before_apply(self) -> None:
+        """Let the workers make their update first: two updates at once on shared cores slow the workers' one,
+        which is on the critical path, and the master has nothing else to do until they are back."""
+        self.comm.wait_acknowledged(timeout=1.0)
 
     def _after_apply(self, step: int) -> None:
         if (step + 1) % CHECK_EVERY == 0:
