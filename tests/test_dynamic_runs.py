@@ -228,3 +228,20 @@ def test_killed_rank_ends_the_job_and_marks_the_run_failed(tmp_path):
     master, workers = table(run, "master_stats"), table(run, "worker_stats")
     assert len(master) >= 5 and list(master.step) == list(range(1, len(master) + 1))
     assert len(workers) >= 10 and workers.batch_size.notna().all()
+
+
+def test_the_torch_transport_trains_exactly_as_mpi_does(runs, tmp_path):
+    """gloo's all-reduce of two ranks adds the same two numbers as MPI's: the same losses, the same bytes a step."""
+    anytimectl("train", "dynamic", "--policy", "static", *COMMON, *POLICY_ARGS["static"], "--steps", "10",
+               "--transport", "torch", "--out", str(tmp_path), "--name", "gloo")
+    meta = metadata(tmp_path / "gloo")
+    assert meta["status"] == "completed" and meta["batch_policy"]["transport"] == "torch"
+    over_gloo, over_mpi = table(tmp_path / "gloo", "master_stats"), table(runs["static"], "master_stats")
+    assert len(over_gloo) == 10
+    assert over_gloo.loss.values == pytest.approx(over_mpi.loss.values[:10], rel=1e-5)
+    workers_gloo, workers_mpi = table(tmp_path / "gloo", "worker_stats"), table(runs["static"], "worker_stats")
+    first = workers_mpi[workers_mpi.master_step <= 10]
+    for column in ("bytes_sent", "bytes_recv"):  # every step's all-reduce moves the same bytes, counted alike
+        per_step_gloo = workers_gloo.groupby("rank")[column].diff().dropna().values
+        per_step_mpi = first.groupby("rank")[column].diff().dropna().values
+        assert (per_step_gloo == per_step_mpi).all() and (per_step_gloo > 0).all()
