@@ -78,6 +78,20 @@ def _num(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
+def _slow(value) -> dict[int, float]:
+    """`slow` as recorded: {"2": 3.0} (train amb|fmb), or the command line's ["2:3"] (the other commands)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {int(k): float(v) for k, v in value.items()}
+    from anytimectl.stragglers import parse_slow
+
+    try:
+        return parse_slow(list(value))
+    except Exception:  # noqa: BLE001 - a label must never stop a figure
+        return {}
+
+
 def label_fields(run: Run) -> list[tuple[str, str]]:
     """(field, text) pairs describing a run, most important first; empty text for fields that do not apply."""
     cfg = run.config
@@ -88,8 +102,8 @@ def label_fields(run: Run) -> list[tuple[str, str]]:
         stext = sname if scale in (None, 1, 1.0) else f"{sname}×{_num(scale)}"
     else:
         stext = "no stragglers"
-    slow = cfg.get("slow") or {}
-    slow_text = ", ".join(f"rank {r} ×{_num(k)}" for r, k in sorted(slow.items())) if slow else ""
+    slow = _slow(cfg.get("slow"))
+    slow_text = ", ".join(f"worker {r} ×{_num(k)}" for r, k in sorted(slow.items())) if slow else ""
     time_limit = cfg.get("time_limit")
     return [
         ("method", run.method.upper()),
