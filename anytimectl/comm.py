@@ -229,6 +229,17 @@ class Comm:
         self.mpi.Bcast(params, root=0)
         return time.perf_counter() - start
 
+    def receive_view(self, header: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Not rank 0: `distribute(header, params, acknowledge=False)`, but on one host return views of what
+        arrived instead of copying it (valid until `acknowledge()`, not to be written to); elsewhere the filled
+        arguments."""
+        shared = self.shared_memory()
+        if shared is None:
+            self.distribute(header, params, acknowledge=False)
+            return header, params
+        self.bytes.received += header.nbytes + params.nbytes
+        return shared.distribute(header, params, acknowledge=False, view=True)
+
     def outgoing(self, header: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rank 0, one host: the buffers the next `distribute` of these shapes sends, to fill in place (e.g. as
         `collect`'s `reduced`), saving a copy. Elsewhere, and before the first such distribute: the arguments."""

@@ -313,8 +313,11 @@ class SharedStep:
         down.window.sync()
         return down.header.reshape(header.shape), down.data.reshape(params.shape)
 
-    def distribute(self, header: np.ndarray, params: np.ndarray, acknowledge: bool = True) -> None:
-        """acknowledge=False (not rank 0): tell rank 0 only at `acknowledge()` that this rank is done with them."""
+    def distribute(self, header: np.ndarray, params: np.ndarray, acknowledge: bool = True,
+                   view: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """acknowledge=False (not rank 0): tell rank 0 only at `acknowledge()` that this rank is done with them.
+        view=True (not rank 0, with acknowledge=False): return views of the window instead of copying into
+        header/params; they stay valid until `acknowledge()` and must not be written to."""
         down = self._last_down = self._down_for(header, params)
         down.count += 1
         m = down.count
@@ -331,15 +334,19 @@ class SharedStep:
             down.seq[0] = m
             bells.sync()
             bells.ring_all(EV_PARAMS)
-            return
+            return header, params
         bells.wait(lambda: down.seq[0] >= m, EV_PARAMS)
         window.sync()
+        if view and not acknowledge:
+            self._unacknowledged.append(down)
+            return down.header.reshape(header.shape), down.data.reshape(params.shape)
         np.copyto(header.reshape(-1), down.header)
         np.copyto(params.reshape(-1), down.data)
         if acknowledge:
             self._acknowledge(down)
         else:
             self._unacknowledged.append(down)
+        return header, params
 
     def acknowledge(self) -> None:
         """Not rank 0: done with the distributes received with acknowledge=False (rank 0 may overwrite them, and

@@ -83,7 +83,8 @@ class Engine(Protocol):
         ...
 
     def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
-        """Apply the summed contributions as one update; return the mean training loss they carry."""
+        """Apply the summed contributions as one update; return the mean training loss they carry. `reduced` is
+        read, never written: it may be a view of memory other ranks read too."""
         ...
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -323,20 +324,23 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
     steps = 0
     reduced = np.zeros(worker.engine.param_count + 2, dtype=np.float32) if replicated else None
     comm.distribute(header, param_buffer)  # the initial parameters
+    header_buffer = header
+    header_in, reduced_in = header, reduced  # replicated: views of what arrived (on one host, no copy)
     while True:
         worker.clock.received()
+        header = header_in
         stop = header[HEADER_STOP] != STOP_NONE
         if stop and reduced is None:
             return steps
         if reduced is None or steps == 0 or header[HEADER_RESYNC]:
             worker.engine.set_params(param_buffer)
+        step = int(header[HEADER_STEP]) + 1
+        time_limit = float(header[HEADER_TIME_LIMIT])
         if reduced is not None and steps > 0:  # also the last update: every copy ends as the master's
-            worker.engine.apply(reduced, float(header[HEADER_RATE]))
+            worker.engine.apply(reduced_in, float(header[HEADER_RATE]))
             comm.acknowledge()  # the master makes its own update only now, off the workers' critical path
         if stop:
             return steps
-        step = int(header[HEADER_STEP]) + 1
-        time_limit = float(header[HEADER_TIME_LIMIT])
         worker.row[LAYOUT["params_checksum"]] = (params_checksum(worker.engine.get_params())
                                                  if reduced is not None and step % CHECK_EVERY == 0 else -1.0)
         contribution = worker.round(step, time_limit if time_limit > 0 else None)
@@ -347,9 +351,9 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         if reduced is None:
             comm.distribute(header, param_buffer)
             continue
-        comm.distribute(header, reduced, acknowledge=False)
-        if header[HEADER_RESYNC]:
-            comm.distribute(header, param_buffer)
+        header_in, reduced_in = comm.receive_view(header_buffer, reduced)
+        if header_in[HEADER_RESYNC]:
+            comm.distribute(header_buffer, param_buffer)
 
 
 class MpiMasterTransport:

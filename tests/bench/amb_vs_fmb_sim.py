@@ -2,6 +2,10 @@
 
 Run: python tests/bench/amb_vs_fmb_sim.py --workers 10 --induce niagara:0.1 --compute 3
      python tests/bench/amb_vs_fmb_sim.py --workers 64 --induce niagara:0.1 --compute 5.5
+     python tests/bench/amb_vs_fmb_sim.py --overhead 1,2,4,8,16,32,64 --compute 3
+
+`--overhead N,...` instead runs FMB alone at each worker count and prints the protocol overhead per step (step time
+minus the slowest worker's compute, mean and median over the steps after the first few) against the workers.
 
 `--compute K` sets FMB's compute per step to c = K x the straggler scale (niagara:0.1 -> c = 0.1 K s): the FMB batch
 is --batch-size examples of c / batch seconds each (`--sim-example-time`). AMB gets 1.5x the batch as capacity in
@@ -63,6 +67,24 @@ def figures(run_dir: Path) -> dict[str, float]:
     }
 
 
+def sweep(args: argparse.Namespace, example_time: float, counts: list[int]) -> None:
+    print(f"FMB on the sim backend, {args.induce}, batch {args.batch_size} x {example_time * 1e3:.3f} ms, "
+          f"{args.params} parameters, {args.steps} steps, {time.strftime('%Y-%m-%d')}")
+    print(f"{'workers':>8} {'step (s)':>9} {'slowest compute (s)':>20} {'overhead mean (ms)':>19} "
+          f"{'median (ms)':>12}")
+    for workers in counts:
+        args.workers = workers
+        with tempfile.TemporaryDirectory() as scratch:
+            run_dir = run("fmb", args, example_time, Path(scratch))
+            master = pd.read_csv(run_dir / "master_stats.csv")
+            rows = pd.read_csv(run_dir / "worker_stats.csv")
+        step_times = master.time.diff().iloc[SKIP:].to_numpy()
+        slowest = rows.groupby("master_step").compute_time.max().reindex(master.step.iloc[SKIP:]).to_numpy()
+        overhead = step_times - slowest
+        print(f"{workers:>8} {step_times.mean():>9.3f} {slowest.mean():>20.3f} {overhead.mean() * 1e3:>19.1f} "
+              f"{np.median(overhead) * 1e3:>12.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=10)
@@ -74,12 +96,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="keep the two run directories here")
+    parser.add_argument("--overhead", help="worker counts for the overhead sweep, e.g. 1,2,4,8,16,32,64")
     parser.add_argument("extra", nargs="*", help="more options for both runs (after --)")
     args = parser.parse_args()
     delay = parse_induce(args.induce)
     scale = float(args.induce.split(":")[1]) if ":" in args.induce else 1.0
     compute = args.compute * scale
     example_time = compute / args.batch_size
+    if args.overhead:
+        sweep(args, example_time, [int(n) for n in args.overhead.split(",")])
+        return
     with tempfile.TemporaryDirectory() as scratch:
         out = args.keep or Path(scratch)
         fmb = figures(run("fmb", args, example_time, out))

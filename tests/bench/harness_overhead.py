@@ -1,9 +1,12 @@
 """Benchmark: `train fmb --workers 1` throughput against a plain single-process TensorFlow loop.
 
 Run: python tests/bench/harness_overhead.py [--steps 150] [--batch-size 128]
-Both train the same model (digits-cnn), batch and optimizer (RMSprop) on the built-in digits data, measured in
-the same run. The plain loop runs with the thread count the worker rank gets (cores // 2 ranks) and, for
+Both train the same model (digits-cnn), batch and optimizer (RMSprop, weight decay 5e-4 added to the gradients as
+the engine does) on the built-in digits data, measured in the same run. The plain loop runs with the thread count the worker rank gets (cores // 2 ranks) and, for
 reference, with TensorFlow's default threads. Throughput = examples per second after the first 10 steps.
+It also prints where a step of the harness goes, from the run's own trace (medians over the steps after the
+first 10): the worker's compute, hand-over (send), wait (recv) and the rest of its round (exit: its own update in
+the replicated mode), and the master's collect, apply and broadcast.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def step(x, y):
         logits = model(x, training=True)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
     grads = tape.gradient(loss, model.trainable_variables)
+    grads = [g + 5e-4 * v for g, v in zip(grads, model.trainable_variables)]  # anytimectl's default weight decay
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
 for i in range({steps}):
@@ -58,6 +62,9 @@ print(json.dumps({{"examples_per_s": ({steps} - {WARMUP}) * {batch_size} / (time
     return json.loads(out.stdout.strip().splitlines()[-1])["examples_per_s"]
 
 
+PHASES: list[dict[str, float]] = []
+
+
 def harness(steps: int, batch_size: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "-m", "anytimectl", "train", "fmb", "--workers", "1", "--steps", str(steps),
@@ -67,9 +74,25 @@ def harness(steps: int, batch_size: int) -> tuple[float, int]:
 
         master = pd.read_csv(Path(out) / "bench" / "master_stats.csv")
         meta = json.loads((Path(out) / "bench" / "metadata.json").read_text())
+        PHASES.append(phases(Path(out) / "bench" / "trace.json"))
     times = master.time.to_numpy()
     examples_per_s = (len(times) - WARMUP) * batch_size / (times[-1] - times[WARMUP - 1])
     return examples_per_s, meta["world_size"]
+
+
+def phases(trace: Path) -> dict[str, float]:
+    """Median milliseconds per step of each phase, worker (w) and master (m), after the warm-up steps."""
+    from anytimectl.rundir import read_trace
+
+    spans: dict[str, dict[int, float]] = {}
+    for event in read_trace(trace):
+        step = event.get("args", {}).get("step", 0)
+        if event.get("ph") != "X" or step <= WARMUP:
+            continue
+        key = ("m " if event["pid"] == 0 else "w ") + event["name"]
+        per_step = spans.setdefault(key, {})
+        per_step[step] = per_step.get(step, 0.0) + event["dur"] / 1e3
+    return {key: float(np.median(list(values.values()))) for key, values in sorted(spans.items())}
 
 
 def main() -> None:
@@ -94,6 +117,9 @@ def main() -> None:
     for name, values in results.items():
         median = float(np.median(values))
         print(f"  {name:38s} {median:8.0f} examples/s   anytimectl / this = {ours / median:.3f}")
+    keys = [k for k in PHASES[0] if k != "m evaluate"]
+    print("  a harness step, median ms (w = worker, m = master): "
+          + ", ".join(f"{k} {np.median([p.get(k, np.nan) for p in PHASES]):.2f}" for k in keys))
 
 
 if __name__ == "__main__":
