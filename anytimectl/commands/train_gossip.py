@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -119,6 +119,10 @@ def gossip(
         metavar="N", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="Training examples held out for the workers' validation (default: mnist 8800, cifar10 5200, iris "
              "25, digits 237; 0: none).")] = None,
+    augment: Annotated[Literal["auto", "crop-flip", "none"], typer.Option(
+        rich_help_panel=PANEL_TRAINING,
+        help="Training-batch augmentation: crop-flip (reflect-pad 4, random crop, flip: the original's on "
+             "cifar10); auto: crop-flip on cifar10, none elsewhere.")] = "auto",
 ) -> None:
     """Decentralised SGD: workers average models with partners (gossip) or all.
 
@@ -183,6 +187,8 @@ def gossip(
         raise UsageError(f"--val-size {validation}: --dataset {data.dataset} has {described['train_examples']} "
                          f"training examples; leave at least one per worker")
     epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
+    config["augment"] = ("crop-flip" if data.dataset == "cifar10" else None) if augment == "auto" else \
+        (None if augment == "none" else augment)
     config.update(model=model, backend=BACKEND, method=method, agg_period=agg_period, agg_prob=agg_prob,
                   weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=batch,
                   per_worker_batch=batch // ranks, momentum=moment, nesterov=use_nesterov, val_size=validation,

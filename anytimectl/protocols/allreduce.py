@@ -64,7 +64,7 @@ class AllReduceProtocol(PeerProtocol):
 
     def examples_for(self, step: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """The examples this rank trains on in `step` (consumed once the step computed them)."""
-        x, y = self.stream.peek(batch)
+        x, y = self.training_batch(step, batch)
         self.stream.advance(batch)
         return x, y
 

@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 
 from anytimectl.errors import UsageError
-from anytimectl.input_transform import Augmentation
 from anytimectl.protocols.peer import PeerProtocol, PeerStep
 from anytimectl.records import Columns, LiveColumn
 from anytimectl.schedules import Schedule
@@ -59,8 +58,6 @@ ROW_FIELDS = ("batch_size", "payload_bytes", "bound_bytes", "dense_bytes", "extr
               "encode_time", "decode_time")
 #: The recipe's warm-up: the rate peaks after 5 of cifar10-fast's 24 epochs (scaled to other lengths).
 PEAK_FRACTION = 5 / 24
-#: keeps the augmentation's random stream apart from every other one seeded by (seed, rank, step)
-_AUGMENT_STREAM = 0xA06
 
 
 def recipe_mapping(peak: float, weight_decay: float, batch_size: int) -> dict[str, Any]:
@@ -100,9 +97,6 @@ class CompressedProtocol(PeerProtocol):
         self.remainder = self.contribution - self.trainable  # floats: BN statistics x n, n, loss sum
         self.method = c["method"]
         self.codec = self._make_codec(self.rank) if self.method != "none" else None
-        self.augment = Augmentation() if c.get("augment") == "cifar" else None
-        if self.augment is not None:
-            self.augment.check(self.dataset.input_shape)
         end = self._end_epoch()
         self.knots = schedule_knots(float(c["learning_rate"]), end, c.get("lr_peak_epoch"))
         self.schedule = Schedule("piecewise", base=float(c["learning_rate"]), knots=self.knots)
@@ -160,10 +154,8 @@ class CompressedProtocol(PeerProtocol):
 
     # --- the step ------------------------------------------------------------------------------------------------
     def step(self, step: int, learning_rate: float) -> PeerStep:
-        x, y = self.stream.peek(self.batch)
+        x, y = self.training_batch(step, self.batch)
         self.stream.advance(self.batch)
-        if self.augment is not None:
-            x = self.augment(x, np.random.default_rng([_AUGMENT_STREAM, self.seed, self.rank, step]))
         buffer, examples, _ = self.engine.compute(x, y, 1, math.inf)
         row, f = self.clock.row, self.layout
         row[f["batch_size"]] = self.batch

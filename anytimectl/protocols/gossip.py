@@ -187,7 +187,7 @@ class GossipProtocol(AllReduceProtocol):
             self._mark(NO_PEER, self._everyone, self.size - 1)
             self._validate(step)
             return PeerStep(loss=result.loss, examples=result.examples)
-        x, y = self.stream.peek(self.per_worker)
+        x, y = self.training_batch(step, self.per_worker)
         buffer, examples, _ = self.engine.compute(x, y, 1, math.inf)
         self.stream.advance(examples)
         self.clock.computed(examples)

@@ -31,6 +31,24 @@ from anytimectl.round_clock import RoundClock
 from anytimectl.schedules import Schedule
 from anytimectl.step_reports import StepReports
 
+#: keeps the augmentation's random stream apart from every other one seeded by (seed, rank, step)
+_AUGMENT_STREAM = 0xA06
+#: `augment` values: cifar10-fast's recipe (the compression study) and plain crop + flip (the gossip study)
+AUGMENTATIONS = ("cifar", "crop-flip")
+
+
+def augmentation(name: str | None, input_shape: tuple[int, ...]) -> Any:
+    """The training-batch augmentation a run's `augment` option names (None or "none": none)."""
+    if not name or name == "none":
+        return None
+    from anytimectl.input_transform import Augmentation
+
+    if name not in AUGMENTATIONS:
+        raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)} or none")
+    chosen = Augmentation() if name == "cifar" else Augmentation(cutout=0)
+    chosen.check(input_shape)
+    return chosen
+
 
 @dataclass
 class PeerStep:
@@ -71,6 +89,7 @@ class PeerProtocol(TrainingProtocol):
         self.clock = RoundClock(self.layout, self.worker, self.seed, context.delay,
                                 context.slow.get(self.worker, 1.0))
         self.schedule = Schedule.from_config(c, c.get("steps"))
+        self.augment = augmentation(c.get("augment"), self.dataset.input_shape)
         if self.rank == 0:
             self.x_test, self.y_test = test_subset(self.dataset, c["test_size"], self.seed)
             self.evaluator = Evaluator(self.make_engine(), self.x_test, self.y_test, snapshot_of=self.engine)
@@ -108,6 +127,15 @@ class PeerProtocol(TrainingProtocol):
 
         shard = shard_indices(len(self.dataset.x_train), self.size, self.rank, self.seed)
         return BatchStream(self.dataset.x_train[shard], self.dataset.y_train[shard], self.seed, self.rank)
+
+    def training_batch(self, step: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `count` examples of this rank's shard (not consumed: the caller advances the stream by what it
+        used), augmented when the run augments, from a generator seeded by (seed, rank, step), so that ranks draw
+        differently and a run repeats exactly."""
+        x, y = self.stream.peek(count)
+        if self.augment is not None:
+            x = self.augment(x, np.random.default_rng([_AUGMENT_STREAM, self.seed, self.rank, step]))
+        return x, y
 
     def _share_initial_parameters(self) -> None:
         """Every rank starts from rank 0's parameters (the originals relied on equal default seeds)."""
