@@ -89,6 +89,12 @@ def test_async_fmb_over_mpi_messages_with_simulated_delays(tmp_path):
     workers = table(run, "worker_stats")
     assert (workers.comm_delay > 0).mean() > 0.9 and (workers.num_samples == 32).all()
     assert metadata(run)["config"]["async_delay_std"] == 0.01
+    figures = tmp_path / "figures"
+    plotted = anytimectl("plot", str(run), "--subset", "hist_queued_count", "--subset", "hist_staleness",
+                         "--subset", "comm_straggler_dist",
+                         "--save", "--out", str(figures))
+    assert plotted.returncode == 0, plotted.stderr
+    assert [p.suffix for p in figures.iterdir()] == [".png"]
 
 
 def test_async_amb_on_tensorflow(tmp_path):

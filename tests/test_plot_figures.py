@@ -53,9 +53,10 @@ def lines_of(ax, label):
 
 
 registry.load_all()
-#: figure types that only other methods' runs can feed (train gossip's per-worker validation accuracy): on these
-#: AMB/FMB fixtures they must refuse with one line, which test_figures_of_other_methods_refuse_these_runs checks
-OTHER_METHODS = {"accuracy_spread"}
+#: figure types that only other methods' runs can feed (train gossip's per-worker validation accuracy, the
+#: asynchronous protocol's queue, staleness and delay columns): on these synchronous AMB/FMB fixtures they must
+#: refuse with one line, which test_figures_of_other_methods_refuse_these_runs checks; test_async draws the async ones
+OTHER_METHODS = {"accuracy_spread", "hist_queued_count", "hist_staleness", "comm_straggler_dist"}
 ALL_TYPES = sorted(t for t in registry.FIGURES if t not in {*STUDY_FIGURES, *OTHER_METHODS})  # studies: test_partitions
 
 
@@ -329,7 +330,7 @@ def test_unknown_baseline_lists_runs(runs):
 def test_unknown_type_and_axis_list_the_valid_ones(runs):
     with pytest.raises(UsageError, match=r"unknown figure type 'panel_mian'; valid types: .*panel_main"):
         build(runs, "panel_mian")
-    with pytest.raises(UsageError, match=r"unknown axis 'loss_vs_steps' in --subset; valid axes: loss_vs_step"):
+    with pytest.raises(UsageError, match=r"unknown axis 'loss_vs_steps' in --subset; valid axes: .*loss_vs_step"):
         render.build_figures(subset=["loss_vs_steps"], runs=runs)
 
 

@@ -30,7 +30,15 @@ def test_the_registry_builds_it_from_the_spec_options():
                                                                  "half_examples": 1000})
     built = create_engine("sim", spec)
     assert built.param_count == 50 and built.example_time == 0.0 and built.curve.half == 1000
-    assert "tensorflow" not in sys.modules and "torch" not in sys.modules
+
+
+def test_building_it_imports_no_framework():
+    """In a fresh interpreter: the rest of the suite has TensorFlow loaded in this one."""
+    probe = ("import sys; from anytimectl.backends import EngineSpec, create_engine; "
+             "create_engine('sim', EngineSpec('sim', (1,), 10, 'rms', 0.01, 5e-4, options={'params': 50})); "
+             "print(sorted({'tensorflow', 'torch'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_contribution_buffer_follows_the_engine_contract():

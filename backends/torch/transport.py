@@ -72,6 +72,10 @@ class TorchPending:
                     callback()
             except BaseException as error:  # noqa: BLE001 - re-raised by the caller's wait
                 self._error = error
+            # a finished work still holds its tensors; one left for interpreter shutdown to free can end the
+            # process in std::terminate, so they go now, while the interpreter is whole
+            self.works.clear()
+            self.after.clear()
             self._done.set()
 
         threading.Thread(target=wait_all, name="torch-transport-wait", daemon=True).start()
@@ -242,9 +246,12 @@ class TorchTransport:
     def close(self) -> None:
         """Leave the process group (collective, at the end of the run). Every rank has finished with it before
         any destroys it, and rank 0's store outlives the others' use of it: a process whose gloo threads still
-        talk to a destroyed peer ends in std::terminate."""
-        if not dist.is_initialized():
+        talk to a destroyed peer ends in std::terminate. The group object is dropped here too: one that a Python
+        reference keeps alive is destroyed during interpreter shutdown instead, where its gloo threads can end the
+        process in std::terminate (seen once in CI, on a loaded machine)."""
+        if not dist.is_initialized() or self.group is None:
             return
         self.barrier()
         dist.destroy_process_group(self.group if self.group is not dist.group.WORLD else None)
+        self.group = None
         self.barrier()
