@@ -17,6 +17,12 @@ from .registry import Context, axis
 MAX_LEGEND_WORKERS = 12
 
 
+@style.variant_label("dynamic")
+def policy_label(run) -> str:
+    """A dynamic-batching run's policy, as the labels of every figure show it."""
+    return str(run.config.get("policy") or "")
+
+
 @axis("batch_size", "per-worker batch size against wall-clock time (train dynamic's policies; AMB's batches)")
 def batch_size(ax, ctx: Context):
     xlabel, scale = time_label(ctx)

@@ -37,6 +37,7 @@ def is_compress(run) -> bool:
     return run.meta.get("command") == "compress" and run.meta.get("protocol") == "compressed"
 
 
+@style.variant_label("compressed")
 def compress_label(run) -> str:
     """method, mode and the option that method uses, then error feedback, dtype and rescale when set."""
     if not is_compress(run):

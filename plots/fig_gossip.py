@@ -18,6 +18,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
+from . import style
 from .fig_curves import time_label
 from .registry import Context, axis, panel
 
@@ -37,6 +38,7 @@ def _probability(p: float) -> str:
     return f"{p:g}"
 
 
+@style.variant_label("gossip")
 def gossip_label(run) -> str:
     """method, and for the gossiping methods what sets them apart: p, the period, alpha, weighted."""
     if not is_gossip(run):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -92,6 +92,30 @@ def _slow(value) -> dict[int, float]:
         return {}
 
 
+#: protocol (metadata's `protocol`) -> what tells its runs apart ("elastic p=1/8", "topk layerwise K=0.01 EF"):
+#: each method's figure module registers its own, so the generic labels need no method knowledge.
+VARIANT_LABELS: dict[str, Callable[[Run], str]] = {}
+
+
+def variant_label(*protocols: str) -> Callable[[Callable[[Run], str]], Callable[[Run], str]]:
+    def register(function: Callable[[Run], str]) -> Callable[[Run], str]:
+        for protocol in protocols:
+            VARIANT_LABELS[protocol] = function
+        return function
+
+    return register
+
+
+def _variant(run: Run) -> str:
+    function = VARIANT_LABELS.get(str(run.meta.get("protocol") or ""))
+    if function is None:
+        return ""
+    try:
+        return function(run)
+    except Exception:  # noqa: BLE001 - a label must never stop a figure
+        return ""
+
+
 def label_fields(run: Run) -> list[tuple[str, str]]:
     """(field, text) pairs describing a run, most important first; empty text for fields that do not apply."""
     cfg = run.config
@@ -107,6 +131,8 @@ def label_fields(run: Run) -> list[tuple[str, str]]:
     time_limit = cfg.get("time_limit")
     return [
         ("method", run.method.upper()),
+        ("variant", _variant(run)),
+        ("backend", str(run.meta.get("backend") or "")),
         ("dataset", str(cfg.get("dataset") or "")),
         ("model", str(cfg.get("model") or "")),
         ("batch", f"B={_num(cfg['batch_size'])}" if cfg.get("batch_size") is not None else ""),
@@ -124,7 +150,7 @@ def label_fields(run: Run) -> list[tuple[str, str]]:
     ]
 
 
-PRIMARY = ("method", "batch", "time_limit", "partitions", "workers", "straggler", "slow")
+PRIMARY = ("method", "variant", "batch", "time_limit", "partitions", "workers", "straggler", "slow")
 STATUS_SUFFIX = {"running": " (running)", "interrupted": " (interrupted)", "failed": " (failed)"}
 
 

@@ -246,3 +246,24 @@ def test_large_worker_table_reads_vectorised(tmp_path):
     assert len(run.workers) == 100_000
     u = workers.utilisation(run.workers)
     assert len(u) == 16 and u["rounds"].sum() == 16 * 6249
+
+
+def _run(tmp_path: Path, name: str, protocol: str, command: str, backend: str, **config) -> rundir.Run:
+    return rundir.Run(path=tmp_path / name, meta={"protocol": protocol, "method": command, "backend": backend,
+                                                   "status": "completed", "config": {"workers": 4, **config}})
+
+
+def test_labels_tell_each_methods_variants_apart(tmp_path):
+    from anytimectl.plots import registry
+
+    registry.load_all()  # each method's figure module registers how its runs differ
+    runs = [_run(tmp_path, "a", "dynamic", "dynamic", "torch", policy="dbs"),
+            _run(tmp_path, "b", "dynamic", "dynamic", "torch", policy="loss"),
+            _run(tmp_path, "c", "gossip", "gossip", "torch", method="elastic", agg_prob=0.125),
+            _run(tmp_path, "d", "master_worker", "amb", "tensorflow"),
+            _run(tmp_path, "e", "master_worker", "amb", "torch")]
+    style.assign_labels(runs)
+    labels = [r.label for r in runs]
+    assert "dbs" in labels[0] and "loss" in labels[1] and "elastic p=1/8" in labels[2]
+    assert len(set(labels)) == len(labels) and not any("[" in label for label in labels), labels
+    assert "tensorflow" in labels[3] and "torch" in labels[4]
