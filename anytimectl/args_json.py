@@ -68,9 +68,9 @@ def original_args(config: dict[str, Any], straggler: dict[str, Any] | None, work
         "amb_num_partitions": config.get("partitions") if amb else None,
         "dist_sgy": _dist_sgy(config),
         "async_master": config.get("async_master", "batch"),
-        "async_master_time_limit": config.get("async_master_time_limit", 0.1),
-        "async_master_batch_min": config.get("async_master_batch_min", 4),
-        "async_delay_std": config.get("async_delay_std", -1),
+        "async_master_time_limit": config.get("async_time_limit") or 0.1,
+        "async_master_batch_min": config.get("async_batch_min") or 4,
+        "async_delay_std": config.get("async_delay_std") or -1,  # the original's -1: no simulated delay
         "induce_comp": _induce_comp(straggler),
         "weight_decay": config.get("weight_decay"),
         "log_freq": config.get("log_every", 1),

@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 train_app = typer.Typer(
-    help="Train a model: master-worker SGD (amb, fmb).",
+    help="Train a model: master-worker SGD (amb, fmb), dynamic batch sizing (dynamic), gossip averaging (gossip).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )

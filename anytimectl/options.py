@@ -105,7 +105,8 @@ class LaunchOptions(MpiOptions):
         help="Threads per rank (default: the host's cores divided among the ranks on it).")] = None
     device: Annotated[Device, typer.Option(
         rich_help_panel=PANEL_LAUNCH,
-        help="cpu; gpu (every rank); gpu-workers (master on CPU); gpu-master (only the master).")] = "cpu"
+        help="cpu; gpu (every rank); gpu-workers (the master on CPU); gpu-master (only the master on a GPU). "
+             "Without a master (dynamic, gossip, compress): gpu-workers is gpu; gpu-master is refused.")] = "cpu"
     gpus_per_node: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_LAUNCH, show_default=False,
         help="GPUs per host for --device gpu* (default: detected).")] = None
@@ -121,9 +122,10 @@ class StragglerOptions:
         help="Delay model: niagara, cedar, NAME:SCALE (niagara:0.1), 'mix:MEAN,STD,WEIGHT;...' (quoted) or "
              "@FILE.json.")] = None
     slow: Annotated[list[str] | None, typer.Option(
-        metavar="RANK:FACTOR",
+        metavar="WORKER:FACTOR",
         rich_help_panel=PANEL_STRAGGLERS, show_default=False,
-        help="Persistent straggler RANK:FACTOR (2:3 = rank 2 computes 3x slower); repeatable.")] = None
+        help="Persistent straggler WORKER:FACTOR (2:3 = worker 2 computes 3x slower; workers are numbered "
+             "1..N as in the live table); repeatable.")] = None
     seed: Annotated[int, typer.Option(
         metavar="N",
         rich_help_panel=PANEL_STRAGGLERS,

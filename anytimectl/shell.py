@@ -286,9 +286,12 @@ def _abort_job(rank: RankInfo, error: BaseException) -> None:
 
 
 def _device_choice(device: str, has_master: bool) -> str:
-    """Without a master every rank is a worker: gpu-workers means every rank on a GPU."""
+    """Without a master every rank is a worker: gpu-workers means every rank on a GPU, gpu-master means nothing."""
     if not has_master and device == "gpu-workers":
         return "gpu"
+    if not has_master and device == "gpu-master":
+        raise UsageError("--device gpu-master: this method has no master (every rank is a worker); "
+                         "use --device gpu or cpu")
     return device
 
 
@@ -405,8 +408,8 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
     metadata = {
         "run_id": path.name, "command": request.command, "method": request.method, "protocol": request.protocol,
         "backend": request.backend, "config": config, "straggler": context.delay.to_dict() if context.delay else None,
-        "versions": _versions(rank), "hosts": context.hosts, "devices": context.devices, "world_size": rank.size,
-        "argv": request.argv, "summary": {},
+        "versions": _versions(rank, request.backend), "hosts": context.hosts, "devices": context.devices,
+        "world_size": rank.size, "argv": request.argv, "summary": {},
     }
     for key, value in protocol.metadata().items():
         if key == "versions":
@@ -442,8 +445,12 @@ def _title(request: RunRequest, workers: int) -> str:
     return f"anytimectl {command}  {request.dataset}/{request.model}  {workers} worker(s)"
 
 
-def _versions(rank: RankInfo) -> dict[str, str]:
-    versions = {"anytimectl": __version__, "python": platform.python_version(), "numpy": np.__version__}
+def _versions(rank: RankInfo, backend: str) -> dict[str, str]:
+    """What produced the numbers: every method records its framework's versions here, none by itself."""
+    from anytimectl.backends import framework_versions
+
+    versions = {"anytimectl": __version__, "python": platform.python_version(), "numpy": np.__version__,
+                **framework_versions(backend)}
     if rank.size > 1:
         import mpi4py
 

@@ -215,7 +215,8 @@ def parse_induce(spec: str | None) -> DelayModel | None:
 
 
 def parse_slow(specs: list[str] | None) -> dict[int, float]:
-    """Persistent slow workers (beyond the originals' i.i.d. delays): rank -> compute-time multiplier."""
+    """Persistent slow workers (beyond the originals' i.i.d. delays): worker number (1..N) -> compute-time
+    multiplier. For master-worker methods worker k is MPI rank k; for the peer methods it is rank k - 1."""
     slow: dict[int, float] = {}
     for spec in specs or []:
         rank_text, sep, factor_text = spec.strip().partition(":")
@@ -226,11 +227,11 @@ def parse_slow(specs: list[str] | None) -> dict[int, float]:
             rank, factor = -1, float("nan")
         if not sep or rank < 1 or not math.isfinite(factor) or factor < 1:
             raise UsageError(
-                f"bad --slow '{spec}'; use RANK:FACTOR with RANK >= 1 (rank 0 is the master) "
-                "and FACTOR >= 1, e.g. 2:3"
+                f"bad --slow '{spec}'; use WORKER:FACTOR with WORKER >= 1 (workers are numbered 1..N, as in "
+                "the live table) and FACTOR >= 1, e.g. 2:3"
             )
         if rank in slow:
-            raise UsageError(f"--slow gives rank {rank} twice ('{spec}'); give each rank once as RANK:FACTOR")
+            raise UsageError(f"--slow gives worker {rank} twice ('{spec}'); give each worker once as WORKER:FACTOR")
         slow[rank] = factor
     return slow
 

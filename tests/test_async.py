@@ -88,6 +88,10 @@ def test_async_fmb_over_mpi_messages_with_simulated_delays(tmp_path):
     _check_invariants(run, summary)
     workers = table(run, "worker_stats")
     assert (workers.comm_delay > 0).mean() > 0.9 and (workers.num_samples == 32).all()
+    # a new model every 2 of the 3 workers' contributions: many contributions follow a take that found one, and
+    # no worker counts more new models than the master made
+    assert (workers.last_queued_update_count >= 1).mean() > 0.25
+    assert (workers.groupby("rank").last_queued_update_count.sum() <= len(table(run, "master_stats"))).all()
     assert metadata(run)["config"]["async_delay_std"] == 0.01
     figures = tmp_path / "figures"
     plotted = anytimectl("plot", str(run), "--subset", "hist_queued_count", "--subset", "hist_staleness",

@@ -16,6 +16,7 @@ from helpers import anytimectl, metadata, table
 from test_cli_errors import assert_one_line_error
 from test_train_runs import _ranks_of, _wait_for_rows
 
+from anytimectl.launch import find_mpiexec
 from anytimectl.protocols.dynamic import DynamicProtocol
 
 TABLES = DynamicProtocol.columns.tables()
@@ -189,7 +190,7 @@ def test_figures_draw_a_dynamic_run(runs, tmp_path):
     (["--policy", "increasing", "--batch-size", "256"], ["--batch-size 256", "--max-batch 128"]),
     (["--min-batch", "64", "--max-batch", "32"], ["--min-batch 64"]),
     (["--workers", "2", "--batch-size", "1000"], ["1000 x 2 workers", "1437"]),
-    (["--workers", "2", "--slow", "3:2"], ["rank 3"]),
+    (["--workers", "2", "--slow", "3:2"], ["worker 3", "1..2"]),
     (["--backend", "tensorflow", "--transport", "torch"], ["--transport torch", "--backend torch"]),
     (["--dataset", "iris", "--resize", "32"], ["--resize", "image"]),
     (["--channels", "2"], ["--channels 2"]),
@@ -200,6 +201,15 @@ def test_figures_draw_a_dynamic_run(runs, tmp_path):
 def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
     result = anytimectl("train", "dynamic", *args, "--out", str(tmp_path), check=False, timeout=60)
     assert_one_line_error(result, *fragments)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_master_is_refused_by_a_job_without_a_master(tmp_path):
+    """Found by the ranks themselves (under the user's mpiexec nothing checks before launch): one line, exit 2."""
+    result = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, "-m", "anytimectl", "train", "dynamic",
+                             "--device", "gpu-master", "--epochs", "1", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert_one_line_error(result, "--device gpu-master", "no master")
     assert not list(tmp_path.iterdir())
 
 

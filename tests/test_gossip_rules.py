@@ -3,6 +3,8 @@ numpy), the validation hold-out, and the command's checks that need no job."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import anytimectl
@@ -76,6 +78,14 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_momentum_0_alone_means_plain_sgd(tmp_path):
+    """The dataset's Nesterov default goes with its momentum; only an explicit --nesterov asks for momentum."""
+    result = anytimectl("train", "gossip", "--method", "local", "--momentum", "0", "--steps", "2", "--json",
+                        "--out", str(tmp_path), "--name", "plain", timeout=120)
+    config = json.loads((tmp_path / "plain" / "metadata.json").read_text())["config"]
+    assert result.returncode == 0 and config["momentum"] == 0 and config["nesterov"] is False
 
 
 def test_help_lists_methods_and_the_originals_names():

@@ -135,7 +135,7 @@ def test_parse_slow():
     assert parse_slow(None) == {}
     assert parse_slow(["2:3", "1:1.5"]) == {2: 3.0, 1: 1.5}
     for bad in ["0:2", "2", "2:0.5", "x:2", "2:y", "-1:2"]:
-        with pytest.raises(UsageError, match="RANK:FACTOR") as info:
+        with pytest.raises(UsageError, match="WORKER:FACTOR") as info:
             parse_slow([bad])
         assert repr(bad)[1:-1] in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(UsageError, match="twice"):

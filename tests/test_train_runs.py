@@ -204,3 +204,15 @@ def test_learning_rate_schedule_reaches_the_optimizer_log(tmp_path):
                "--name", "lr", "--quiet")
     rates = table(tmp_path / "lr", "master_stats").learning_rate.tolist()
     assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+def test_args_json_gives_the_originals_scripts_their_names(real_runs):
+    """The original's analysis scripts read args.json: the AMB limit the workers used, counts, the delay model."""
+    amb = json.loads((real_runs["amb"] / "args.json").read_text())
+    meta = metadata(real_runs["amb"])
+    assert amb["dist_opt"] == "amb" and amb["dist_sgy"] == "syncr" and amb["num_workers"] == 2
+    assert amb["amb_time_limit"] == meta["config"]["time_limit"] > 0  # the calibrated limit, not "auto"
+    assert amb["amb_num_partitions"] == 4 and amb["batch_size"] == 32 and amb["intr_opt"] == "rms"
+    assert amb["induce_comp"] == "cedar:0.2" and len(amb["induce_comp_dist"]) == 4
+    fmb = json.loads((real_runs["fmb"] / "args.json").read_text())
+    assert fmb["dist_opt"] == "fmb" and fmb["amb_time_limit"] is None and fmb["last_step"] == STEPS

@@ -48,7 +48,8 @@ def check_data(data: DataOptions, length: LengthOptions, workers: int | None) ->
 
 
 def check_stragglers(stragglers: StragglerOptions, ranks: list[int]) -> None:
-    """Parse the delay model and the slow ranks now; a slow rank must exist in the job."""
+    """Parse the delay model and the slow workers now; a slow worker must exist in the job (`ranks`: the
+    workers' numbers, 1..N in every method)."""
     from anytimectl.stragglers import parse_induce, parse_slow
 
     parse_induce(stragglers.induce)
@@ -56,7 +57,7 @@ def check_stragglers(stragglers: StragglerOptions, ranks: list[int]) -> None:
     if ranks:
         missing = sorted(rank for rank in slow if rank not in ranks)
         if missing:
-            raise UsageError(f"--slow names rank {missing[0]}, but the ranks that compute are "
+            raise UsageError(f"--slow names worker {missing[0]}, but the workers are numbered "
                              f"{ranks[0]}..{ranks[-1]}")
 
 

@@ -95,7 +95,7 @@ def gossip(
                                             "midpoint).", "A", min=0.0)] = 0.5,
     batch_size: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_TRAINING, show_default=False,
-        help="The aggregate batch, split evenly over the workers (default: the dataset's).")] = None,
+        help="The aggregate batch; each worker takes N // workers of it (default: the dataset's).")] = None,
     learning_rate: Annotated[float | None, typer.Option(
         metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="SGD learning rate (default: the dataset's).")] = None,
@@ -167,7 +167,8 @@ def gossip(
         raise UsageError(f"{flag('batch_size')} {batch} is the aggregate batch, split over {ranks} workers: it must "
                          f"be at least {ranks}")
     moment = experiment.momentum if momentum is None else momentum
-    use_nesterov = experiment.nesterov if nesterov is None else nesterov
+    # --momentum 0 means plain SGD: the dataset's Nesterov default then goes too; only an explicit --nesterov errs
+    use_nesterov = (experiment.nesterov and moment > 0) if nesterov is None else nesterov
     if use_nesterov and moment <= 0:
         raise UsageError("--nesterov needs a positive --momentum; add --no-nesterov or set --momentum")
     milestones = tuple(lr_milestones) if lr_milestones is not None else experiment.milestones
@@ -204,7 +205,8 @@ def _resume(given: set[str], checkpoints: CheckpointOptions, launch: LaunchOptio
     refused = sorted(given - _RESUME_OPTIONS)
     if refused:
         raise UsageError(f"--resume continues the run with its recorded options; {flag(refused[0])} cannot change "
-                         "them (only --steps, --epochs, --target-accuracy, the launch and output options may be given)")
+                         "them (only --steps, --epochs, --target-accuracy, the launch options, --quiet/--json/--live "
+                         "may be given; the run keeps its directory)")
     run_dir = Path(checkpoints.resume).expanduser()
     point = resume_point(run_dir)
     metadata = json.loads((run_dir / "metadata.json").read_text())

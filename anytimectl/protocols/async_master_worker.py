@@ -188,13 +188,15 @@ def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_
 
     sent = 0
     while not state["stop"] and not inbox.stopped:
-        state["queued"] = 0
         limit = state["time_limit"]
         contribution = async_round(worker, sent + 1, limit if limit > 0 else None, take_newest)
         row = worker.row
         row[f["worker_step"]] = sent + 1
         row[f["worker_master_step"]] = state["model_step"]
+        # the models found at the last take since the previous contribution (the one right after that send, or
+        # one during this round); 0 when none arrived
         row[f["last_queued_update_count"]] = state["queued"]
+        state["queued"] = 0
         worker.clock.bytes(comm.bytes.sent, comm.bytes.received)
         handed = time.time()
         if not channel.send(contribution, row):
@@ -390,12 +392,7 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
                              context.stopper, on_step, context.log, channel=channel, settings=self.settings,
                              workers=self.workers)
         master.resolve_time_limit(per_micro, context.delay)
-        run_dir = context.run_dir
-        run_dir.metadata["config"]["time_limit"] = master.time_limit
-        run_dir.save_metadata()
-        if self.config.method == "amb":
-            context.note(f"AMB time limit {master.time_limit:.3f} s"
-                         + (" (calibrated: --time-limit auto)" if self.config.time_limit is None else ""))
+        self._record_time_limit(master.time_limit)
         s = self.settings
         context.note(f"async master: {s.master} ("
                      + (f">= {s.batch_min} contributions" if s.master == "batch" else f"{s.time_limit:g} s")

@@ -136,13 +136,10 @@ class CompressedProtocol(PeerProtocol):
             codec.decode_sum([codec.encode(gradient, 0)])
 
     def metadata(self) -> dict[str, Any]:
-        from anytimectl.backends import framework_versions
-
         c = self.context.config
         description = self.codec.describe() if self.codec is not None else {"method": "none", "mode": "dense",
                                                                              "error_feedback": False}
-        return {"versions": framework_versions(self.context.request.backend),
-                "compression": {**description, "trainable_parameters": self.trainable,
+        return {"compression": {**description, "trainable_parameters": self.trainable,
                                 "dense_bytes_per_step": 4 * self.trainable, "remainder_floats": self.remainder,
                                 "tensor_sizes": [s.size for s in self.engine.layout if s.trainable],
                                 "exchange": "all-reduce of the dense contribution" if self.codec is None else

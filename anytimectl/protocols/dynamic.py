@@ -159,11 +159,8 @@ class DynamicProtocol(AllReduceProtocol):
         self._new_period(time.time())
 
     def metadata(self) -> dict[str, Any]:
-        from anytimectl.backends import framework_versions
-
         c = self.context.config
-        return {"versions": framework_versions(self.context.request.backend),
-                "batch_policy": {"policy": self.policy.name, "start_batches": list(self.policy.batches),
+        return {"batch_policy": {"policy": self.policy.name, "start_batches": list(self.policy.batches),
                                  "start_global_batch": self.start_global_batch, "lr_scaling": self.lr_scaling,
                                  "window": self.policy.window, "input_transform": self.transform.describe(),
                                  "transport": c.get("transport") or "mpi"}}

@@ -28,12 +28,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from anytimectl.args_json import ARGS_FILE, original_args
 from anytimectl.data import BatchStream
 from anytimectl.errors import UsageError
 from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome, TrainingProtocol
 from anytimectl.records import Columns, RowLayout, StepRecord
 from anytimectl.round_clock import RoundClock
+from anytimectl.rundir import write_json_atomic
 from anytimectl.schedules import Schedule
 
 #: The method's own row fields: AMB's micro-batches done, the warm-up's seconds per micro-batch, and (replicated
@@ -506,10 +508,7 @@ class MasterWorkerProtocol(TrainingProtocol):
         return Worker(rank, self.engine, stream, self.config, self.context.delay, self.context.slow.get(rank, 1.0))
 
     def metadata(self) -> dict[str, Any]:
-        from anytimectl.backends import framework_versions
-
-        return {"versions": framework_versions(self.context.request.backend),
-                "test_examples": len(self.x_test)}
+        return {"test_examples": len(self.x_test)}
 
     def run(self) -> RunOutcome:
         rank = self.context.rank
@@ -517,6 +516,20 @@ class MasterWorkerProtocol(TrainingProtocol):
             self._run_worker()
             return RunOutcome(None)
         return self._run_master()
+
+    def _record_time_limit(self, time_limit: float | None) -> None:
+        """Once the AMB limit is known (calibrated for --time-limit auto), metadata and the original's args.json
+        say the limit the workers use, and the user is told."""
+        context = self.context
+        run_dir = context.run_dir
+        run_dir.metadata["config"]["time_limit"] = time_limit
+        run_dir.save_metadata()
+        write_json_atomic(run_dir.path / ARGS_FILE,
+                          original_args({**run_dir.metadata["config"], "method": self.config.method},
+                                        run_dir.metadata.get("straggler"), self.workers, time_limit=time_limit))
+        if self.config.method == "amb":
+            context.note(f"AMB time limit {time_limit:.3f} s"
+                         + (" (calibrated: --time-limit auto)" if self.config.time_limit is None else ""))
 
     @property
     def replicated(self) -> bool:
@@ -556,12 +569,7 @@ class MasterWorkerProtocol(TrainingProtocol):
         master = Master(self.engine, self.config, Evaluator(self.engine, self.x_test, self.y_test), schedule.at,
                         context.stopper, on_step, context.log)
         master.resolve_time_limit(per_micro, context.delay)
-        run_dir = context.run_dir
-        run_dir.metadata["config"]["time_limit"] = master.time_limit
-        run_dir.save_metadata()
-        if self.config.method == "amb":
-            context.note(f"AMB time limit {master.time_limit:.3f} s"
-                         + (" (calibrated: --time-limit auto)" if self.config.time_limit is None else ""))
+        self._record_time_limit(master.time_limit)
         replicated = self.replicated
         transport: Any = (MpiMasterTransport(master, rank.comm, self.engine.param_count, replicated)
                           if rank.size > 1 else LocalTransport(master, self.local_worker))
