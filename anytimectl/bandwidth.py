@@ -259,7 +259,7 @@ def bandwidth(
     with bandwidth.csv; plot it with `anytimectl plot RUN --type master_bandwidth`.
 
     With --pattern allreduce, N ranks all-reduce the buffer instead (every rank a worker, as in train dynamic,
-    gossip's allreduce and compress), through Comm.allreduce_sum and raw Allreduce.
+    gossip's allreduce and compress --method none), through Comm.allreduce_sum and raw Allreduce.
 
     \b
     Examples:

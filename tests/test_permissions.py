@@ -122,3 +122,11 @@ def test_plot_out_that_cannot_be_written(shared_run, locked, where):
     assert_one_line_error(result, f"--out {out}", "Permission denied", "writable folder")
     assert not list(locked.iterdir())
 
+
+
+@pytest.mark.parametrize("command", [["train", "fmb"], ["train", "dynamic"]], ids=["fmb", "dynamic"])
+def test_train_out_that_cannot_be_written(locked, command):
+    """Refused before any rank starts, for a method with a master and one without."""
+    result = as_user(*command, "--workers", "1", "--steps", "2", "--out", str(locked / "runs"))
+    assert_one_line_error(result, f"--out {locked / 'runs'}", "Permission denied")
+    assert not list(locked.iterdir())

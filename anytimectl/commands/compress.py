@@ -117,7 +117,8 @@ _Threshold = Annotated[float, _option("V: threshold sends the elements with |g| 
 _Levels = Annotated[int, _option("s: qsgd's quantisation levels per sign (the original's --qstates).",
                                  "--levels", "--qstates", "-Q", metavar="S")]
 _ValueDtype = Annotated[Literal["float32", "float16"], _option(
-    "The values that travel (none, topk, randomk, thresholds); terngrad's and qsgd's scales stay float32.",
+    "The values that travel (topk, randomk, thresholds; none in `compress bench` only: `compress train "
+    "--method none` all-reduces float32); terngrad's and qsgd's scales stay float32.",
     "--value-dtype")]
 _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/K): an unbiased estimate.",
                                    "--rescale/--no-rescale")]

@@ -128,7 +128,7 @@ def dynamic(
     workers = launch.workers
     if transport == "torch" and backend != "torch":
         raise UsageError("--transport torch needs --backend torch (TensorFlow and torch never share a process)")
-    if min_batch > max_batch:
+    if min_batch > max_batch and policy != "dbs":  # dbs has no per-worker ceiling (its global batch is fixed)
         raise UsageError(f"--min-batch {min_batch} exceeds --max-batch {max_batch}")
     if channels not in (None, 1, 3):
         raise UsageError(f"--channels {channels}: give 1 or 3")

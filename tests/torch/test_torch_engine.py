@@ -80,9 +80,11 @@ def test_fmb_with_workers_summed_equals_a_textbook_step_on_all_their_examples(se
     assert np.abs(got - start).max() > 1e-3  # the parameters really moved
     if setting in ("rms", "adam"):
         # Adaptive steps divide each coordinate by its own gradient scale, so where a gradient nearly cancels over
-        # the examples the summation order (3 partial sums, or one) shows as a small part of one step.
+        # the examples the summation order (3 partial sums, or one; and the threads' own order) can flip its sign:
+        # such a coordinate moves by up to lr / sqrt(1 - rho) ~ 3.2 lr either way (Adam's first steps alike). Only
+        # a handful of the 749k coordinates may do that, and none by more than that flip.
         difference = np.abs(got - expected)
-        assert difference.max() < 1e-2 * max(RATES[setting])
+        assert difference.max() <= 2 * 3.2 * sum(RATES[setting])
         assert np.mean(difference > 1e-6) < 1e-4
     else:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
