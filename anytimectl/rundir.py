@@ -29,12 +29,8 @@ ORIGINAL_WORKER_COLUMNS = (
     "compute_time", "master_wait_time",
 )
 ORIGINAL_COLLECT_COLUMNS = ("step", "worker_count", "wait_time", "total_samples")
-#: What anytimectl writes: the original columns, then its own appended ones (never inserted).
-MASTER_COLUMNS = (*ORIGINAL_MASTER_COLUMNS, "epoch")
-WORKER_COLUMNS = (
-    *ORIGINAL_WORKER_COLUMNS, "host", "round_start", "partitions_done", "bytes_sent", "bytes_recv",
-)
-COLLECT_COLUMNS = (*ORIGINAL_COLLECT_COLUMNS, "time_limit")
+# What a run writes (these, then anytimectl's common columns, then each method's) is records.py's: this writer
+# takes any columns it is given.
 
 #: Bunyan's numeric levels.
 LEVELS = {"debug": 20, "info": 30, "warn": 40, "error": 50}

@@ -15,9 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anytimectl.rundir import COLLECT_COLUMNS, MASTER_COLUMNS, WORKER_COLUMNS
+from anytimectl.protocols.master_worker import MasterWorkerProtocol
 
 NIAGARA = [[0.0, 0.0, 0.4], [0.0, 0.4, 0.3], [2.0, 0.3, 0.2], [5.0, 0.3, 0.1]]
+
+#: The tables of a real AMB/FMB run, column for column.
+_TABLES = MasterWorkerProtocol.columns.tables()
+MASTER_COLUMNS, WORKER_COLUMNS, COLLECT_COLUMNS = (_TABLES[t] for t in ("master_stats", "worker_stats",
+                                                                    "collect_stats"))
 
 
 def straggler_model(scale: float = 0.1) -> dict:

@@ -15,9 +15,9 @@ from test_cli_errors import assert_one_line_error
 
 from anytimectl.args_json import original_args
 from anytimectl.errors import UsageError
+from anytimectl.records import MASTER_COLUMNS
 from anytimectl.rundir import (
     EVALUATED_MASTER_VIEW,
-    MASTER_COLUMNS,
     EventLog,
     RunDirectory,
     Trace,
