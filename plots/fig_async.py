@@ -19,6 +19,15 @@ from .fig_hists import draw_hist
 from .registry import Context, axis
 
 
+@style.variant_label("async_master_worker")
+def async_label(run) -> str:
+    """An asynchronous run says so, with its master's rule: "async batch>=4", "async every 0.1 s"."""
+    c = run.config
+    if (c.get("async_master") or "batch") == "time":
+        return f"async every {style.format_duration(float(c.get('async_time_limit') or 0.1))}"
+    return f"async batch>={int(c.get('async_batch_min') or 4)}"
+
+
 def _async_column(ctx: Context, column: str):
     def get(run):
         df = ctx.data(run, "workers")

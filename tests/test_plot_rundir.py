@@ -261,9 +261,10 @@ def test_labels_tell_each_methods_variants_apart(tmp_path):
             _run(tmp_path, "b", "dynamic", "dynamic", "torch", policy="loss"),
             _run(tmp_path, "c", "gossip", "gossip", "torch", method="elastic", agg_prob=0.125),
             _run(tmp_path, "d", "master_worker", "amb", "tensorflow"),
-            _run(tmp_path, "e", "master_worker", "amb", "torch")]
+            _run(tmp_path, "e", "master_worker", "amb", "torch"),
+            _run(tmp_path, "f", "async_master_worker", "amb", "torch", async_master="time", async_time_limit=0.2)]
     style.assign_labels(runs)
     labels = [r.label for r in runs]
     assert "dbs" in labels[0] and "loss" in labels[1] and "elastic p=1/8" in labels[2]
     assert len(set(labels)) == len(labels) and not any("[" in label for label in labels), labels
-    assert "tensorflow" in labels[3] and "torch" in labels[4]
+    assert "tensorflow" in labels[3] and "torch" in labels[4] and "async every 200 ms" in labels[5]
