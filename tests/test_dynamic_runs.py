@@ -188,7 +188,7 @@ def test_figures_draw_a_dynamic_run(runs, tmp_path):
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--policy", "greedy"], ["--policy", "'greedy'"]),
     (["--policy", "increasing", "--batch-size", "256"], ["--batch-size 256", "--max-batch 128"]),
-    (["--min-batch", "64", "--max-batch", "32"], ["--min-batch 64"]),
+    (["--policy", "increasing", "--min-batch", "64", "--max-batch", "32"], ["--min-batch 64"]),
     (["--workers", "2", "--batch-size", "1000"], ["1000 x 2 workers", "1437"]),
     (["--workers", "2", "--slow", "3:2"], ["worker 3", "1..2"]),
     (["--backend", "tensorflow", "--transport", "torch"], ["--transport torch", "--backend torch"]),
