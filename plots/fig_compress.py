@@ -154,17 +154,10 @@ def payload_bytes(ax, ctx: Context):
 @axis("compress_accuracy_vs_bytes", "compress train: test accuracy against the bytes each worker sent (cumulative), "
       "labelled by method, mode and options", in_panel_all=False)
 def compress_accuracy_vs_bytes(ax, ctx: Context):
-    from .fig_gossip import byte_unit, bytes_per_step
+    from .fig_gossip import accuracy_and_bytes, byte_unit
 
     labels, colors = _labels(ctx), _colors(ctx)
-    series = []
-    for run in ctx.runs:
-        sent = bytes_per_step(ctx, run)
-        if sent is None:
-            continue
-        df = run.master[["step", "accuracy"]].dropna().merge(sent, on="step", how="inner")
-        if not df.empty:
-            series.append((run, df))
+    series = accuracy_and_bytes(ctx)
     if not series:
         return False
     unit, scale = byte_unit(max(float(df["bytes_sent"].max()) for _, df in series))

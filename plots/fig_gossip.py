@@ -126,10 +126,9 @@ def bytes_per_step(ctx: Context, run) -> pd.DataFrame | None:
     return df.groupby("master_step", sort=True)["bytes_sent"].mean().rename_axis("step").reset_index()
 
 
-@axis("accuracy_vs_bytes", "test accuracy against the bytes each worker sent (mean over workers)",
-      in_panel_all=False)
-def accuracy_vs_bytes(ax, ctx: Context):
-    styles = _styles(ctx)
+def accuracy_and_bytes(ctx: Context) -> list[tuple[object, pd.DataFrame]]:
+    """(run, step/accuracy/bytes_sent rows) for every run with evaluated steps and a byte counter: what the
+    accuracy-against-bytes axes of every method draw."""
     series = []
     for run in ctx.runs:
         sent = bytes_per_step(ctx, run)
@@ -138,6 +137,14 @@ def accuracy_vs_bytes(ax, ctx: Context):
         df = run.master[["step", "accuracy"]].dropna().merge(sent, on="step", how="inner")
         if not df.empty:
             series.append((run, df))
+    return series
+
+
+@axis("accuracy_vs_bytes", "test accuracy against the bytes each worker sent (mean over workers)",
+      in_panel_all=False)
+def accuracy_vs_bytes(ax, ctx: Context):
+    styles = _styles(ctx)
+    series = accuracy_and_bytes(ctx)
     if not series:
         return False
     unit, scale = byte_unit(max(float(df["bytes_sent"].max()) for _, df in series))
