@@ -118,8 +118,8 @@ class TransformedEngine:
         self._engine = engine
         self._transform = transform
 
-    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> Any:
-        return self._engine.compute(self._transform(x), y, micro_batches, deadline)
+    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float, **options: Any) -> Any:
+        return self._engine.compute(self._transform(x), y, micro_batches, deadline, **options)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """In chunks, so that the transformed test set never exists whole."""

@@ -53,6 +53,41 @@ def test_a_passed_deadline_still_runs_one_micro_batch():
     assert (count, done) == (8, 1)
 
 
+def test_a_model_handed_over_between_micro_batches_is_used_from_the_next_one_on():
+    """The asynchronous protocol's `between`: a newer model set after micro-batch 1 computes micro-batches 2-4."""
+    engine = make_engine()
+    x, y = batch(32)
+    old = engine.get_params()
+    newer = old + np.float32(0.05)
+    calls = []
+
+    def between():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            engine.set_params(newer)
+
+    mixed, count, done = engine.compute(x, y, 4, math.inf, between=between)
+    assert (count, done) == (32, 4) and calls == [0, 1, 2]
+    np.testing.assert_array_equal(engine.get_params(), newer)
+    engine.set_params(old)
+    first, _, _ = engine.compute(x[:8], y[:8], 1, math.inf)
+    engine.set_params(newer)
+    rest, _, _ = engine.compute(x[8:], y[8:], 1, math.inf)
+    n = engine.trainable_count
+    expected = first[:n] + rest[:n]
+    np.testing.assert_allclose(mixed[:n], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert mixed[-1] == pytest.approx(first[-1] + rest[-1], rel=1e-4)
+
+
+def test_between_that_hands_over_nothing_changes_nothing():
+    engine = make_engine()
+    x, y = batch(32)
+    plain, _, _ = engine.compute(x, y, 4, math.inf)
+    checked, count, done = engine.compute(x, y, 4, math.inf, between=lambda: None)
+    assert (count, done) == (32, 4)
+    np.testing.assert_allclose(checked, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+
+
 def test_contribution_carries_example_count_and_summed_loss():
     engine = make_engine()
     x, y = batch(32)
@@ -90,6 +125,19 @@ def amb_worker(time_limit_rank_slowdown: float = 1.0) -> Worker:
                             steps=None, epochs=None, target_accuracy=None, log_every=1, seed=0,
                             train_examples=4096)
     return Worker(1, make_engine(), BatchStream(x, y, 0, 1), config, None, time_limit_rank_slowdown)
+
+
+def test_an_async_workers_warm_up_compiles_the_loop_its_rounds_run():
+    """Async AMB rounds run the loop that checks for a newer model; compiling it in the first round instead would
+    put seconds of tracing into that round's compute time, and into the calibrated time limit."""
+    worker = amb_worker()
+    worker.checks_between = True
+    worker.warm_up(calibrate=True)
+    checking = worker.engine._compute_checking
+    assert checking.experimental_get_tracing_count() == 1
+    x, y = worker.stream.peek(512)
+    worker.engine.compute(x, y, 64, time.time() + 0.05, between=lambda: None)
+    assert checking.experimental_get_tracing_count() == 1
 
 
 def test_amb_round_overshoots_its_limit_by_at_most_one_micro_batch():

@@ -124,38 +124,17 @@ class ModelInbox:
 
 
 def async_round(worker: Worker, step: int, time_limit: float | None, between: Any) -> np.ndarray:
-    """One contribution: sleep the induced delay, then compute. AMB runs its micro-batches one engine call at a
-    time, calling `between()` after each (which may swap in a newer model), under the same deadline rule as the
-    engines: a micro-batch starts only if, at the round's pace so far, it ends in time; at least one runs."""
+    """One contribution: sleep the induced delay, then compute. AMB's engine calls `between()` before each
+    micro-batch but the first (it may swap in a newer model), under the engines' deadline rule: a micro-batch
+    starts only if, at the round's pace so far, it ends in time; at least one runs."""
     clock, engine = worker.clock, worker.engine
     clock.begin(step)
     x, y = worker.stream.peek(worker.config.batch_size)
     if worker.config.method != "amb":
         total, examples, done = engine.compute(x, y, 1, math.inf)
-    elif getattr(engine, "accepts_between", False):  # the engine runs its loop and calls back between batches
-        deadline = clock.real_deadline(time_limit) if time_limit is not None else math.inf
-        total, examples, done = engine.compute(x, y, worker.micro_batches, deadline, between=between)
     else:
         deadline = clock.real_deadline(time_limit) if time_limit is not None else math.inf
-        parts = worker.micro_batches
-        n = len(x)
-        start = time.time()
-        total, examples, done = None, 0, 0
-        while done < parts:
-            if done > 0:
-                now = time.time()
-                if now + (now - start) / done > deadline:
-                    break
-            begin, end = (done * n) // parts, ((done + 1) * n) // parts
-            buffer, count, _ = engine.compute(x[begin:end], y[begin:end], 1, math.inf)
-            if total is None:
-                total = buffer.copy()
-            else:
-                np.add(total, buffer, out=total)
-            examples += count
-            done += 1
-            if done < parts:
-                between()
+        total, examples, done = engine.compute(x, y, worker.micro_batches, deadline, between=between)
     worker.stream.advance(examples)
     clock.computed(examples)
     worker.row[ASYNC_LAYOUT["partitions_done"]] = done
@@ -350,6 +329,7 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
 
     def _make_worker(self, rank: int) -> Worker:
         worker = super()._make_worker(rank)
+        worker.checks_between = True
         worker.clock.layout = ASYNC_LAYOUT
         worker.clock.row = ASYNC_LAYOUT.new()
         return worker

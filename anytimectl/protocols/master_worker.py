@@ -76,12 +76,15 @@ class Engine(Protocol):
 
     def set_params(self, flat: np.ndarray) -> None: ...
 
-    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> tuple[np.ndarray, int, int]:
+    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float,
+                between: Callable[[], None] | None = None) -> tuple[np.ndarray, int, int]:
         """Gradients of the summed loss over micro-batches of (x, y).
 
         A micro-batch starts only when it is expected to end before `deadline` (time.time() seconds); at least
         one always runs. Returns the contribution buffer of length param_count + 2 =
-        [Σ grads, n x non-trainable values, n, Σ loss], the examples used, and the micro-batches run."""
+        [Σ grads, n x non-trainable values, n, Σ loss], the examples used, and the micro-batches run.
+        `between`, where given, is called before each micro-batch but the first and may call set_params: the
+        asynchronous protocol hands over a newer model there."""
         ...
 
     def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
@@ -121,6 +124,9 @@ class Worker:
         self.clock = RoundClock(LAYOUT, rank, config.seed, delay, slowdown)
         self.micro_batches = config.partitions if config.method == "amb" else 1
         self.examples_sent = 0  # the asynchronous protocol counts what it handed over
+        #: the asynchronous protocol's AMB rounds pass `between` (a model may arrive mid-round): warm up and
+        #: calibrate that compilation of the loop, not the other
+        self.checks_between = False
 
     @property
     def row(self) -> np.ndarray:
@@ -130,13 +136,14 @@ class Worker:
         """Compile the gradient function (so step 1 is not a tracing step) and, for `--time-limit auto`,
         time full-batch rounds: returns seconds per micro-batch (0 when not calibrating)."""
         x, y = self.stream.peek(self.config.batch_size)
-        self.engine.compute(x, y, self.micro_batches, math.inf)
+        options = {"between": lambda: None} if self.checks_between and self.micro_batches > 1 else {}
+        self.engine.compute(x, y, self.micro_batches, math.inf, **options)
         if not calibrate:
             return 0.0
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            self.engine.compute(x, y, self.micro_batches, math.inf)
+            self.engine.compute(x, y, self.micro_batches, math.inf, **options)
             times.append(time.perf_counter() - start)
         return float(np.median(times)) * self.clock.slowdown / self.micro_batches
 

@@ -84,10 +84,6 @@ class SimEngine:
         np.copyto(self._params, flat[: self.param_count])
         self._version += 1
 
-    #: compute() takes `between`, called after each micro-batch but the last (the asynchronous protocol swaps in a
-    #: newer model there); engines without it are driven one micro-batch per call instead.
-    accepts_between = True
-
     def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float,
                 between: Callable[[], None] | None = None) -> tuple[np.ndarray, int, int]:
         total = len(x)

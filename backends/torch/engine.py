@@ -27,6 +27,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +194,8 @@ class TorchEngine:
         else:
             self._values.copy_(torch.from_numpy(_writable_float32(flat[:self.param_count])))
 
-    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float) -> tuple[np.ndarray, int, int]:
+    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float,
+                between: Callable[[], None] | None = None) -> tuple[np.ndarray, int, int]:
         """Gradients of the summed loss over micro-batches of (x, y): the first always, each further one only if, at
         this call's pace so far, it ends before `deadline` (time.time() seconds; math.inf runs them all).
         Returns ([sum of gradients, n x non-trainable values, n, sum of losses], examples n, micro-batches run)."""
@@ -215,6 +217,8 @@ class TorchEngine:
                 now = time.time()
                 if now + (now - start) / done > deadline:
                     break
+            if done and between is not None:
+                between()
             lo, hi = (done * total) // parts, ((done + 1) * total) // parts
             if hi > lo:
                 loss = functional.cross_entropy(self.model(to_model_input(inputs[lo:hi])), labels[lo:hi],
