@@ -86,7 +86,7 @@ def sim(args: argparse.Namespace, out: Path) -> None:
     rates = {protocol: throughput(run) for protocol, run in runs.items()}
     limit = json.loads((runs["sync"] / "metadata.json").read_text())["summary"]["time_limit"]
     print(f"sim backend, AMB, {args.workers} workers, {args.induce}, c = {args.compute:g} x scale "
-          f"({args.batch_size} x {example_time * 1e3:.3f} ms), T = {limit:.3f} s (auto), async master "
+          f"({args.batch_size} x {example_time * 1e3:.3f} ms), T = {limit:.3f} s ({args.time_limit}), async master "
           f"{args.async_master}, {time.strftime('%Y-%m-%d')}")
     for protocol, rate in rates.items():
         print(f"  {protocol:6s} {rate:9.1f} examples/s")
