@@ -9,6 +9,7 @@ any test after which both frameworks are loaded.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,20 @@ import pytest
 from helpers import anytimectl
 
 REAL_RUN_STEPS = 6
+
+
+def _act_on_stop_signals_as_from_a_terminal() -> None:
+    """A suite started with `nohup` or `&` inherits SIGHUP or SIGINT ignored, and every run it starts would inherit
+    that too and rightly ignore them (README, "How runs end"): the tests that press Ctrl-C or close a terminal
+    would then fail. The tests stand for a user at a terminal, so the suite acts on both again; tests of the
+    ignored case set it for their own child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+_act_on_stop_signals_as_from_a_terminal()
 TORCH_DIR = Path(__file__).parent / "torch"
 _CHILD = "ANYTIMECTL_TORCH_TESTS"
 
