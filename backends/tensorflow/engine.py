@@ -14,9 +14,10 @@ The asynchronous protocol passes `between`, which may hand the engine a newer mo
 runs in a second compilation of the same loop: before micro-batch i (i >= 1) a `tf.py_function` calls
 `between()` (numpy only: the protocol's inbox), and whatever parameters it set are assigned in the graph before
 micro-batch i reads them. The check waits for micro-batch i-1's gradients, so that no assignment lands under a
-micro-batch still reading the variables; the loop then runs one micro-batch at a time. Driving the micro-batches
-one engine call each from Python instead (a call, tensor conversions and a full-size gradient copy each) took
-1.4x the time per 4-example micro-batch of the digits model (11.1 against 7.7 ms on one thread).
+micro-batch still reading the variables; the loop then runs one micro-batch at a time (1.03x the synchronous
+loop's time per micro-batch alone, 1.13-1.18x with 2-4 processes sharing 2 cores). Driving the micro-batches one
+engine call each from Python instead (a call, tensor conversions and a full-size gradient copy each) took
+1.47-1.64x: `tests/bench/async_loop_cost.py`, the README's "Asynchronous AMB against synchronous AMB".
 """
 
 from __future__ import annotations
