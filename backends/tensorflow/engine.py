@@ -11,13 +11,14 @@ cost" has the measurements). FMB is the same loop with one micro-batch and no de
 every line of arithmetic.
 
 The asynchronous protocol passes `between`, which may hand the engine a newer model after any micro-batch. That
-runs in a second compilation of the same loop: before micro-batch i (i >= 1) a `tf.py_function` calls
+runs in a second compilation of the same loop: before micro-batch i (i >= 1) a `tf.numpy_function` calls
 `between()` (numpy only: the protocol's inbox), and whatever parameters it set are assigned in the graph before
 micro-batch i reads them. The check waits for micro-batch i-1's gradients, so that no assignment lands under a
-micro-batch still reading the variables; the loop then runs one micro-batch at a time (1.03x the synchronous
-loop's time per micro-batch alone, 1.13-1.18x with 2-4 processes sharing 2 cores). Driving the micro-batches one
-engine call each from Python instead (a call, tensor conversions and a full-size gradient copy each) took
-1.47-1.64x: `tests/bench/async_loop_cost.py`, the README's "Asynchronous AMB against synchronous AMB".
+micro-batch still reading the variables; the loop then runs one micro-batch at a time (0.97-1.04x the
+synchronous loop's time per micro-batch, 1-4 processes sharing 2 cores; a `tf.py_function`, which wraps its
+values as eager tensors, cost 1.13-1.18x). Driving the micro-batches one engine call each from Python instead (a
+call, tensor conversions and a full-size gradient copy each) took 1.3-1.7x: `tests/bench/async_loop_cost.py`, the
+README's "Asynchronous AMB against synchronous AMB".
 """
 
 from __future__ import annotations
@@ -130,14 +131,14 @@ class TensorFlowEngine:
         return flat.numpy(), int(count), int(done)
 
     def _take_arrived(self) -> tuple[bool, np.ndarray]:
-        """The tf.py_function of the checking loop: run between(); return whether it set parameters, and them."""
+        """The tf.numpy_function of the checking loop: run between(); return whether it set parameters, and them."""
         self._arrived = None
         if self._between is not None:
             self._between()
         arrived, self._arrived = self._arrived, None
         if arrived is None:
-            return False, np.zeros(0, dtype=np.float32)
-        return True, arrived
+            return np.array(False), np.zeros(0, dtype=np.float32)
+        return np.array(True), arrived
 
     def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
         return float(self._apply(tf.constant(reduced), tf.constant(learning_rate, tf.float32)))
@@ -186,7 +187,7 @@ class TensorFlowEngine:
 
         def take_newer_model(after):
             with tf.control_dependencies([after]):
-                arrived, flat = tf.py_function(self._take_arrived, [], [tf.bool, tf.float32])
+                arrived, flat = tf.numpy_function(self._take_arrived, [], [tf.bool, tf.float32], stateful=True)
             return tf.cond(tf.reshape(arrived, []), lambda: self._assign_flat(flat), lambda: tf.constant(0))
 
         def micro_batch(i, count, loss_sum, known_end, known_done, last_end, *sums):
