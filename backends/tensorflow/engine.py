@@ -130,7 +130,7 @@ class TensorFlowEngine:
             self._between, self._arrived = None, None
         return flat.numpy(), int(count), int(done)
 
-    def _take_arrived(self) -> tuple[bool, np.ndarray]:
+    def _take_arrived(self) -> tuple[np.ndarray, np.ndarray]:
         """The tf.numpy_function of the checking loop: run between(); return whether it set parameters, and them."""
         self._arrived = None
         if self._between is not None:
