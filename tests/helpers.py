@@ -32,3 +32,35 @@ def metadata(run: Path) -> dict:
 
 def table(run: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(run / f"{name}.csv")
+
+
+def check_a_model_handed_over_by_between_is_used(engine, x, y, atol_share: float):
+    """The engine contract's `between` (the asynchronous protocol's hand-over), for any engine: a newer model set
+    after micro-batch 1 of 4 computes micro-batches 2-4, and the contribution is the sum of the two parts computed
+    separately. `atol_share`: absolute tolerance as a share of the largest gradient value."""
+    import math
+
+    import numpy as np
+    import pytest
+
+    old = engine.get_params()
+    newer = old + np.float32(0.05)
+    calls = []
+
+    def between():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            engine.set_params(newer)
+
+    mixed, count, done = engine.compute(x, y, 4, math.inf, between=between)
+    assert (count, done) == (len(x), 4) and calls == [0, 1, 2]
+    np.testing.assert_array_equal(engine.get_params(), newer)
+    quarter = len(x) // 4
+    engine.set_params(old)
+    first, _, _ = engine.compute(x[:quarter], y[:quarter], 1, math.inf)
+    engine.set_params(newer)
+    rest, _, _ = engine.compute(x[quarter:], y[quarter:], 1, math.inf)
+    n = engine.trainable_count
+    expected = first[:n] + rest[:n]
+    np.testing.assert_allclose(mixed[:n], expected, rtol=1e-4, atol=atol_share * np.abs(expected).max())
+    assert mixed[-1] == pytest.approx(first[-1] + rest[-1], rel=1e-4)

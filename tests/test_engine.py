@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import check_a_model_handed_over_by_between_is_used
 
 from anytimectl.data import BatchStream
 from anytimectl.protocols.master_worker import LAYOUT, ProtocolConfig, Worker
@@ -55,28 +56,7 @@ def test_a_passed_deadline_still_runs_one_micro_batch():
 
 def test_a_model_handed_over_between_micro_batches_is_used_from_the_next_one_on():
     """The asynchronous protocol's `between`: a newer model set after micro-batch 1 computes micro-batches 2-4."""
-    engine = make_engine()
-    x, y = batch(32)
-    old = engine.get_params()
-    newer = old + np.float32(0.05)
-    calls = []
-
-    def between():
-        calls.append(len(calls))
-        if len(calls) == 1:
-            engine.set_params(newer)
-
-    mixed, count, done = engine.compute(x, y, 4, math.inf, between=between)
-    assert (count, done) == (32, 4) and calls == [0, 1, 2]
-    np.testing.assert_array_equal(engine.get_params(), newer)
-    engine.set_params(old)
-    first, _, _ = engine.compute(x[:8], y[:8], 1, math.inf)
-    engine.set_params(newer)
-    rest, _, _ = engine.compute(x[8:], y[8:], 1, math.inf)
-    n = engine.trainable_count
-    expected = first[:n] + rest[:n]
-    np.testing.assert_allclose(mixed[:n], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-    assert mixed[-1] == pytest.approx(first[-1] + rest[-1], rel=1e-4)
+    check_a_model_handed_over_by_between_is_used(make_engine(), *batch(32), atol_share=1e-4)
 
 
 def test_between_that_hands_over_nothing_changes_nothing():

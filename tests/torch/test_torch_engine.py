@@ -14,6 +14,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from helpers import check_a_model_handed_over_by_between_is_used
 from torch.nn import functional
 
 from anytimectl.backends.torch import engine as engine_module
@@ -124,27 +125,7 @@ def test_micro_batches_sum_the_same_gradients_as_one_batch():
 
 def test_a_model_handed_over_between_micro_batches_is_used_from_the_next_one_on():
     """The asynchronous protocol's `between`: a newer model set after micro-batch 1 computes micro-batches 2-4."""
-    engine = make_engine(weight_decay=0.0)
-    x, y = batch(32)
-    old = engine.get_params()
-    newer = old + np.float32(0.05)
-    calls = []
-
-    def between():
-        calls.append(len(calls))
-        if len(calls) == 1:
-            engine.set_params(newer)
-
-    mixed, count, done = engine.compute(x, y, 4, math.inf, between=between)
-    assert (count, done) == (32, 4) and calls == [0, 1, 2]
-    np.testing.assert_array_equal(engine.get_params(), newer)
-    engine.set_params(old)
-    first, _, _ = engine.compute(x[:8], y[:8], 1, math.inf)
-    engine.set_params(newer)
-    rest, _, _ = engine.compute(x[8:], y[8:], 1, math.inf)
-    n = engine.trainable_count
-    expected = first[:n] + rest[:n]
-    np.testing.assert_allclose(mixed[:n], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    check_a_model_handed_over_by_between_is_used(make_engine(weight_decay=0.0), *batch(32), atol_share=1e-5)
 
 
 def test_deadline_loop_runs_all_without_a_deadline_and_exactly_one_after_it():
