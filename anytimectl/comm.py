@@ -1,6 +1,6 @@
 """Message passing for every backend: flat numpy buffers over mpi4py, waited on without burning a core.
 
-A rank blocked in an MPI call spins at 100% of a core (environment.md), which on an oversubscribed laptop
+A rank blocked in an MPI call spins at 100% of a core (docs/platform-facts.md), which on an oversubscribed laptop
 steals the CPU from the ranks doing real work and makes every straggler look slower than it is. So every wait
 that may last (for a straggler, for the master's update) is on a non-blocking operation that `wait` polls with
 short sleeps: a waiting rank uses a few percent of a core. Only once every rank is known to be ready do

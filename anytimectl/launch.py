@@ -366,7 +366,7 @@ def cores_available() -> int:
 
 
 def threads_per_rank(ranks_on_host: int, requested: int | None) -> int:
-    """Ranks sharing a host split its cores: oversubscribed threads cost 4x throughput (environment.md)."""
+    """Ranks sharing a host split its cores: oversubscribed threads cost 4x throughput (docs/platform-facts.md)."""
     if requested:
         return requested
     return max(1, cores_available() // max(1, ranks_on_host))

@@ -2,7 +2,7 @@
 
 Importing this package imports no framework: a command names its backend, the run shell calls `configure` and
 `create_engine` on that one only, so TensorFlow and torch never meet in one process (importing TensorFlow and
-then torchvision segfaults, environment.md).
+then torchvision segfaults, docs/platform-facts.md).
 """
 
 from __future__ import annotations

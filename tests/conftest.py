@@ -1,9 +1,9 @@
 """Shared fixtures, and the rule that TensorFlow and torch never share a test process.
 
-`import tensorflow` followed by `import torchvision` segfaults (environment.md). Tests that import torch in-process
-live in tests/torch/; when a run collects both kinds (plain `python -m pytest`), that folder is left out of this
-process and run afterwards in a pytest process of its own, whose result counts in the exit status. A guard fails
-any test after which both frameworks are loaded.
+`import tensorflow` followed by `import torchvision` segfaults (docs/platform-facts.md). Tests that import torch
+in-process live in tests/torch/; when a run collects both kinds (plain `python -m pytest`), that folder is left out
+of this process and run afterwards in a pytest process of its own, whose result counts in the exit status. A guard
+fails any test after which both frameworks are loaded.
 """
 
 from __future__ import annotations

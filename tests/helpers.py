@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
-#: Start-up of TF ranks sharing two cores takes 5-10 s each (environment.md); runs get generous limits.
+#: Start-up of TF ranks sharing two cores takes 5-10 s each (docs/platform-facts.md); runs get generous limits.
 RUN_TIMEOUT = 240
 
 

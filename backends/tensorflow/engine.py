@@ -2,7 +2,7 @@
 
 The AMB micro-batch loop is one compiled `tf.while_loop` that treats the time limit as a deadline: a
 micro-batch starts only when it is expected to finish in time (at least one always runs). Its clock is honest
-(environment.md): every timestamp is taken under a control dependency on that micro-batch's gradients, or TF
+(docs/platform-facts.md): every timestamp is taken under a control dependency on that micro-batch's gradients, or TF
 reorders the clock reads and reports a dozen micro-batches in a fraction of a millisecond. Two micro-batches may
 run at once (`parallel_iterations=2`, which hides much of the cost of small micro-batches): the condition for
 micro-batch i uses the clock read after micro-batch i-2 and counts micro-batch i-1, still running, in its

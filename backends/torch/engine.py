@@ -47,7 +47,7 @@ OPTIMIZER_ALIASES = {"adm": "adam", "mom": "momentum", "rmsprop": "rms"}
 
 def configure(threads: int, seed: int) -> None:
     """`threads` intra-op threads and one inter-op thread per rank (default threads with 2 ranks on 2 cores cost 4x,
-    environment.md), and the seeds of Python, numpy and torch (all devices), as Keras' set_random_seed does for
+    docs/platform-facts.md), and the seeds of Python, numpy and torch (all devices), as Keras' set_random_seed does for
     the TensorFlow backend."""
     if threads > 0:
         torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """torch.distributed as a transport for the peer methods, behind the interface of `anytimectl.comm.Comm`.
 
-On CPUs MPICH through mpi4py all-reduces 2-66x faster than gloo on one host (environment.md), so the PyTorch
+On CPUs MPICH through mpi4py all-reduces 2-66x faster than gloo on one host (docs/platform-facts.md), so the PyTorch
 methods use `Comm` by default. On GPU clusters NCCL moves device memory directly; `--transport torch` selects this
 class instead, with the same calls the peer protocols make: `allreduce_sum`, `allgather_bytes`, `exchange` (and a
 `Pending`-like `wait`), `broadcast`, `barrier`, `dup`, byte counters, `ready_at`, `rank`/`size`.
