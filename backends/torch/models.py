@@ -43,12 +43,12 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     elif name in BUILDERS:
         try:
             model = BUILDERS[name](shape, num_classes)
-        except Exception as error:  # noqa: BLE001 - a layer that cannot take this shape, whatever torch raises
+        except SHAPE_ERRORS as error:
             raise UsageError(f"--model {name} does not fit inputs of shape {shape}: {_first_line(error)}; pick the "
                              "model made for this dataset") from None
     else:
         model = _torchvision(name, shape, num_classes)
-    _check_fit(model, name, shape, num_classes)
+    _check_fit(model, name, shape, num_classes, SHAPE_ERRORS if name in BUILDERS else (Exception,))
     return model
 
 
@@ -62,19 +62,28 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+#: What torch's layers raise for an input shape they cannot take (or our builders, for a shape they refuse).
+SHAPE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, UsageError)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_fit(model: nn.Module, name: str, shape: tuple[int, ...], classes: int) -> None:
-    """One example through the network now, so a model that cannot take this data fails in one line at start-up."""
+def _check_fit(model: nn.Module, name: str, shape: tuple[int, ...], classes: int,
+               misfits: tuple[type[BaseException], ...]) -> None:
+    """One example through the network now, so a model that cannot take this data fails in one line at start-up.
+
+    `misfits`: the errors that mean "this model does not take this data". For anytimectl's own models only what a
+    layer raises for a shape it cannot take, so that a bug in one of them keeps its traceback; for a user's or a
+    torchvision model any error (its code is not ours to debug, its first line says what went wrong)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(to_model_input(torch.zeros((1, *shape))))
-    except Exception as error:  # noqa: BLE001 - any framework error here means the model does not fit
+    except misfits as error:
         raise UsageError(f"--model {name} does not fit inputs of shape {shape}: {_first_line(error)}; pick the "
                          "model made for this dataset") from None
     finally:

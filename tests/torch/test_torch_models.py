@@ -128,6 +128,26 @@ def test_a_model_that_does_not_fit_the_data_is_one_usage_error(tmp_path):
         assert "\n" not in str(error.value), name
 
 
+def test_a_bug_inside_a_built_in_model_keeps_its_traceback(monkeypatch):
+    """A shape the model cannot take is the user's to fix (one line); a bug in our own builder or forward is ours,
+    and must not be disguised as "does not fit"."""
+    from anytimectl.backends.torch import models
+
+    def broken_builder(shape, classes):
+        return undefined_layer(shape)  # noqa: F821 - the bug under test
+
+    class BrokenForward(torch.nn.Module):
+        def forward(self, x):
+            return x.no_such_method()
+
+    monkeypatch.setitem(models.BUILDERS, "broken-builder", broken_builder)
+    monkeypatch.setitem(models.BUILDERS, "broken-forward", lambda shape, classes: BrokenForward())
+    with pytest.raises(NameError):
+        build_model("broken-builder", (8, 8, 1), 10)
+    with pytest.raises(AttributeError):
+        build_model("broken-forward", (8, 8, 1), 10)
+
+
 def test_a_users_model_file_is_loaded_with_either_signature(tmp_path):
     (tmp_path / "helper.py").write_text("WIDTH = 64\n")
     source = tmp_path / "net.py"
