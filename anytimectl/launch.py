@@ -349,14 +349,6 @@ class RankInfo:
     threads: int
     comm: Any  # an anytimectl.comm.Comm, or None in a single process
 
-    @property
-    def is_master(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def workers(self) -> int:
-        return max(1, self.size - 1)
-
 
 def cores_available() -> int:
     try:

@@ -42,6 +42,8 @@ class Recorder:
         self.row_count = 0
         self._records: dict[int, StepRecord] = {}  # steps whose rows have not all arrived
         self._row_steps: dict[int, tuple[int, float, float]] = {}  # step -> (rows, examples, wait) before its record
+        #: how rank 0 is named in the summary: "master", or "rank0" in the methods without a master
+        self.rank0_name = "master" if has_master else "rank0"
         trace = run_dir.trace
         if has_master:
             trace.name_process(0, "master")
@@ -154,7 +156,7 @@ class Recorder:
             "epochs": last.epoch if last else 0.0,
             "mean_worker_batch": self.examples / self.row_count if self.row_count else None,
             # Rank 0's CPU time over the run (threads included): shows what waiting costs it.
-            "master_cpu_fraction": (time.process_time() - self.cpu_start) / wall if wall > 0 else None,
+            f"{self.rank0_name}_cpu_fraction": (time.process_time() - self.cpu_start) / wall if wall > 0 else None,
         }
         summary.update(extra)
         return summary

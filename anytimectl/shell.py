@@ -109,10 +109,6 @@ class RunContext:
     def config(self) -> dict[str, Any]:
         return self.request.config
 
-    @property
-    def is_reporter(self) -> bool:
-        return self.rank.rank == 0
-
     def log(self, msg: str, **fields: Any) -> None:
         """An event in events.jsonl (rank 0; a no-op elsewhere)."""
         if self.run_dir is not None:
@@ -464,8 +460,9 @@ def _finish(request: RunRequest, context: RunContext, outcome: RunOutcome) -> in
     status = "interrupted" if stopper.reason else "completed"
     summary = context.recorder.summary(stopper.reason or outcome.stopped_by, **outcome.summary)
     if context.rank.comm is not None:
-        summary.update(master_bytes_sent=context.rank.comm.bytes.sent,
-                       master_bytes_received=context.rank.comm.bytes.received)
+        rank0 = context.recorder.rank0_name
+        summary.update({f"{rank0}_bytes_sent": context.rank.comm.bytes.sent,
+                        f"{rank0}_bytes_received": context.rank.comm.bytes.received})
     context.run_dir.finish(status, stopper.reason, summary)
     _report(request, context.run_dir, summary, status)
     return 130 if status == "interrupted" else 0

@@ -81,6 +81,9 @@ def test_every_policy_writes_a_complete_run_directory(runs, policy):
     assert tuple(workers.columns) == TABLES["worker_stats"]
     assert tuple(collect.columns) == TABLES["collect_stats"]
     steps = meta["summary"]["steps"]
+    # no master in this method: rank 0's own figures are named for what it is
+    assert meta["summary"]["rank0_bytes_sent"] > 0 and meta["summary"]["rank0_cpu_fraction"] > 0
+    assert not [key for key in meta["summary"] if key.startswith("master_")]
     assert list(master.step) == list(range(1, steps + 1))
     assert len(workers) == 2 * steps and len(collect) == steps
     assert sorted(workers["rank"].unique()) == [1, 2]
