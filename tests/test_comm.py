@@ -18,6 +18,7 @@ def test_reduce_broadcast_gather_collect_distribute_and_sleeping_wait():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["reduce"] == 1 + 2 + 3
+    assert report["is_transport"] and report["waitable"]  # Comm provides every member `Transport` declares
     assert report["bcast_everywhere"]
     assert report["collect_reduce"] == 1 + 2 + 3
     assert report["collect_stats"] == [0.0, 1.0, 2.0]
@@ -32,7 +33,7 @@ def test_reduce_broadcast_gather_collect_distribute_and_sleeping_wait():
 def test_a_wait_with_a_latency_share_never_sleeps_more_than_that_share_of_its_wait(monkeypatch):
     """The all-reduce's barrier: each sleep at most 5% of the time waited so far (and at most MAX_SLEEP), on a
     simulated clock (time.perf_counter and time.sleep replaced for the test)."""
-    from anytimectl import comm
+    from anytimectl.comm import waiting as comm
 
     clock = {"now": 0.0}
     monkeypatch.setattr(comm.time, "perf_counter", lambda: clock["now"])

@@ -1,4 +1,4 @@
-"""The shared-memory step traffic and its doorbells (anytimectl.shm), in a real 3-rank MPI job on one host."""
+"""The shared-memory step traffic and its doorbells (anytimectl.comm.shm), in a real 3-rank MPI job on one host."""
 
 from __future__ import annotations
 

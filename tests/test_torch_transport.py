@@ -22,6 +22,7 @@ def test_every_call_works_over_gloo_in_a_job_started_by_mpi(ranks):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == "gloo" and report["size"] == ranks
-    assert all(report[name] for name in ("allreduce", "allgather_bytes", "broadcast", "exchange", "dup"))
+    assert all(report[name] for name in ("allreduce", "allgather_bytes", "broadcast", "exchange", "dup",
+                                                 "is_transport", "waitable"))
     assert report["late_peer_wait_s"] > 0.2  # rank 1 waited for rank 0's late send ...
     assert report["late_peer_wait_cpu_s"] < 0.5 * report["late_peer_wait_s"]  # ... asleep, not spinning

@@ -12,7 +12,8 @@ Workers never wait for the master and the master never waits for a worker:
   to every worker without waiting for any of them.
 - `--async-delay-std S` simulates communication stragglers as the original did: each message is delivered
   |N(0, S)| seconds after it arrived (contributions at the master, models at the workers), drawn from a generator
-  seeded by (--seed, worker, message number).
+  seeded by (--seed, worker, message number), and never before the same worker's previous message (a link
+  delivers in order).
 
 Per contribution the tables record `worker_step` (the worker's own count of contributions), `worker_master_step`
 (the master step of the newest model the contribution used), `last_queued_update_count`, `staleness` (the updates
@@ -20,7 +21,7 @@ applied between the model the contribution was computed on and the one it is app
 worker_master_step; synchronous SGD has 0) and `comm_delay` (the simulated delay of that message). Each master
 step has one row per contribution it applied, so a worker may have several rows in a step, or none.
 
-The channel is `anytimectl.comm.Comm.async_channel`: shared memory with doorbells on one host, MPI point-to-point
+The channel is `protocols/async_channel.py`: shared memory with doorbells on one host, MPI point-to-point
 across hosts. Everything else (launch, run directory, live view, stop and failure handling) is the run shell's.
 """
 
@@ -209,6 +210,9 @@ class AsyncMaster(Master):
         rows: list[np.ndarray] = []
         ranks: list[int] = []
         held: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # delayed contributions: (due, rank, data, row)
+        # A link delivers in order: a worker's message is never due before its previous one (else a short delay
+        # drawn for message k+1 would let it overtake message k, which no FIFO link does).
+        last_due: dict[int, float] = {}
         f = ASYNC_LAYOUT
         update = 0
 
@@ -231,10 +235,15 @@ class AsyncMaster(Master):
             self.taken += 1
             delay = comm_delay(self.config.seed, rank, int(row[f["worker_step"]]), 1, s.delay_std)
             row[f["comm_delay"]] = delay
-            if delay > 0:
-                held.append((time.time() + delay, rank, np.array(data), row))
+            if delay > 0 or rank in held_ranks():
+                due = max(time.time() + delay, last_due.get(rank, 0.0))
+                last_due[rank] = due
+                held.append((due, rank, np.array(data), row))
             else:
                 add(rank, data, row)
+
+        def held_ranks() -> set[int]:
+            return {item[1] for item in held}
 
         published_stop = False
         publish(False)
@@ -335,9 +344,10 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
         return worker
 
     def _channel(self) -> Any:
-        comm = self.context.rank.comm
-        return comm.async_channel(self.engine.param_count + 2, len(ASYNC_LAYOUT), HEADER_SIZE,
-                                  self.engine.param_count)
+        from anytimectl.protocols.async_channel import open_async_channel
+
+        return open_async_channel(self.context.rank.comm, self.engine.param_count + 2, len(ASYNC_LAYOUT),
+                                  HEADER_SIZE, self.engine.param_count)
 
     def _run_worker(self) -> None:
         comm = self.context.rank.comm

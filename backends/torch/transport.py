@@ -1,4 +1,4 @@
-"""torch.distributed as a transport for the peer methods, behind the interface of `anytimectl.comm.Comm`.
+"""torch.distributed as a transport for the peer methods: an `anytimectl.comm.Transport`, like `Comm`.
 
 On CPUs MPICH through mpi4py all-reduces 2-66x faster than gloo on one host (docs/platform-facts.md), so the PyTorch
 methods use `Comm` by default. On GPU clusters NCCL moves device memory directly; `--transport torch` selects this
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from anytimectl.comm import FIRST_SLEEP, MAX_SLEEP, SPIN_SECONDS, ByteCounter, Comm, Pending
+from anytimectl.comm import ByteCounter, Comm, Pending
+from anytimectl.comm.waiting import SPIN_SECONDS, poll_until
 
 #: How long joining the process group may take before every rank gives up with an error.
 START_TIMEOUT = timedelta(seconds=120)
@@ -41,7 +42,7 @@ _ADDRESS_BYTES = 512
 
 class TorchPending:
     """Outstanding torch.distributed works that complete together; `after` runs once they have (copies from a
-    device into the caller's numpy buffers). Waits sleep-poll like `anytimectl.comm.Pending`.
+    device into the caller's numpy buffers). Waits sleep-poll like `anytimectl.comm.Pending` (`poll_until`).
 
     gloo's point-to-point works never report completion before `wait()` is called (`is_completed()` stays False),
     so a helper thread waits on them (blocked in C++, without the GIL and without spinning) and the caller polls an
@@ -89,20 +90,7 @@ class TorchPending:
         return True
 
     def wait(self, spin: bool = False, spin_seconds: float = SPIN_SECONDS) -> float:
-        start = time.perf_counter()
-        if spin:
-            while not self.test():
-                pass
-            return time.perf_counter() - start
-        spin_until = start + spin_seconds
-        while time.perf_counter() < spin_until:
-            if self.test():
-                return time.perf_counter() - start
-        pause = FIRST_SLEEP
-        while not self.test():
-            time.sleep(pause)
-            pause = min(MAX_SLEEP, pause * 2)
-        return time.perf_counter() - start
+        return poll_until(self.test, spin, spin_seconds)
 
 
 def _torch_device(device: str) -> torch.device:

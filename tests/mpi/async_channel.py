@@ -16,12 +16,13 @@ import numpy as np
 from mpi4py import MPI
 
 from anytimectl.comm import Comm
+from anytimectl.protocols.async_channel import open_async_channel
 
 ROUNDS = 30
 PARAMS = 1000
 STATS = 4  # send number, model step, count, queued
 comm = Comm(MPI.COMM_WORLD)
-channel = comm.async_channel(PARAMS + 2, STATS, 3, PARAMS)
+channel = open_async_channel(comm, PARAMS + 2, STATS, 3, PARAMS)
 header = np.zeros(3)
 params = np.zeros(PARAMS, dtype=np.float32)
 

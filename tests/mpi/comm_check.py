@@ -7,11 +7,12 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from anytimectl.comm import Comm
+from anytimectl.comm import Comm, Transport, Waitable
 
 comm = Comm(MPI.COMM_WORLD)
 rank, size = comm.rank, comm.size
-report = {}
+report = {"is_transport": isinstance(comm, Transport) and isinstance(comm.dup(), Transport),
+          "waitable": isinstance(comm.broadcast(np.zeros(1, dtype=np.float32)), Waitable)}
 
 send = np.full(1000, rank + 1, dtype=np.float32)
 recv = np.zeros_like(send) if rank == 0 else None

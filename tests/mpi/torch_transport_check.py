@@ -10,7 +10,7 @@ import numpy as np
 from mpi4py import MPI
 
 from anytimectl.backends.torch.transport import TorchTransport
-from anytimectl.comm import Comm
+from anytimectl.comm import Comm, Transport, Waitable
 
 comm = Comm(MPI.COMM_WORLD)
 rank, size = comm.rank, comm.size
@@ -71,6 +71,8 @@ copy.allreduce_sum(ones)
 assert np.all(ones == size) and copy.bytes.sent == 40 and transport.bytes.sent == sent_before
 checked["dup"] = True
 
+checked["is_transport"] = isinstance(transport, Transport) and isinstance(copy, Transport)
+checked["waitable"] = isinstance(transport.broadcast(np.zeros(1, dtype=np.float32)), Waitable)
 copy.close()
 transport.close()
 if rank == 0:

@@ -18,7 +18,7 @@ that event writes one byte to the FIFO of each rank that sleeps on it. The annou
 are ordered by memory barriers (`MPI_Win_sync`), so a wake-up cannot be lost; a timeout on every sleep is only a
 safety net. A waiting rank uses no CPU, and it runs the moment the rank it waits for arrives.
 
-Ranks on several hosts do not use this module: `anytimectl.comm` falls back to non-blocking MPI with sleep-polled
+Ranks on several hosts do not use this module: `anytimectl.comm.mpi` falls back to non-blocking MPI with sleep-polled
 waits there. `ANYTIMECTL_SHARED_MEMORY=0` turns the shared-memory path off everywhere (for comparisons, and in
 the tests that check the MPI path).
 """
@@ -61,7 +61,7 @@ def _padded(nbytes: int) -> int:
 
 
 def sleep_polled_barrier(mpi: Any) -> None:
-    from anytimectl.comm import Pending
+    from anytimectl.comm.waiting import Pending
 
     Pending().add(mpi.Ibarrier()).wait()
 
@@ -96,7 +96,7 @@ class Window:
         self.win.Free()
 
 
-class _Carver:
+class Carver:
     """Cuts typed, aligned arrays out of a part of a window."""
 
     def __init__(self, raw: np.ndarray):
@@ -151,7 +151,7 @@ class Doorbells:
         sleep_polled_barrier(mpi)
 
     def _shared_folder(self) -> str:
-        from anytimectl.comm import Pending
+        from anytimectl.comm.waiting import Pending
 
         raw = np.zeros(4096, dtype=np.uint8)
         if self.rank == 0:
@@ -385,10 +385,10 @@ class _Up:
         rank, size = mpi.Get_rank(), mpi.Get_size()
         self.dtype, self.length = contribution.dtype, contribution.size
         self.stats_length = stats.size
-        control = _Carver.size((np.int64, size), (np.int64, 1))
-        slot = _Carver.size((np.float64, self.stats_length), (self.dtype, self.length))
+        control = Carver.size((np.int64, size), (np.int64, 1))
+        slot = Carver.size((np.float64, self.stats_length), (self.dtype, self.length))
         self.window = Window(mpi, control if rank == 0 else slot)
-        carver = _Carver(self.window.part(0))
+        carver = Carver(self.window.part(0))
         self.arrive = carver.take(np.int64, size)
         self.done = carver.take(np.int64, 1)
         if rank == 0:
@@ -397,7 +397,7 @@ class _Up:
         self.stats: dict[int, np.ndarray] = {}
         self.data: dict[int, np.ndarray] = {}
         for r in ([rank] if rank != 0 else range(1, size)):
-            carver = _Carver(self.window.part(r))
+            carver = Carver(self.window.part(r))
             self.stats[r] = carver.take(np.float64, self.stats_length)
             self.data[r] = carver.take(self.dtype, self.length)
         self.count = 0
@@ -418,10 +418,10 @@ class _Down:
         rank, size = mpi.Get_rank(), mpi.Get_size()
         self.header_dtype, self.header_length = header.dtype, header.size
         self.dtype, self.length = params.dtype, params.size
-        nbytes = _Carver.size((np.int64, size), (np.int64, 1), (self.header_dtype, self.header_length),
+        nbytes = Carver.size((np.int64, size), (np.int64, 1), (self.header_dtype, self.header_length),
                               (self.dtype, self.length))
         self.window = Window(mpi, nbytes if rank == 0 else 0)
-        carver = _Carver(self.window.part(0))
+        carver = Carver(self.window.part(0))
         self.read = carver.take(np.int64, size)
         self.seq = carver.take(np.int64, 1)
         self.header = carver.take(self.header_dtype, self.header_length)
@@ -450,172 +450,3 @@ def all_on_one_host(mpi: Any) -> bool:
     together = local.Get_size() == mpi.Get_size()
     local.Free()
     return together
-
-
-class AsyncShared:
-    """The asynchronous protocol's traffic through shared memory (ranks on one host).
-
-    Upward: every worker has a mailbox of SLOTS slots (contribution + stats). A worker fills a free slot and
-    goes on computing; it waits only when every slot is still full (the master has not taken them yet). The master
-    takes whatever is there, in the order the workers sent it.
-
-    Downward: one board holds the newest model (header + parameters) under a version number; publishing never
-    waits for anyone. A worker copies the board whenever it looks and a newer version is there, so it always gets
-    the newest model, never a queue of stale ones. The version is odd while the master writes and even after
-    (a sequence lock), and a worker whose copy overlapped a write takes it again.
-    """
-
-    SLOTS = 2
-
-    def __init__(self, mpi: Any, data_length: int, stats_length: int, header_length: int, params_length: int,
-                 dtype: Any = np.float32, counter: Any = None):
-        self.mpi = mpi
-        self.counter = counter  # anytimectl.comm.ByteCounter, or None
-        self.rank = rank = mpi.Get_rank()
-        self.size = size = mpi.Get_size()
-        self.dtype = np.dtype(dtype)
-        self.data_length, self.stats_length, self.header_length = data_length, stats_length, header_length
-        self.bells = Doorbells(mpi, range(size) if rank == 0 else [0])
-        control = _Carver.size((np.int64, size * self.SLOTS), (np.float64, size * self.SLOTS), (np.int64, size),
-                               (np.int64, 2), (np.float64, header_length), (self.dtype, params_length))
-        slots = _Carver.size((np.float64, stats_length), (self.dtype, data_length)) * self.SLOTS
-        self.window = Window(mpi, control if rank == 0 else slots)
-        carver = _Carver(self.window.part(0))
-        #: per worker and slot: 0 = free, else the worker's send number; and when it was filled
-        self.state = carver.take(np.int64, size * self.SLOTS).reshape(size, self.SLOTS)
-        self.filled_at = carver.take(np.float64, size * self.SLOTS).reshape(size, self.SLOTS)
-        self.left = carver.take(np.int64, size)  # 1 once a worker has left after the stop
-        self.version = carver.take(np.int64, 2)  # [version, stop]
-        self.board_header = carver.take(np.float64, header_length)
-        self.board_params = carver.take(self.dtype, params_length)
-        if rank == 0:
-            self.state[:] = 0
-            self.left[:] = 0
-            self.version[:] = 0
-        self._up_bytes = 8 * stats_length + self.dtype.itemsize * data_length
-        self._down_bytes = 8 * header_length + self.dtype.itemsize * params_length
-        self.slot_stats: dict[tuple[int, int], np.ndarray] = {}
-        self.slot_data: dict[tuple[int, int], np.ndarray] = {}
-        for r in ([rank] if rank != 0 else range(1, size)):
-            carver = _Carver(self.window.part(r))
-            for k in range(self.SLOTS):
-                self.slot_stats[r, k] = carver.take(np.float64, stats_length)
-                self.slot_data[r, k] = carver.take(self.dtype, data_length)
-        self.sent = 0
-        self.taken_version = 0
-        self.window.sync()
-        sleep_polled_barrier(mpi)
-
-    # --- master ----------------------------------------------------------------------------------------------
-    def publish(self, header: np.ndarray, params: np.ndarray, stop: bool = False) -> int:
-        """Put a new model on the board (never waits); returns its version."""
-        version = self.version
-        new = int(version[0]) + 2
-        version[0] = new - 1  # odd: being written
-        self.window.sync()
-        np.copyto(self.board_header, header.reshape(-1))
-        np.copyto(self.board_params, params.reshape(-1))
-        self.window.sync()
-        if stop:
-            version[1] = 1
-        version[0] = new
-        self.window.sync()
-        self.bells.sync()
-        self.bells.ring_all(EV_MODEL)
-        if stop:
-            self.bells.ring_all(EV_SLOT_FREE)
-        if self.counter is not None:
-            self.counter.sent += self._down_bytes * (self.size - 1)
-        return new // 2
-
-    def poll(self, consume: Callable[[int, np.ndarray, np.ndarray], None]) -> int:
-        """Hand every contribution waiting in a mailbox to consume(rank, data, stats), oldest first, and free
-        its slot. Returns how many there were."""
-        full = np.argwhere(self.state > 0)
-        if not len(full):
-            return 0
-        self.window.sync()
-        order = np.argsort(self.filled_at[full[:, 0], full[:, 1]], kind="stable")
-        for rank, slot in full[order]:
-            rank, slot = int(rank), int(slot)
-            consume(rank, self.slot_data[rank, slot], self.slot_stats[rank, slot])
-            if self.counter is not None:
-                self.counter.received += self._up_bytes
-            self.window.sync()
-            self.state[rank, slot] = 0
-            self.bells.sync()
-            self.bells.ring(rank, EV_SLOT_FREE)
-        return len(full)
-
-    def wait_for_contributions(self, timeout: float) -> None:
-        self.bells.wait(lambda: bool(np.any(self.state > 0)), EV_MAILBOX, timeout)
-
-    def finish(self, consume: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
-        """After publishing the stop: wait until every worker has left, then take what is still in the mailboxes,
-        so that every contribution a worker handed over reaches `consume`."""
-        left = self.left
-        self.bells.wait(lambda: bool(np.all(left[1:] == 1)), EV_MAILBOX)
-        self.window.sync()
-        self.poll(consume)
-
-    # --- worker ----------------------------------------------------------------------------------------------
-    @property
-    def stopped(self) -> bool:
-        return bool(self.version[1])
-
-    def send(self, data: np.ndarray, stats: np.ndarray) -> bool:
-        """Put a contribution in a free slot, waiting (asleep) while none is free. False: the run has stopped."""
-        state = self.state[self.rank]
-        if not self.bells.wait(lambda: bool(np.any(state == 0)) or self.stopped, EV_SLOT_FREE) or self.stopped:
-            return False
-        slot = int(np.flatnonzero(state == 0)[0])
-        np.copyto(self.slot_stats[self.rank, slot], stats)
-        np.copyto(self.slot_data[self.rank, slot], data.reshape(-1))
-        self.sent += 1
-        if self.counter is not None:
-            self.counter.sent += self._up_bytes
-        self.filled_at[self.rank, slot] = time.time()
-        self.window.sync()
-        state[slot] = self.sent
-        self.bells.sync()
-        self.bells.ring(0, EV_MAILBOX)
-        return True
-
-    def newest(self, header: np.ndarray, params: np.ndarray) -> int:
-        """Copy the board if it holds a newer model than the last one taken: returns its version, or 0."""
-        for _ in range(8):
-            version = int(self.version[0])
-            if version % 2 or version // 2 <= self.taken_version:
-                return 0
-            self.window.sync()
-            np.copyto(header.reshape(-1), self.board_header)
-            np.copyto(params.reshape(-1), self.board_params)
-            self.window.sync()
-            if int(self.version[0]) == version:
-                self.taken_version = version // 2
-                if self.counter is not None:
-                    self.counter.received += self._down_bytes
-                return self.taken_version
-        return 0
-
-    def wait_model(self, header: np.ndarray, params: np.ndarray) -> int:
-        """Block (asleep) until a model newer than the last one taken is on the board; returns its version."""
-        got = [0]
-
-        def ready() -> bool:
-            got[0] = self.newest(header, params)
-            return got[0] > 0
-
-        self.bells.wait(ready, EV_MODEL)
-        return got[0]
-
-    def leave(self) -> None:
-        """After the stop: tell the master this worker hands over nothing more."""
-        self.window.sync()
-        self.left[self.rank] = 1
-        self.bells.sync()
-        self.bells.ring(0, EV_MAILBOX)
-
-    def close(self) -> None:
-        self.window.free()
-        self.bells.close()
