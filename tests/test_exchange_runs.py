@@ -104,3 +104,18 @@ def test_bench_reports_the_new_exchanges_bytes_against_their_bound(tmp_path):
         assert 1.0 <= rows[name]["bytes_over_bound"] < 1.001
     assert all(r["codec_over_backward"] > 0 and r["codec_cpu_over_backward_cpu"] > 0 for r in rows.values())
     assert list(table(tmp_path / "b", "compress_bench").method) == list(rows)
+
+
+@pytest.mark.parametrize("method", ["fp16", "bf16"])
+def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
+    """Two ranks' 16-bit sum is correctly rounded whoever adds: MPI's user-defined sum and gloo's native one give the
+    same training, and count the same bytes each step."""
+    runs = {}
+    for transport in ("mpi", "torch"):
+        runs[transport] = _run(tmp_path, "dynamic", transport, "--compressor", method, "--policy", "static",
+                               "--transport", transport, steps=5)
+    losses = {t: table(run, "master_stats").loss.values for t, run in runs.items()}
+    assert len(losses["mpi"]) == 5 and (losses["mpi"] == losses["torch"]).all()
+    per_step = {t: table(run, "worker_stats").groupby("rank")["bytes_sent"].diff().dropna().values
+                for t, run in runs.items()}
+    assert (per_step["mpi"] == per_step["torch"]).all() and (per_step["mpi"] > 0).all()
