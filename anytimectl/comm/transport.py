@@ -47,6 +47,10 @@ class Transport(Protocol):
         """Sum `buffer` over every rank, in place (or into `out`), the same bits on every rank; seconds waited."""
         ...
 
+    def allreduce_sum16(self, words: np.ndarray, kind: str) -> float:
+        """16-bit floats (`kind` float16 or bfloat16, as uint16 bits) summed in place in that type; seconds spent."""
+        ...
+
     def allgather_bytes(self, payload: np.ndarray) -> list[np.ndarray]:
         """Every rank's uint8 payload (sizes may differ), in rank order."""
         ...
