@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from anytimectl.errors import UsageError
 
@@ -469,6 +469,47 @@ def end_rank() -> None:
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         mpi.Finalize()
+
+
+#: Modules whose interpreter teardown is slow: after a finished run, TensorFlow's took 4-6 s per process on a busy
+#: 2-core machine (README, "Running on a cluster": measured with tests/cluster), and a job's ranks end only when
+#: the last one has torn down.
+_SLOW_TEARDOWN = ("tensorflow", "torch")
+
+
+def leave_process(code: int) -> NoReturn:
+    """End this process with `code` as soon as its work is recorded, skipping a framework's slow teardown.
+
+    A process that loaded TensorFlow or torch flushes its output, runs the atexit handlers, finalizes MPI (with
+    code 0 every rank of a job arrives here together, after its last collective; a non-zero code must come after
+    `end_rank`, or the process exits normally) and leaves with `os._exit`: nothing of ours
+    is left to do (the run directory's files are closed by then), and the framework's C++ teardown, which made
+    finished jobs linger for seconds (once for minutes), is skipped. Other processes exit normally.
+    """
+    if not any(name in sys.modules for name in _SLOW_TEARDOWN) or (code and _mpi_running()):
+        # A non-zero exit with MPI still running is one rank leaving alone: the normal exit (MPI_Abort under
+        # `python -m mpi4py`) must end the job.
+        sys.exit(code)
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    atexit._run_exitfuncs()
+    end_rank()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _mpi_running() -> bool:
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
 
 
 def abort_job_if_ranked() -> None:
