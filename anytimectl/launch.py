@@ -130,11 +130,73 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
     else:
         child_env.pop(TERMINAL_WIDTH_VARIABLE, None)
     forwarder = _Forwarder(local_ranks=None if hosts else workers + 1)
+    watcher = _LaunchWatcher() if hosts else None
     with forwarder.installed():
         process = subprocess.Popen(command, env=child_env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_parent_death_signal())
+                                   preexec_fn=_parent_death_signal(),
+                                   stderr=subprocess.PIPE if watcher else None)
+        if watcher:
+            watcher.start(process)
         code = forwarder.wait(process)
+        if watcher:
+            watcher.finish()
+    if watcher and watcher.proxy_failed and forwarder.first is None:
+        raise UsageError(
+            f"--hosts {hosts}: mpiexec could not start its proxy on every host (the launcher's message is above); "
+            "check that each host is reachable without a password (ssh HOST true) under the name given, or set "
+            "HYDRA_LAUNCHER / HYDRA_LAUNCHER_EXEC for your site's launcher")
     return JobEnd(code, forwarder.first)
+
+
+class _LaunchWatcher:
+    """Passes mpiexec's stderr on unchanged, chunk by chunk (the live view's escape codes included), except
+    Hydra's own error dump after a proxy could not be started on a host, which `relaunch` replaces by one line.
+
+    Hydra's lines read `[mpiexec@HOST] function (file:line): message`; once one says the launch failed, such
+    lines are left out.
+    """
+
+    _FAILED = b"Launch proxy failed"
+
+    def __init__(self) -> None:
+        self.proxy_failed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, process: subprocess.Popen) -> None:
+        self._thread = threading.Thread(target=self._pump, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _pump(self, stream: Any) -> None:
+        out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+        fd = stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if self._FAILED in chunk:
+                self.proxy_failed = True
+            if self.proxy_failed:
+                chunk = b"".join(line for line in chunk.splitlines(keepends=True)
+                                 if not line.startswith(b"[mpiexec@"))
+                if not chunk:
+                    continue
+            try:
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    sys.stderr.write(chunk.decode(errors="replace"))
+                    sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+        stream.close()
 
 
 #: The signals that stop a job: Ctrl-C, a polite kill (timeout, batch schedulers), a closed terminal.
