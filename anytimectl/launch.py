@@ -101,6 +101,22 @@ def terminal_width() -> int | None:
         return None
 
 
+def host_options(hosts: str | None) -> list[str]:
+    """mpiexec's options for `--hosts`: a list (`node1,node2:4` -> `-hosts`) or a hostfile (`@FILE` -> `-f`)."""
+    if not hosts:
+        return []
+    if hosts.startswith("@"):
+        path = Path(hosts[1:]).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--hosts {hosts}: no such hostfile; give @FILE with one HOST[:RANKS] per line, or "
+                             "HOST,HOST,...")
+        return ["-f", str(path.resolve())]
+    names = [name.strip() for name in hosts.split(",")]
+    if any(not name or name.startswith(":") for name in names):
+        raise UsageError(f"--hosts {hosts}: give HOST[:RANKS],HOST[:RANKS],... (no empty names) or @FILE")
+    return ["-hosts", hosts]
+
+
 def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | None, env: dict[str, str]) -> JobEnd:
     """Run this same command as an MPI job of workers + 1 ranks, wait for it and say how it ended.
 
@@ -119,9 +135,7 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
     When our stderr is a terminal its width is passed to the ranks as TERMINAL_WIDTH_VARIABLE, so rank 0 can
     draw the live table through mpiexec's output pipes.
     """
-    command = [find_mpiexec(mpiexec), "-n", str(workers + 1)]
-    if hosts:
-        command += ["-hosts", hosts]
+    command = [find_mpiexec(mpiexec), "-n", str(workers + 1), *host_options(hosts)]
     command += [*child_python(), "-m", "mpi4py", "-m", "anytimectl", *argv]
     child_env = {**os.environ, **env, RELAUNCHED: "1"}
     width = terminal_width()

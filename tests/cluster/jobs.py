@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.emulated import EmulatedCluster, venv_bin
-
 from anytimectl.launch import cores_available
+from cluster.emulated import EmulatedCluster, venv_bin
 
 #: Seconds a whole test job may take before it counts as hung (start-up of 4 ranks on 2 busy cores included).
 JOB_TIMEOUT = 300.0
@@ -46,15 +45,16 @@ class Job:
         return json.loads((self.path / "metadata.json").read_text())
 
 
-def run_across(cluster: EmulatedCluster, ranks_per_host: int, args: list[str], out: Path, name: str,
+def run_across(cluster: EmulatedCluster, ranks_per_host: int | list[int], args: list[str], out: Path, name: str,
                timeout: float = JOB_TIMEOUT, threads: int | None = None,
                env: dict[str, str] | None = None) -> Job:
     """`anytimectl ARGS --out OUT --name NAME --quiet --threads T` on `ranks_per_host` ranks of every host."""
-    total = ranks_per_host * len(cluster.hosts)
+    counts = [ranks_per_host] * len(cluster.hosts) if isinstance(ranks_per_host, int) else ranks_per_host
+    total = sum(counts)
     program = [venv_bin("anytimectl"), *args, "--out", str(out), "--name", name, "--quiet",
                "--threads", str(threads or threads_for(total))]
     before = cluster.counters()
-    with cluster.started(ranks_per_host, program, env=env) as process:
+    with cluster.started(counts, program, env=env) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

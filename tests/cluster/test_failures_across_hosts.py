@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from cluster.emulated import IFACE, NETWORK_ENV, EmulatedCluster, missing_requirements, venv_bin
 from cluster.jobs import threads_for
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import anytimectl
+
 from cluster.emulated import EmulatedCluster, missing_requirements
 from cluster.jobs import Job, metadata_written_at, run_across, threads_for
-from helpers import anytimectl
 
 pytestmark = [
     pytest.mark.cluster, pytest.mark.mpi, pytest.mark.slow,
@@ -169,3 +170,27 @@ def test_cluster_tears_down_on_sigterm(tmp_path):
     time.sleep(0.1)
     listed = os.popen("ip netns list").read()
     assert not any(host in listed for host in hosts)
+
+
+#: What a link may carry beyond the payload the run directory counts: Ethernet + IPv4 + TCP headers (66 bytes per
+#: segment of up to 1448; the veth counts GSO super-packets, so usually far less), TCP acknowledgements of the
+#: other direction's data, MPI's envelopes and the small stats/go messages, and start-up (PMI, wire-up) plus
+#: finalize, a constant.
+LINK_OVERHEAD_SHARE, LINK_OVERHEAD_REVERSE_SHARE, LINK_OVERHEAD_CONSTANT = 0.08, 0.05, 2 * 2**20
+
+
+def test_bytes_that_crossed_the_link_agree_with_the_run_directory(cluster, tmp_path):
+    """One rank per host (the master on the first, one worker on the second), so everything rank 0 counts as sent
+    or received crossed the link: the interface counters say the same, within the protocol overhead above."""
+    job = run_across(cluster, [1, 1], RUNS["fmb-sync-tf"][0], tmp_path, "bytes")
+    assert job.returncode == 0, job.stderr[-3000:]
+    summary = job.metadata["summary"]
+    counted_sent, counted_received = summary["master_bytes_sent"], summary["master_bytes_received"]
+    link_sent, link_received = job.link_bytes[0]
+    print(f"rank 0 counted sent {counted_sent} received {counted_received}; "
+          f"link sent {link_sent} ({link_sent / counted_sent:.4f}x) received {link_received} "
+          f"({link_received / counted_received:.4f}x)")
+    for counted, link, reverse in ((counted_sent, link_sent, counted_received),
+                                   (counted_received, link_received, counted_sent)):
+        assert counted <= link <= (counted * (1 + LINK_OVERHEAD_SHARE) + reverse * LINK_OVERHEAD_REVERSE_SHARE
+                                   + LINK_OVERHEAD_CONSTANT)
