@@ -48,11 +48,13 @@ class Job:
 def run_across(cluster: EmulatedCluster, ranks_per_host: int | list[int], args: list[str], out: Path, name: str,
                timeout: float = JOB_TIMEOUT, threads: int | None = None,
                env: dict[str, str] | None = None) -> Job:
-    """`anytimectl ARGS --out OUT --name NAME --quiet --threads T` on `ranks_per_host` ranks of every host."""
+    """`anytimectl ARGS --out OUT --name NAME --quiet --threads T` on `ranks_per_host` ranks of every host
+    (`threads=0`: no --threads, for commands without it, such as `bandwidth`)."""
     counts = [ranks_per_host] * len(cluster.hosts) if isinstance(ranks_per_host, int) else ranks_per_host
     total = sum(counts)
-    program = [venv_bin("anytimectl"), *args, "--out", str(out), "--name", name, "--quiet",
-               "--threads", str(threads or threads_for(total))]
+    program = [venv_bin("anytimectl"), *args, "--out", str(out), "--name", name]
+    if threads != 0:
+        program += ["--quiet", "--threads", str(threads or threads_for(total))]
     before = cluster.counters()
     with cluster.started(counts, program, env=env) as process:
         try:
