@@ -66,7 +66,7 @@ app.add_typer(compress_app, name="compress")
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors of any origin end as one line and exit code 2."""
-    from anytimectl.launch import abort_job_if_ranked, end_rank, is_rank_zero
+    from anytimectl.launch import abort_job_if_ranked, end_rank, is_rank_zero, leave_process
 
     command = typer.main.get_command(app)
     try:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         if is_rank_zero():
             print(f"anytimectl: error: {error}", file=sys.stderr)
         end_rank()
-        sys.exit(error.exit_code)
+        leave_process(error.exit_code)
     except TyperException as error:  # typer's own usage errors: no such option, bad value, missing argument
         context = getattr(error, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as done:
         if done.exit_code:
             end_rank()
-        sys.exit(done.exit_code)
+        leave_process(done.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt) as stop:  # the run, if any, has recorded it
         print(f"anytimectl: {stop or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     code = result if isinstance(result, int) else 0
     if code:
         end_rank()
-    sys.exit(code)
+    leave_process(code)
 
 
 def _bad_value_message(error: TyperException, argv: list[str] | None) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from anytimectl.errors import UsageError
 
@@ -101,6 +101,22 @@ def terminal_width() -> int | None:
         return None
 
 
+def host_options(hosts: str | None) -> list[str]:
+    """mpiexec's options for `--hosts`: a list (`node1,node2:4` -> `-hosts`) or a hostfile (`@FILE` -> `-f`)."""
+    if not hosts:
+        return []
+    if hosts.startswith("@"):
+        path = Path(hosts[1:]).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--hosts {hosts}: no such hostfile; give @FILE with one HOST[:RANKS] per line, or "
+                             "HOST,HOST,...")
+        return ["-f", str(path.resolve())]
+    names = [name.strip() for name in hosts.split(",")]
+    if any(not name or name.startswith(":") for name in names):
+        raise UsageError(f"--hosts {hosts}: give HOST[:RANKS],HOST[:RANKS],... (no empty names) or @FILE")
+    return ["-hosts", hosts]
+
+
 def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | None, env: dict[str, str]) -> JobEnd:
     """Run this same command as an MPI job of workers + 1 ranks, wait for it and say how it ended.
 
@@ -119,9 +135,7 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
     When our stderr is a terminal its width is passed to the ranks as TERMINAL_WIDTH_VARIABLE, so rank 0 can
     draw the live table through mpiexec's output pipes.
     """
-    command = [find_mpiexec(mpiexec), "-n", str(workers + 1)]
-    if hosts:
-        command += ["-hosts", hosts]
+    command = [find_mpiexec(mpiexec), "-n", str(workers + 1), *host_options(hosts)]
     command += [*child_python(), "-m", "mpi4py", "-m", "anytimectl", *argv]
     child_env = {**os.environ, **env, RELAUNCHED: "1"}
     width = terminal_width()
@@ -130,11 +144,73 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
     else:
         child_env.pop(TERMINAL_WIDTH_VARIABLE, None)
     forwarder = _Forwarder(local_ranks=None if hosts else workers + 1)
+    watcher = _LaunchWatcher() if hosts else None
     with forwarder.installed():
         process = subprocess.Popen(command, env=child_env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_parent_death_signal())
+                                   preexec_fn=_parent_death_signal(),
+                                   stderr=subprocess.PIPE if watcher else None)
+        if watcher:
+            watcher.start(process)
         code = forwarder.wait(process)
+        if watcher:
+            watcher.finish()
+    if watcher and watcher.proxy_failed and forwarder.first is None:
+        raise UsageError(
+            f"--hosts {hosts}: mpiexec could not start its proxy on every host (the launcher's message is above); "
+            "check that each host is reachable without a password (ssh HOST true) under the name given, or set "
+            "HYDRA_LAUNCHER / HYDRA_LAUNCHER_EXEC for your site's launcher")
     return JobEnd(code, forwarder.first)
+
+
+class _LaunchWatcher:
+    """Passes mpiexec's stderr on unchanged, chunk by chunk (the live view's escape codes included), except
+    Hydra's own error dump after a proxy could not be started on a host, which `relaunch` replaces by one line.
+
+    Hydra's lines read `[mpiexec@HOST] function (file:line): message`; once one says the launch failed, such
+    lines are left out.
+    """
+
+    _FAILED = b"Launch proxy failed"
+
+    def __init__(self) -> None:
+        self.proxy_failed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, process: subprocess.Popen) -> None:
+        self._thread = threading.Thread(target=self._pump, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _pump(self, stream: Any) -> None:
+        out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+        fd = stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if self._FAILED in chunk:
+                self.proxy_failed = True
+            if self.proxy_failed:
+                chunk = b"".join(line for line in chunk.splitlines(keepends=True)
+                                 if not line.startswith(b"[mpiexec@"))
+                if not chunk:
+                    continue
+            try:
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    sys.stderr.write(chunk.decode(errors="replace"))
+                    sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+        stream.close()
 
 
 #: The signals that stop a job: Ctrl-C, a polite kill (timeout, batch schedulers), a closed terminal.
@@ -461,6 +537,47 @@ def end_rank() -> None:
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         mpi.Finalize()
+
+
+#: Modules whose interpreter teardown is slow: after a finished run, TensorFlow's took 4-6 s per process on a busy
+#: 2-core machine (README, "Running on a cluster": measured with tests/cluster), and a job's ranks end only when
+#: the last one has torn down.
+_SLOW_TEARDOWN = ("tensorflow", "torch")
+
+
+def leave_process(code: int) -> NoReturn:
+    """End this process with `code` as soon as its work is recorded, skipping a framework's slow teardown.
+
+    A process that loaded TensorFlow or torch flushes its output, runs the atexit handlers, finalizes MPI (with
+    code 0 every rank of a job arrives here together, after its last collective; a non-zero code must come after
+    `end_rank`, or the process exits normally) and leaves with `os._exit`: nothing of ours
+    is left to do (the run directory's files are closed by then), and the framework's C++ teardown, which made
+    finished jobs linger for seconds (once for minutes), is skipped. Other processes exit normally.
+    """
+    if not any(name in sys.modules for name in _SLOW_TEARDOWN) or (code and _mpi_running()):
+        # A non-zero exit with MPI still running is one rank leaving alone: the normal exit (MPI_Abort under
+        # `python -m mpi4py`) must end the job.
+        sys.exit(code)
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    atexit._run_exitfuncs()
+    end_rank()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _mpi_running() -> bool:
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
 
 
 def abort_job_if_ranked() -> None:

@@ -89,7 +89,8 @@ class MpiOptions:
     hosts: Annotated[str | None, typer.Option(
         metavar="HOST,...",
         rich_help_panel=PANEL_LAUNCH, show_default=False,
-        help="Host list passed to mpiexec -hosts with --workers.")] = None
+        help="Hosts for --workers: HOST[:RANKS],... (mpiexec -hosts) or @FILE, a hostfile with one HOST[:RANKS] "
+             "per line (mpiexec -f). MPICH's HYDRA_IFACE, HYDRA_LAUNCHER and HYDRA_LAUNCHER_EXEC pass through.")] = None
 
 
 @dataclass
