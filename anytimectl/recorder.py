@@ -32,6 +32,11 @@ class Recorder:
         self.columns = columns
         self.view = view
         self.formatters = formatters or {}
+        # the view shows progress against the run's length, which every method records in its configuration
+        config = getattr(run_dir, "metadata", {}).get("config") or {}
+        expect = getattr(view, "expect", None)
+        if expect is not None:
+            expect(config.get("steps"), config.get("epochs"))
         self.origin = time.time()
         self.cpu_start = time.process_time()
         self.last: StepRecord | None = None
