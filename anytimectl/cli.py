@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 from anytimectl import __version__
 from anytimectl.bandwidth import bandwidth
 from anytimectl.commands.compress import compress_app
+from anytimectl.commands.runs import runs_app
 from anytimectl.commands.train_amb_fmb import amb, fmb
 from anytimectl.commands.train_dynamic import dynamic
 from anytimectl.commands.train_gossip import gossip
@@ -62,6 +63,7 @@ app.command(name="plot")(plot)
 app.add_typer(partitions_app, name="partitions")
 app.command(name="bandwidth")(bandwidth)
 app.add_typer(compress_app, name="compress")
+app.add_typer(runs_app, name="runs")
 
 
 def main(argv: list[str] | None = None) -> None:
