@@ -280,6 +280,54 @@ def show(
     return 0
 
 
+@runs_app.command("export")
+def export(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run directories, or folders searched recursively for them. Default: ./runs.",
+                       show_default=False),
+    ] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option("--tensorboard", metavar="DIR",
+                     help="Write each run's scalars as TensorBoard event files under DIR/<run name>/."),
+    ] = None,
+) -> int:
+    """Convert finished (or still running) runs for other tools: TensorBoard event files, one folder per run.
+
+    Scalars per step: train/loss, train/learning_rate, train/epoch, test/loss, test/accuracy, and per worker
+    workers/<n>/compute_s, sleep_s, send_s, idle_s, examples and bytes_sent. Written without TensorFlow or torch
+    (the tensorboard package's own record format); view them with `tensorboard --logdir DIR`. Prints each event
+    file written, one a line.
+
+    \b
+    Examples:
+      anytimectl runs export sweep/ --tensorboard tb/ && tensorboard --logdir tb/
+      anytimectl runs export runs/amb-digits-w4-0312 --tensorboard tb/
+    """
+    from anytimectl.plots.rundir import find_runs
+    from anytimectl.tensorboard_events import export_run
+
+    if tensorboard is None:
+        raise UsageError("say what to export: --tensorboard DIR (e.g. anytimectl runs export runs/ --tensorboard tb/)")
+    if tensorboard.exists() and not tensorboard.is_dir():
+        raise UsageError(f"--tensorboard {tensorboard}: exists and is not a folder; give a folder for the event files")
+    written = 0
+    for run, direct in find_runs(list(paths or [Path("runs")])):
+        try:
+            path, steps = export_run(run, tensorboard / run.name)
+        except UsageError as exc:
+            if direct:
+                raise
+            _warn(f"skipped: {exc}")
+            continue
+        print(path)
+        written += 1
+    if not written:
+        raise UsageError("no training run with steps to export")
+    return 0
+
+
 def _no_nan(value):
     """JSON has no NaN: unknown figures are null."""
     if isinstance(value, dict):
