@@ -78,12 +78,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         args += ["-k", config.option.keyword]
     if config.option.markexpr:
         args += ["-m", config.option.markexpr]
+    if config.option.collectonly:
+        args.append("--collect-only")
+    if config.option.durations is not None:
+        args.append(f"--durations={config.option.durations}")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_sep("=", "torch tests (their own process: TensorFlow and torch never share one)")
     child = subprocess.run(args, env={**os.environ, _CHILD: "1"}, cwd=config.rootpath)
     if child.returncode not in (0, 5):
         session.exitstatus = child.returncode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/torch/ imports torch: it carries the `torch` marker without each file saying so."""
+    for item in items:
+        if TORCH_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,8 @@ from test_cli_errors import assert_one_line_error
 from anytimectl.bandwidth import COLUMNS, ratio_table, target_met
 from anytimectl.launch import find_mpiexec
 
+pytestmark = pytest.mark.mpi
+
 
 def test_relaunches_per_worker_count_and_writes_the_documented_table(tmp_path):
     result = anytimectl("bandwidth", "--workers", "1,2", "--sizes", "2^10,2^12", "--rounds", "3", "--warmup", "1",

@@ -20,6 +20,8 @@ from helpers import REPO, anytimectl, metadata, table
 from anytimectl.gossip_schedule import GossipSchedule
 from anytimectl.protocols.gossip import GossipProtocol
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
+
 COMMON = ("--test-size", "100", "--log-every", "5", "--quiet")
 WORKER_COLUMNS = GossipProtocol.columns.tables()["worker_stats"]
 

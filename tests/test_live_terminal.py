@@ -13,7 +13,10 @@ import sys
 import termios
 import time
 
+import pytest
 from helpers import REPO
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 
 def run_on_a_terminal(args: list[str], columns: int = 100, timeout: float = 240) -> tuple[int, str]:
