@@ -31,7 +31,8 @@ class _ListByDefault(TyperGroup):
 runs_app = typer.Typer(
     cls=_ListByDefault,
     help="Compare run directories: one row per run (`anytimectl runs [PATHS]`), or one run in full "
-         "(`anytimectl runs show RUN`).\n\n"
+         "(`anytimectl runs show RUN`), or TensorBoard files (`anytimectl runs export`). Listing is the default: "
+         "`anytimectl runs list --help` gives its options (filter, sort, group, format).\n\n"
          "\b\nExamples:\n"
          "  anytimectl runs                                   # every run under ./runs\n"
          "  anytimectl runs sweep/ --where method=amb --status completed --sort -best_accuracy\n"
