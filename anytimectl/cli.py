@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from anytimectl import __version__
 from anytimectl.bandwidth import bandwidth
 from anytimectl.commands.compress import compress_app
+from anytimectl.commands.doctor import doctor
+from anytimectl.commands.runs import runs_app
 from anytimectl.commands.train_amb_fmb import amb, fmb
 from anytimectl.commands.train_dynamic import dynamic
 from anytimectl.commands.train_gossip import gossip
@@ -42,14 +43,16 @@ app.add_typer(train_app, name="train")
 
 def _version(value: bool) -> None:
     if value:
-        print(f"anytimectl {__version__}")
+        from anytimectl.doctor import version_text
+
+        print(version_text())  # package metadata only: no framework imported
         raise typer.Exit()
 
 
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+                                          help="Print the version (and the installed frameworks') and exit.")] = False,
 ) -> None:
     """Straggler-aware distributed training experiments."""
 
@@ -62,6 +65,8 @@ app.command(name="plot")(plot)
 app.add_typer(partitions_app, name="partitions")
 app.command(name="bandwidth")(bandwidth)
 app.add_typer(compress_app, name="compress")
+app.add_typer(runs_app, name="runs")
+app.command(name="doctor")(doctor)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,6 +69,68 @@ class RankTotals:
         return per_step / (self.round_time / (self.steps - 1))
 
 
+@dataclass
+class Progress:
+    """How far a run is against its length, and when it will end at the pace seen so far.
+
+    A run stops at the first of --steps and --epochs (whichever the command was given; every method records both
+    in its configuration), so its progress is the larger of the two fractions. The pace is measured from the first
+    step this view saw (a resumed run starts part-way), never from the start-up before it, which would make the
+    estimate too long. A run bounded only by --target-accuracy has no known end: no progress is shown.
+    """
+
+    steps: int | None = None
+    epochs: float | None = None
+    _first: tuple[float, float] | None = None  # (time, fraction) at the first step seen
+
+    def fraction(self, step: int, epoch: float) -> float | None:
+        parts = []
+        if self.steps:
+            parts.append(step / self.steps)
+        if self.epochs:
+            parts.append(epoch / self.epochs)
+        return min(1.0, max(parts)) if parts else None
+
+    def seen(self, step: int, epoch: float, now: float) -> None:
+        fraction = self.fraction(step, epoch)
+        if self._first is None and fraction is not None:
+            self._first = (now, fraction)
+
+    def eta(self, step: int, epoch: float, now: float) -> float | None:
+        """Seconds left at the pace since the first step seen; None until the pace is known."""
+        fraction = self.fraction(step, epoch)
+        if fraction is None or self._first is None:
+            return None
+        start, first = self._first
+        if fraction <= first or now <= start:
+            return None
+        return (1.0 - fraction) * (now - start) / (fraction - first)
+
+    def text(self, step: int, epoch: float, now: float) -> str:
+        """e.g. "step 30/100 (30%), ETA 1m20s", or in epochs when those end the run first; "" without a length."""
+        fraction = self.fraction(step, epoch)
+        if fraction is None:
+            return ""
+        done = f"step {step}  epoch {epoch:.2f}/{self.epochs:g}" if self.by_epochs(step, epoch) else \
+            f"step {step}/{self.steps}"
+        eta = self.eta(step, epoch, now)
+        return f"{done} ({fraction:.0%}), ETA {'-' if eta is None else _duration(eta)}"
+
+    def by_epochs(self, step: int, epoch: float) -> bool:
+        """Whether --epochs, not --steps, ends the run first (at the pace so far)."""
+        return bool(self.epochs) and (not self.steps or epoch / self.epochs >= step / self.steps)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 def _console(mode: str) -> tuple[Console, str]:
     """The console and the mode it supports: `auto` becomes `table` where a user will see it, else `lines`."""
     width = os.environ.get(TERMINAL_WIDTH_VARIABLE)
@@ -88,8 +150,10 @@ def _console(mode: str) -> tuple[Console, str]:
 
 class LiveView:
     def __init__(self, title: str, hosts: dict[int, str], layout: RowLayout, mode: str = "auto",
-                 columns: tuple[LiveColumn, ...] = (), interval: float = 5.0):
-        """hosts: rank -> host of every rank that reports rows; mode: auto, table, lines or off."""
+                 columns: tuple[LiveColumn, ...] = (), interval: float = 5.0, steps: int | None = None,
+                 epochs: float | None = None):
+        """hosts: rank -> host of every rank that reports rows; mode: auto, table, lines or off; steps, epochs: the
+        run's length, for progress and ETA (also settable later with `expect`)."""
         self.console, self.mode = _console(mode)
         self.title = title
         self.layout = layout
@@ -103,6 +167,11 @@ class LiveView:
         self.epoch = 0.0
         self._last_line = 0.0
         self._live: Live | None = None
+        self.progress = Progress(steps, epochs)
+
+    def expect(self, steps: int | None, epochs: float | None) -> None:
+        """The run's length (--steps, --epochs; None where not given), for the progress and ETA shown."""
+        self.progress = Progress(int(steps) if steps else None, float(epochs) if epochs else None)
 
     def __enter__(self) -> LiveView:
         if self.mode == "table":
@@ -127,6 +196,7 @@ class LiveView:
             self.step = max(self.step, record.step)
             self.loss = record.loss
             self.epoch = record.epoch
+            self.progress.seen(self.step, self.epoch, time.time())
             if record.accuracy is not None:
                 self.accuracy = record.accuracy
         if rows is not None and ranks is not None:
@@ -142,8 +212,11 @@ class LiveView:
         elapsed = time.time() - self.start
         rate = self.step / elapsed if elapsed > 0 else 0.0
         accuracy = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
-        return (f"step {self.step}  elapsed {elapsed:.1f}s  loss {self.loss:.4f}  test acc {accuracy}  "
-                f"epoch {self.epoch:.2f}  {rate:.2f} steps/s")
+        # progress first: a narrow terminal wraps the title, and how far the run is matters most
+        progress = self.progress.text(self.step, self.epoch, time.time()) or f"step {self.step}"
+        epoch = "" if self.progress.by_epochs(self.step, self.epoch) else f"epoch {self.epoch:.2f}  "
+        return (f"{progress}  elapsed {elapsed:.1f}s  loss {self.loss:.4f}  test acc {accuracy}  "
+                f"{epoch}{rate:.2f} steps/s")
 
     def _line(self) -> str:
         utilisation = [w.utilisation for w in self.ranks.values()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,12 @@ class Recorder:
         self.columns = columns
         self.view = view
         self.formatters = formatters or {}
+        # the view shows progress against the run's length, which every method records in its configuration
+        config = getattr(run_dir, "metadata", {}).get("config") or {}
+        expect = getattr(view, "expect", None)
+        if expect is not None:
+            expect(config.get("steps"), config.get("epochs"))
+        self.tensorboard = _tensorboard_writer(config, Path(getattr(run_dir, "path", "run")).name)
         self.origin = time.time()
         self.cpu_start = time.process_time()
         self.last: StepRecord | None = None
@@ -71,6 +78,12 @@ class Recorder:
         self.steps = max(self.steps, record.step)
         self.last = record
         self.view.update(record)
+        if self.tensorboard is not None:
+            from anytimectl.tensorboard_events import MASTER_TAGS
+
+            values = {"loss": record.loss, "learning_rate": record.learning_rate, "epoch": record.epoch,
+                      "test_loss": record.test_loss, "accuracy": record.accuracy}
+            self.tensorboard.scalars(record.step, {MASTER_TAGS[k]: v for k, v in values.items()}, record.time)
         if record.rows is not None:
             self.rows(record.ranks, record.rows, record)
         elif record.step in self._row_steps:
@@ -100,7 +113,24 @@ class Recorder:
         else:
             self._row_steps[step] = (len(rows), examples, wait)
         self.view.update(ranks=ranks, rows=rows)
+        if self.tensorboard is not None:
+            self._tensorboard_rows(step, ranks, rows)
         self.run_dir.trace.flush()
+
+    def _tensorboard_rows(self, step: int, ranks: list[int], rows: np.ndarray) -> None:
+        """Each worker's timing words, examples and bytes of the step, as the tables have them; flushed at once so
+        that TensorBoard shows the run as it goes."""
+        from anytimectl.tensorboard_events import WORKER_TAGS
+
+        layout = self.layout
+        values = {}
+        for rank, row in zip(ranks, rows, strict=True):
+            for field, tag in WORKER_TAGS.items():
+                value = float(row[layout[field]])
+                if value >= 0:  # -1: not known (the first step's previous phases)
+                    values[f"workers/{rank}/{tag}"] = value
+        self.tensorboard.scalars(step, values, float(np.max(rows[:, layout["time"]])))
+        self.tensorboard.flush()
 
     def _collect_row(self, record: StepRecord, count: int, examples: float, wait: float) -> None:
         self.run_dir.tables["collect_stats"].write([(
@@ -160,6 +190,23 @@ class Recorder:
         }
         summary.update(extra)
         return summary
+
+
+#: TensorBoard event files written as the run goes, into DIR/<run name>/
+TENSORBOARD_VARIABLE = "ANYTIMECTL_TENSORBOARD"
+
+
+def _tensorboard_writer(config: dict[str, Any], run_name: str) -> Any:
+    """A scalar writer when the run asked for TensorBoard (config `tensorboard`, or ANYTIMECTL_TENSORBOARD=DIR),
+    else None. Framework-free (anytimectl.tensorboard_events), so any method's rank 0 may write."""
+    import os
+
+    where = config.get("tensorboard") or os.environ.get(TENSORBOARD_VARIABLE)
+    if not where:
+        return None
+    from anytimectl.tensorboard_events import ScalarWriter
+
+    return ScalarWriter(Path(str(where)) / run_name)
 
 
 def _number(value: float) -> Any:

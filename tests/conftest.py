@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         args += ["-k", config.option.keyword]
     if config.option.markexpr:
         args += ["-m", config.option.markexpr]
+    if config.option.collectonly:
+        args.append("--collect-only")
+    if config.option.durations is not None:
+        args.append(f"--durations={config.option.durations}")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_sep("=", "torch tests (their own process: TensorFlow and torch never share one)")
     child = subprocess.run(args, env={**os.environ, _CHILD: "1"}, cwd=config.rootpath)
     if child.returncode not in (0, 5):
         session.exitstatus = child.returncode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/torch/ imports torch: it carries the `torch` marker without each file saying so."""
+    for item in items:
+        if TORCH_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +113,39 @@ def real_runs(tmp_path_factory) -> dict[str, Path]:
     anytimectl("train", "amb", "--batch-size", "32", "--partitions", "4", "--name", "amb", *common)
     anytimectl("train", "fmb", "--batch-size", "32", "--name", "fmb", *common)
     return {"amb": out / "amb", "fmb": out / "fmb"}
+
+
+@pytest.fixture(scope="session")
+def sim_runs(tmp_path_factory) -> Path:
+    """A small sweep made by the real tool on the simulated backend (no framework, seconds each): AMB and FMB with
+    two seeds each in folders of their own, and an FMB run stopped by Ctrl-C (`interrupted`). For the commands that
+    read many run directories (`runs`, TensorBoard export), which need real directories, not a real framework."""
+    out = tmp_path_factory.mktemp("sim-sweep")
+    common = ["--backend", "sim", "--workers", "2", "--steps", "6", "--test-size", "200", "--quiet"]
+    jobs = [
+        subprocess.Popen([sys.executable, "-m", "anytimectl", "train", method, *common, "--seed", str(seed),
+                          "--out", str(out / method), "--name", f"{method}-s{seed}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        for method in ("amb", "fmb") for seed in (0, 1)
+    ]
+    for job in jobs:
+        _, err = job.communicate(timeout=240)
+        assert job.returncode == 0, err
+    stopped = out / "fmb" / "stopped"
+    job = subprocess.Popen([sys.executable, "-m", "anytimectl", "train", "fmb", "--backend", "sim", "--workers", "0",
+                            "--steps", "100000", "--out", str(out / "fmb"), "--name", "stopped", "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                           start_new_session=True)
+    try:
+        table = stopped / "master_stats.csv"
+        deadline = time.monotonic() + 120
+        while not (table.is_file() and len(table.read_text().splitlines()) > 3):
+            assert job.poll() is None and time.monotonic() < deadline, "the run to interrupt did not start"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGINT)
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130, err
+    return out

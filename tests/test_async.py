@@ -22,6 +22,8 @@ from helpers import anytimectl, metadata, table
 from anytimectl.launch import find_mpiexec
 from anytimectl.protocols.async_master_worker import ASYNC_FIELDS, AsyncMasterWorkerProtocol
 
+pytestmark = pytest.mark.mpi
+
 CHANNEL = Path(__file__).parent / "mpi" / "async_channel.py"
 SIM = ["--backend", "sim", "--sim-example-time", "0.0005", "--sim-params", "2000", "--induce", "niagara:0.03"]
 
@@ -78,6 +80,7 @@ def test_async_amb_run_accounts_for_every_contribution(tmp_path, rule):
         assert (table(run, "collect_stats").worker_count >= 3).all()
 
 
+@pytest.mark.slow
 def test_async_fmb_over_mpi_messages_with_simulated_delays(tmp_path):
     result = anytimectl("train", "fmb", "--protocol", "async", "--workers", "3", "--steps", "12", *SIM,
                         "--batch-size", "32", "--async-batch-min", "2", "--async-delay-std", "0.01",
@@ -101,7 +104,8 @@ def test_async_fmb_over_mpi_messages_with_simulated_delays(tmp_path):
     assert [p.suffix for p in figures.iterdir()] == [".png"]
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("torch", marks=pytest.mark.torch)])
 def test_async_amb_on_a_framework_backend(tmp_path, backend):
     """The engines' own micro-batch loops take the newer models (TensorFlow: inside the compiled loop)."""
     result = anytimectl("train", "amb", "--backend", backend, "--protocol", "async", "--workers", "2", "--steps",
@@ -142,6 +146,7 @@ def test_a_stopped_async_run_ends_every_rank_and_is_recorded(tmp_path, how):
     assert not leftover.stdout.strip(), "ranks left running"
 
 
+@pytest.mark.slow
 def test_sync_runs_have_no_async_columns(real_runs):
     workers = table(real_runs["amb"], "worker_stats")
     assert not set(ASYNC_FIELDS) & set(workers.columns)

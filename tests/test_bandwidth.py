@@ -15,7 +15,10 @@ from test_cli_errors import assert_one_line_error
 from anytimectl.bandwidth import COLUMNS, ratio_table, target_met
 from anytimectl.launch import find_mpiexec
 
+pytestmark = pytest.mark.mpi
 
+
+@pytest.mark.slow
 def test_relaunches_per_worker_count_and_writes_the_documented_table(tmp_path):
     result = anytimectl("bandwidth", "--workers", "1,2", "--sizes", "2^10,2^12", "--rounds", "3", "--warmup", "1",
                         "--out", str(tmp_path), "--name", "b", "--json")
@@ -41,6 +44,7 @@ def test_relaunches_per_worker_count_and_writes_the_documented_table(tmp_path):
                                      check=False), "bandwidth run", "master_bandwidth")
 
 
+@pytest.mark.slow
 def test_measures_an_existing_job_and_only_rank_zero_writes(tmp_path):
     command = [find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", "-m", "anytimectl", "bandwidth",
                "--sizes", "2^10", "--rounds", "3", "--warmup", "1", "--model", "mlp", "--out", str(tmp_path)]

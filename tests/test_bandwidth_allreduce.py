@@ -13,6 +13,8 @@ from anytimectl.bandwidth import ratio_table, target_met
 from anytimectl.bandwidth_allreduce import COLUMNS
 from anytimectl.launch import find_mpiexec
 
+pytestmark = pytest.mark.mpi
+
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_an_mpi_job_measures_both_layers_interleaved(ranks):

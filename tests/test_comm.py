@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from anytimectl.launch import find_mpiexec
 
 SCRIPT = Path(__file__).parent / "mpi" / "comm_check.py"
 
 
+@pytest.mark.mpi
 def test_reduce_broadcast_gather_collect_distribute_and_sleeping_wait():
     result = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT)],
                             capture_output=True, text=True, timeout=120)

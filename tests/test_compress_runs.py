@@ -15,6 +15,8 @@ from test_cli_errors import assert_one_line_error
 
 from anytimectl.protocols.compressed import CompressedProtocol
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
+
 TABLES = CompressedProtocol.columns.tables()
 TRAIN = 1437  # digits training examples
 COMMON = ["--workers", "2", "--test-size", "60", "--quiet"]

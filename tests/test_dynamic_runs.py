@@ -19,6 +19,8 @@ from test_train_runs import _ranks_of, _wait_for_rows
 from anytimectl.launch import find_mpiexec
 from anytimectl.protocols.dynamic import DynamicProtocol
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
+
 TABLES = DynamicProtocol.columns.tables()
 BACKEND = os.environ.get("ANYTIMECTL_DYNAMIC_BACKEND", "torch")
 TRAIN = 1437  # digits training examples

@@ -13,6 +13,8 @@ import pytest
 
 from anytimectl.launch import find_mpiexec
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
+
 SCRIPT = Path(__file__).parent / "mpi" / "gossip_invariants.py"
 
 

@@ -80,6 +80,8 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_momentum_0_alone_means_plain_sgd(tmp_path):
     """The dataset's Nesterov default goes with its momentum; only an explicit --nesterov asks for momentum."""
     result = anytimectl("train", "gossip", "--method", "local", "--momentum", "0", "--steps", "2", "--json",

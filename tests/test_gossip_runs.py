@@ -4,6 +4,7 @@ for the same seed, and checkpoints that a resumed run continues exactly."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from helpers import REPO, anytimectl, metadata, table
 
 from anytimectl.gossip_schedule import GossipSchedule
 from anytimectl.protocols.gossip import GossipProtocol
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
 
 COMMON = ("--test-size", "100", "--log-every", "5", "--quiet")
 WORKER_COLUMNS = GossipProtocol.columns.tables()["worker_stats"]
@@ -119,6 +122,20 @@ def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_it(runs):
     assert steps == [9, 12]  # --keep-checkpoints 2
     events = [json.loads(line)["msg"] for line in (b / "events.jsonl").read_text().splitlines()]
     assert events.count("resumed") == 1 and events.count("run completed") == 2
+
+
+def test_runs_show_tells_a_resumed_run_s_segments_and_runs_lists_each_gossip_variant(runs):
+    account = json.loads(anytimectl("runs", "show", str(runs / "b"), "--format", "json").stdout)
+    first, second = account["segments"]
+    assert (first["from_step"], first["status"], second["from_step"], second["status"]) == (0, "completed", 6,
+                                                                                             "completed")
+    assert second["argv"][:2] == ["train", "gossip"] and "--resume" in second["argv"]
+    assert account["figures"]["steps"] == 12
+    listed = pd.read_csv(io.StringIO(anytimectl("runs", str(runs), "--format", "csv").stdout))
+    variants = dict(zip(listed["name"], listed["variant"], strict=True))
+    assert variants["elastic"] == "elastic p=1/2" and variants["a"] == "gossip p=1/2"
+    assert set(listed["method"]) == {"gossip"} and set(listed["status"]) == {"completed"}
+    assert (listed["bytes_sent"] > 0).sum() == 4  # the local run sends nothing
 
 
 def test_resume_refuses_a_run_that_already_ended_and_other_options(runs):

@@ -25,7 +25,8 @@ from helpers import metadata
 
 from anytimectl import launch
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; Linux only")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; Linux only"),
+              pytest.mark.mpi]
 
 MARKER = "ANYTIMECTL_TEST_MARKER"
 JOB = Path(__file__).with_name("launcher_job.py")

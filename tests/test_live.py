@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from anytimectl.live import LiveView
+from anytimectl.live import LiveView, Progress
 from anytimectl.records import LiveColumn, RowLayout, StepRecord
 
 LAYOUT = RowLayout(("batch_size",))
@@ -67,3 +67,30 @@ def test_off_prints_nothing():
         feed(view, step(1, workers=1))
     view.note("hello")
     assert view.console.file.getvalue() == ""
+
+
+def test_progress_counts_the_end_that_comes_first_and_estimates_the_time_left():
+    by_steps = Progress(steps=100)
+    by_steps.seen(10, 0.0, now=0.0)  # a resumed run, or after start-up: the pace counts from the first step seen
+    assert by_steps.eta(10, 0.0, now=0.0) is None  # no pace yet
+    assert by_steps.eta(30, 0.0, now=20.0) == pytest.approx(0.7 * 20.0 / 0.2)
+    assert by_steps.text(30, 0.0, now=20.0) == "step 30/100 (30%), ETA 1m10s"
+    both = Progress(steps=1000, epochs=2.0)
+    assert both.fraction(100, 1.5) == pytest.approx(0.75) and both.by_epochs(100, 1.5)
+    assert both.text(100, 1.5, now=5.0).startswith("step 100  epoch 1.50/2 (75%), ETA")
+    assert not both.by_epochs(900, 0.5) and both.fraction(900, 0.5) == pytest.approx(0.9)
+    assert Progress().text(5, 0.1, now=1.0) == ""  # only --target-accuracy: no known end
+
+
+@pytest.mark.parametrize("mode", ["table", "lines"])
+def test_the_view_shows_progress_and_eta_in_the_table_and_the_plain_lines(mode):
+    view = LiveView("demo", hosts("h"), LAYOUT, mode=mode, interval=0)
+    view.expect(steps=10, epochs=None)  # what the recorder tells it from the run's configuration
+    view.console = Console(file=io.StringIO(), force_terminal=mode == "table", width=200)
+    with view:
+        for number in (1, 2, 3):
+            feed(view, step(number, workers=1))
+    output = view.console.file.getvalue()
+    assert "step 3/10 (30%), ETA " in output and "ETA -" in output  # the first step: no pace yet
+    if mode == "lines":
+        assert output.strip().splitlines()[-1].startswith("demo: step 3/10 (30%), ETA ")

@@ -13,7 +13,10 @@ import sys
 import termios
 import time
 
+import pytest
 from helpers import REPO
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 
 def run_on_a_terminal(args: list[str], columns: int = 100, timeout: float = 240) -> tuple[int, str]:
@@ -48,6 +51,7 @@ def test_workers_on_a_terminal_draw_the_rich_table(tmp_path):
     # the table's frame and headings, drawn in place (cursor movements), not the plain 5-second lines
     assert "recv (idle)" in output and "┏" in output and "\x1b[" in output, output[-3000:]
     assert "fmb-digits" in output  # the final summary still reaches the terminal
+    assert "step 8/8 (100%), ETA 0s" in output  # progress against --steps, from the run's configuration
 
 
 def test_live_off_prints_no_table_on_a_terminal(tmp_path):

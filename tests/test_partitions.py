@@ -67,6 +67,7 @@ def test_recommendation_is_the_smallest_size_under_threshold_at_every_larger_siz
     assert "32 examples" in recommend(rows(512, {1: 1.0, 16: 1.01}), 0.1).text("cifar10")
 
 
+@pytest.mark.slow
 def test_eval_writes_the_documented_table(tmp_path):
     result = anytimectl("partitions", "eval", "--model", "mlp", "--batch-size", "16", "--partitions", "2,4",
                         "--steps", "2", "--repeats", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path),
@@ -87,6 +88,7 @@ def test_eval_writes_the_documented_table(tmp_path):
     assert len(report["rows"]) == 3
 
 
+@pytest.mark.slow
 def test_sweep_measures_each_batch_in_its_own_process_and_draws_the_figure(tmp_path):
     result = anytimectl("partitions", "sweep", "--model", "mlp", "--batch-sizes", "4..8", "--steps", "1",
                         "--repeats", "1", "--warmup", "1", "--threads", "1", "--out", str(tmp_path), "--name", "s",

@@ -6,6 +6,8 @@ import pytest
 from helpers import anytimectl
 from PIL import Image
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+
 
 @pytest.mark.parametrize(("figure_type", "extra"), [
     ("panel_main", []),

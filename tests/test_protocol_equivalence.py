@@ -16,6 +16,8 @@ import pytest
 
 from anytimectl.launch import find_mpiexec
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+
 SCRIPT = Path(__file__).parent / "mpi" / "protocol_equivalence.py"
 
 

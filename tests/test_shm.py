@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from anytimectl.launch import find_mpiexec
+
+pytestmark = pytest.mark.mpi
 
 SCRIPT = Path(__file__).parent / "mpi" / "shm_check.py"
 

@@ -18,6 +18,8 @@ from anytimectl.backends.sim import Curve, synthetic_dataset
 from anytimectl.backends.sim.engine import SimEngine
 from anytimectl.errors import UsageError
 
+pytestmark = pytest.mark.mpi
+
 EXAMPLE = 0.002
 
 
@@ -150,6 +152,7 @@ def test_sim_job_writes_the_documented_tables(tmp_path, method):
         assert (workers.num_samples == 128).all()
 
 
+@pytest.mark.slow
 def test_many_sim_workers_on_a_small_machine(tmp_path):
     anytimectl("train", "fmb", "--backend", "sim", "--workers", "16", "--steps", "4", "--batch-size", "16",
                "--sim-example-time", "0.001", "--out", str(tmp_path), "--name", "many", "--quiet")

@@ -3,9 +3,12 @@ real 2-worker run through the CLI, writing the same tables as on TensorFlow."""
 
 from __future__ import annotations
 
+import pytest
 from helpers import anytimectl, metadata, table
 
 from anytimectl.protocols.master_worker import MasterWorkerProtocol
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
 
 TABLES = MasterWorkerProtocol.columns.tables()
 STEPS = 6

@@ -12,6 +12,8 @@ import pytest
 
 from anytimectl.launch import find_mpiexec
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
+
 SCRIPT = Path(__file__).parent / "mpi" / "torch_transport_check.py"
 
 

@@ -16,6 +16,8 @@ from helpers import REPO, anytimectl, metadata, table
 from anytimectl.protocols.master_worker import MasterWorkerProtocol
 from anytimectl.rundir import read_trace
 
+pytestmark = pytest.mark.mpi
+
 TABLES = MasterWorkerProtocol.columns.tables()
 MASTER_COLUMNS, WORKER_COLUMNS, COLLECT_COLUMNS = (TABLES[t] for t in ("master_stats", "worker_stats",
                                                                         "collect_stats"))
@@ -23,6 +25,7 @@ MASTER_COLUMNS, WORKER_COLUMNS, COLLECT_COLUMNS = (TABLES[t] for t in ("master_s
 STEPS = 6  # must match conftest.real_runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["amb", "fmb"])
 def test_two_worker_run_writes_the_documented_tables(real_runs, method):
     run = real_runs[method]
@@ -47,6 +50,7 @@ def test_two_worker_run_writes_the_documented_tables(real_runs, method):
     assert (first[["last_send", "last_recv", "last_exit"]] == -1).all().all()
 
 
+@pytest.mark.slow
 def test_amb_batches_vary_and_fmb_batches_do_not(real_runs):
     amb, fmb = table(real_runs["amb"], "worker_stats"), table(real_runs["fmb"], "worker_stats")
     assert (fmb.num_samples == 32).all()
@@ -55,6 +59,7 @@ def test_amb_batches_vary_and_fmb_batches_do_not(real_runs):
     assert (table(real_runs["amb"], "collect_stats").time_limit > 0).all()
 
 
+@pytest.mark.slow
 def test_events_are_bunyan_records(real_runs):
     lines = (real_runs["amb"] / "events.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -63,6 +68,7 @@ def test_events_are_bunyan_records(real_runs):
     assert records[-1]["msg"] == "run completed"
 
 
+@pytest.mark.slow
 def test_trace_has_every_phase_per_worker(real_runs):
     events = read_trace(real_runs["fmb"] / "trace.json")
     spans = [e for e in events if e["ph"] == "X"]
@@ -72,6 +78,7 @@ def test_trace_has_every_phase_per_worker(real_runs):
     assert (0, "collect") in names and (0, "evaluate") in names
 
 
+@pytest.mark.slow
 def test_single_process_run_with_json_summary(tmp_path):
     result = anytimectl("train", "fmb", "--workers", "0", "--steps", "3", "--batch-size", "16", "--out",
                         str(tmp_path), "--json")
@@ -80,6 +87,7 @@ def test_single_process_run_with_json_summary(tmp_path):
     assert Path(summary["run_dir"]).is_dir()
 
 
+@pytest.mark.slow
 def test_target_accuracy_stops_the_run(tmp_path):
     result = anytimectl("train", "fmb", "--workers", "0", "--target-accuracy", "0.5", "--log-every", "2",
                         "--out", str(tmp_path), "--json", "--learning-rate", "0.003")
@@ -88,6 +96,7 @@ def test_target_accuracy_stops_the_run(tmp_path):
     assert summary["final_accuracy"] >= 0.5
 
 
+@pytest.mark.slow
 def test_persistent_slow_rank_reports_fewer_examples(tmp_path):
     anytimectl("train", "amb", "--workers", "2", "--slow", "2:4", "--time-limit", "0.2", "--batch-size", "256",
                "--partitions", "32", "--steps", "5", "--out", str(tmp_path), "--name", "slow", "--quiet")
@@ -133,8 +142,9 @@ def _ranks_of(parent: int) -> dict[int, int]:
 def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
     marker = str(os.getpid())
     process = subprocess.Popen(
-        [sys.executable, "-m", "anytimectl", "train", "fmb", "--workers", "2", "--steps", "100000", "--out",
-         str(tmp_path), "--name", "victim", "--quiet", "--batch-size", "16"],
+        # the simulated backend: the run shell's failure handling is under test, not a framework (no start-up cost)
+        [sys.executable, "-m", "anytimectl", "train", "fmb", "--backend", "sim", "--workers", "2", "--steps",
+         "100000", "--out", str(tmp_path), "--name", "victim", "--quiet", "--batch-size", "16"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "ANYTIMECTL_TEST_PARENT": marker})
     run = tmp_path / "victim"
@@ -153,8 +163,8 @@ def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_marks_the_run_interrupted(tmp_path):
-    process = _start(["train", "amb", "--workers", "2", "--steps", "100000", "--out", str(tmp_path),
-                      "--name", "stopped", "--batch-size", "32", "--partitions", "4"])
+    process = _start(["train", "amb", "--backend", "sim", "--workers", "2", "--steps", "100000", "--out",
+                      str(tmp_path), "--name", "stopped", "--batch-size", "32", "--partitions", "4"])
     run = tmp_path / "stopped"
     _wait_for_rows(run / "master_stats.csv", 3, process)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
@@ -175,6 +185,7 @@ def test_python_dash_m_and_console_script_agree():
     assert result.returncode == 0 and result.stdout.startswith("anytimectl ")
 
 
+@pytest.mark.slow
 def test_a_job_started_with_mpiexec_takes_its_size_from_the_job(tmp_path):
     from anytimectl.launch import find_mpiexec
 
@@ -190,6 +201,7 @@ def test_a_job_started_with_mpiexec_takes_its_size_from_the_job(tmp_path):
     assert meta["status"] == "completed" and meta["world_size"] == 3 and meta["config"]["workers"] == 2
 
 
+@pytest.mark.slow
 def test_epochs_stop_the_run(tmp_path):
     result = anytimectl("train", "fmb", "--workers", "0", "--epochs", "0.5", "--batch-size", "64", "--out",
                         str(tmp_path), "--json")
@@ -198,6 +210,7 @@ def test_epochs_stop_the_run(tmp_path):
     assert 0.5 <= summary["epochs"] < 0.5 + 64 / 1437 + 1e-9  # stops at the first step that reaches it
 
 
+@pytest.mark.slow
 def test_learning_rate_schedule_reaches_the_optimizer_log(tmp_path):
     anytimectl("train", "fmb", "--workers", "0", "--steps", "5", "--batch-size", "16", "--lr-schedule",
                "exponential", "--lr-decay-steps", "2", "--lr-decay-rate", "0.5", "--out", str(tmp_path),
@@ -206,6 +219,7 @@ def test_learning_rate_schedule_reaches_the_optimizer_log(tmp_path):
     assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
 
 
+@pytest.mark.slow
 def test_args_json_gives_the_originals_scripts_their_names(real_runs):
     """The original's analysis scripts read args.json: the AMB limit the workers used, counts, the delay model."""
     amb = json.loads((real_runs["amb"] / "args.json").read_text())
