@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from anytimectl import exchange as registry
 from anytimectl.commands.common import (
     check_data,
     check_devices,
@@ -30,6 +31,7 @@ from anytimectl.commands.common import (
     run_request,
 )
 from anytimectl.errors import UsageError
+from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
     PANEL_DATA,
     PANEL_OUTPUT,
@@ -124,20 +126,13 @@ _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/
                                    "--rescale/--no-rescale")]
 
 
-@with_option_groups(test_size=-1, log_every=None)  # --log-every left out: once an epoch (the protocol counts)
+@with_option_groups(test_size=-1, log_every=None, compressor="topk")  # --log-every left out: once an epoch
 def train(
     launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
-    output: OutputOptions,
-    method: _Method = "topk",
-    mode: _Mode = "layerwise",
-    ratio: _Ratio = 0.01,
-    threshold: _Threshold = 0.001,
-    levels: _Levels = 255,
-    value_dtype: _ValueDtype = "float32",
-    rescale: _Rescale = False,
-    error_feedback: Annotated[bool, _option(
-        "Add what a worker did not send to its next gradient (the original had none).",
-        "--error-feedback/--no-error-feedback")] = False,
+    output: OutputOptions, exchange: ExchangeOptions,
+    method: Annotated[str | None, aliased_choice(
+        registry.names(), registry.aliases(), hidden=True,
+        help="The compressor's former name: --compressor.")] = None,
     batch_size: Annotated[int | None, _option(
         "Examples per worker per step (default: cifar10 512, digits 32).", metavar="N", min=1,
         panel=PANEL_TRAINING, show_default=False)] = None,
@@ -161,9 +156,11 @@ def train(
 
     Every worker computes the summed gradient of its own batch (its own shard
     of the data, all from the same initial model), compresses it with the
-    method (with error feedback if asked), packs it (indices and values, or
-    bit-packed levels) and all-gathers the variable-size payloads; every
-    worker decodes all of them and applies the same averaged update. The
+    --compressor (with error feedback if asked), packs it (indices and values,
+    or bit-packed levels) and all-gathers the variable-size payloads; every
+    worker decodes all of them and applies the same averaged update (fp16 and
+    bf16 are summed by an all-reduce instead). --method is the former name of
+    --compressor and still works. The
     recipe is cifar10-fast's, as the original ran it: SGD (Nesterov when
     --momentum > 0), a piecewise-linear rate 0 -> 0.4 -> 0, weight decay,
     augmentation on cifar10, the whole test set every epoch (--log-every N:
@@ -172,16 +169,21 @@ def train(
 
     \b
     Examples:
-      anytimectl compress train --workers 2 --method topk --ratio 0.01 \\
+      anytimectl compress train --workers 2 --compressor topk --ratio 0.01 \\
           --error-feedback
-      anytimectl compress train --workers 4 --method qsgd --levels 255 \\
+      anytimectl compress train --workers 4 --compressor qsgd --levels 255 \\
           --mode entire
       mpiexec -n 4 anytimectl compress train --dataset cifar10 \\
-          --data-dir ~/data --model resnet9 --method terngrad --epochs 24
-      anytimectl compress train --workers 2 --method Thresholdv -V 0.01
+          --data-dir ~/data --model resnet9 --compressor terngrad --epochs 24
+      anytimectl compress train --workers 2 --compressor Thresholdv -V 0.01
       anytimectl plot runs/compress-* --type accuracy_vs_bytes
     """
-    check_compression(method, ratio, threshold, levels, rescale)
+    if method is not None:
+        if exchange.compressor not in ("topk", method):  # --compressor given too, and different
+            raise UsageError(f"--method {method} and --compressor {exchange.compressor} disagree; give one "
+                             "(--compressor is the current name)")
+        exchange.compressor = method
+    exchange.check(BACKEND)
     recipe = RECIPES[data.dataset]
     if data.model is None:
         data.model = recipe.model
@@ -212,9 +214,9 @@ def train(
     optimizer = OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
     config = common_config(launch, data, length, stragglers, optimizer)
     config.update(described)
-    config.update(model=model, backend=BACKEND, method=method, mode=mode, ratio=ratio, threshold=threshold,
-                  levels=levels, value_dtype=value_dtype, rescale=rescale,
-                  error_feedback=error_feedback and method != "none", batch_size=batch, epochs=epochs,
+    config.update(exchange.config())
+    # "method": the compressor under its former key, which run directories of earlier versions (and plots) read
+    config.update(model=model, backend=BACKEND, method=exchange.compressor, batch_size=batch, epochs=epochs,
                   lr_schedule="piecewise", lr_peak_epoch=lr_peak_epoch, lr_knots=None, momentum=momentum,
                   nesterov=momentum > 0, augment=chosen,
                   log_every=length.log_every)

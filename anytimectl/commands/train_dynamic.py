@@ -17,6 +17,7 @@ from anytimectl.commands.common import (
     run_request,
 )
 from anytimectl.errors import UsageError
+from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.input_transform import InputTransform
 from anytimectl.options import (
     DataOptions,
@@ -44,7 +45,7 @@ Policy = Literal["static", "increasing", "decreasing", "loss", "progress", "prob
 @with_option_groups()
 def dynamic(
     launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions,
+    stragglers: StragglerOptions, output: OutputOptions, exchange: ExchangeOptions,
     policy: Annotated[Policy, typer.Option(
         rich_help_panel=PANEL_POLICY,
         help="How the batches change: static, increasing, decreasing, loss, progress, probe or dbs "
@@ -91,10 +92,11 @@ def dynamic(
     """Synchronous data-parallel SGD with no master; per-worker batches adapt.
 
     Every worker computes the sum of its gradients over its batch; one all-reduce sums them with the example
-    counts, and every worker applies the same per-example mean. The policy decides after each epoch (one pass
-    over the training set by all workers together); each worker's share of the data follows its batch. The
-    learning rate follows the global batch (--lr-scaling). Workers are numbered 1..N: --slow 2:2 is the
-    second worker.
+    counts, and every worker applies the same per-example mean. --compressor sends the gradients through any
+    exchange of `compress train` instead (a cast, a sparsifier, a quantiser; with error feedback if asked).
+    The policy decides after each epoch (one pass over the training set by all workers together); each
+    worker's share of the data follows its batch. The learning rate follows the global batch (--lr-scaling).
+    Workers are numbered 1..N: --slow 2:2 is the second worker.
 
     \b
     Policies (b = per-worker batch, kept within --min-batch..--max-batch):
@@ -118,6 +120,8 @@ def dynamic(
       anytimectl train dynamic --workers 4 --policy loss --induce niagara:0.05
       anytimectl train dynamic --workers 4 --policy static --batch-size 64 \\
           --epochs 5 --json
+      anytimectl train dynamic --workers 4 --policy dbs --compressor topk \\
+          --ratio 0.01 --error-feedback
       mpiexec -n 4 anytimectl train dynamic --dataset cifar10 --data-dir ~/data \\
           --model resnet18 --policy dbs
       anytimectl train dynamic --workers 2 --dataset mnist --data-dir ~/data \\
@@ -126,6 +130,7 @@ def dynamic(
     from anytimectl.data import describe_dataset
 
     workers = launch.workers
+    exchange.check(backend)
     if transport == "torch" and backend != "torch":
         raise UsageError("--transport torch needs --backend torch (TensorFlow and torch never share a process)")
     if min_batch > max_batch and policy != "dbs":  # dbs has no per-worker ceiling (its global batch is fixed)
@@ -150,6 +155,7 @@ def dynamic(
     if length.steps is None and length.epochs is None and length.target_accuracy is None:
         epochs = DEFAULT_EPOCHS
     config.update(asdict(options))
+    config.update(exchange.config())
     config.update(model=model, backend=backend, policy=policy, batch_size=batch_size, epochs=epochs,
                   lr_scaling=lr_scaling, transport=transport, resize=resize, channels=channels, normalize=normalize)
     exit_with(run_request(command="train", method="dynamic", protocol="dynamic", backend=backend,

@@ -22,6 +22,7 @@ from anytimectl.commands.common import (
     run_request,
 )
 from anytimectl.errors import UsageError
+from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
     PANEL_TRAINING,
     DataOptions,
@@ -78,7 +79,7 @@ def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) ->
 def gossip(
     ctx: typer.Context,
     launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
-    output: OutputOptions, checkpoints: CheckpointOptions,
+    output: OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
     method: Annotated[str, aliased_choice(
         METHODS, METHOD_ALIASES, rich_help_panel=PANEL_GOSSIP,
         help="local (one process), nocomm (average at the end), allreduce (gradients every step), elastic "
@@ -142,6 +143,8 @@ def gossip(
           --induce niagara:0.05
       anytimectl train gossip --workers 4 --method allreduce --dataset mnist \\
           --data-dir ~/data/mnist
+      anytimectl train gossip --workers 4 --method allreduce --compressor topk \\
+          --ratio 0.01 --error-feedback
       anytimectl train gossip --workers 8 --weighted --penalty 2 --json
       anytimectl train gossip --workers 4 --checkpoint-every 100 --name g1
       anytimectl train gossip --resume runs/g1 --epochs 20
@@ -155,6 +158,10 @@ def gossip(
         data.model = MODELS[data.dataset]
     model = resolve_model(data, BACKEND)
     workers = launch.workers
+    exchange.check(BACKEND)
+    if exchange.compressor != "none" and method != "allreduce":
+        raise UsageError(f"--compressor {exchange.compressor} compresses the gradients that --method allreduce "
+                         f"exchanges; --method {method} exchanges none: use --method allreduce or drop --compressor")
     if method == "local" and workers not in (None, 0, 1):
         raise UsageError(f"--method local runs one process; drop --workers {workers} (or use another method)")
     if workers == 1:
@@ -194,6 +201,7 @@ def gossip(
                   weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=batch,
                   per_worker_batch=batch // ranks, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
+    config.update(exchange.config())
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
                           dataset=data.dataset, model=model, config=config, launch=launch, output=output,
                           seed=stragglers.seed))

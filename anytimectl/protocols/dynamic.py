@@ -160,7 +160,8 @@ class DynamicProtocol(AllReduceProtocol):
 
     def metadata(self) -> dict[str, Any]:
         c = self.context.config
-        return {"batch_policy": {"policy": self.policy.name, "start_batches": list(self.policy.batches),
+        return {**super().metadata(),
+                "batch_policy": {"policy": self.policy.name, "start_batches": list(self.policy.batches),
                                  "start_global_batch": self.start_global_batch, "lr_scaling": self.lr_scaling,
                                  "window": self.policy.window, "input_transform": self.transform.describe(),
                                  "transport": c.get("transport") or "mpi"}}
@@ -185,7 +186,7 @@ class DynamicProtocol(AllReduceProtocol):
         return super().step(step, learning_rate)
 
     def stepped(self, step: int, learning_rate: float, result: PeerStep) -> None:
-        result.master = {"global_batch": self.policy.global_batch}
+        result.master = {**(result.master or {}), "global_batch": self.policy.global_batch}
         self._loss_sum += result.loss * result.examples
         self._loss_examples += result.examples
         self._examples += self.clock.row[self.layout["num_samples"]]

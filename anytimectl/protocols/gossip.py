@@ -114,8 +114,11 @@ class GossipProtocol(AllReduceProtocol):
         from anytimectl.backends import configure
         from anytimectl.data import test_subset
 
-        super().prepare()  # AllReduceProtocol's transport, for the allreduce method
+        super().prepare()  # AllReduceProtocol's transport and gradient exchange, for the allreduce method
         c = self.context.config
+        if self.exchange_options.compressor != "none" and c["method"] != "allreduce":
+            raise UsageError(f"--compressor {self.exchange_options.compressor} compresses gradients, which only "
+                             f"--method allreduce exchanges; drop --compressor or use --method allreduce")
         requested = c["method"]
         if requested == "local" and self.size > 1:
             raise UsageError(f"--method local runs one process, not {self.size}; drop --workers (or use 1)")
@@ -155,7 +158,8 @@ class GossipProtocol(AllReduceProtocol):
         return self.per_worker
 
     def metadata(self) -> dict[str, Any]:
-        return {"gossip": {"method": self.method, "lag": self.lag, "per_worker_batch": self.per_worker,
+        return {**super().metadata(),
+                "gossip": {"method": self.method, "lag": self.lag, "per_worker_batch": self.per_worker,
                            "validation_examples": len(self.x_val), "training_examples": len(self.dataset.x_train),
                            "trainable_parameters": self.trainable}}
 
@@ -186,7 +190,7 @@ class GossipProtocol(AllReduceProtocol):
             result = super().step(step, learning_rate)
             self._mark(NO_PEER, self._everyone, self.size - 1)
             self._validate(step)
-            return PeerStep(loss=result.loss, examples=result.examples)
+            return PeerStep(loss=result.loss, examples=result.examples, master=result.master)
         x, y = self.training_batch(step, self.per_worker)
         buffer, examples, _ = self.engine.compute(x, y, 1, math.inf)
         self.stream.advance(examples)
@@ -259,6 +263,7 @@ class GossipProtocol(AllReduceProtocol):
     # --- the end ---------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Every worker's model on the test split, then the average of the models (AggTestAcc)."""
+        compression = self.exchange_summary()  # collective: every rank, before anything returns
         sent, received = (self.comm.bytes.sent, self.comm.bytes.received) if self.comm is not None else (0, 0)
         sent, received = sent - self.bytes_at_start[0], received - self.bytes_at_start[1]
         own_loss, own_accuracy = self.engine.evaluate(self.x_final, self.y_final)
@@ -288,6 +293,7 @@ class GossipProtocol(AllReduceProtocol):
             "bytes_recv_per_worker": {w: int(everyone[w - 1, 3]) for w in workers},
             "bytes_sent_per_update": float(np.mean(everyone[:, 2]) / updates),
             "test_examples": len(self.x_final),
+            **({"compression": compression} if compression else {}),
         }
         for w in workers:
             self.context.log("final test", worker=w, accuracy=summary["test_accuracy_per_worker"][w],

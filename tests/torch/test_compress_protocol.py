@@ -19,6 +19,8 @@ from anytimectl.backends.torch.compression import canonical_method, canonical_mo
 from anytimectl.backends.torch.engine import TorchEngine
 from anytimectl.backends.torch.models import build_model, to_model_input
 from anytimectl.commands.compress import METHOD_ALIASES, METHODS, MODE_ALIASES, MODES
+from anytimectl.exchange import entry as exchange_entry
+from anytimectl.exchange import names as exchange_names
 from anytimectl.launch import RankInfo
 from anytimectl.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
@@ -46,7 +48,7 @@ class _Recorder:
 def _protocol(**overrides) -> tuple[CompressedProtocol, RunContext]:
     config = dataclasses.asdict(OptimizerOptions(optimizer="sgd", learning_rate=0.4, weight_decay=5e-4))
     config.update(dataset="digits", data_dir=None, model="digits-cnn", seed=0, test_size=30, steps=None, epochs=1.0,
-                  target_accuracy=None, batch_size=64, method="topk", mode="layerwise", ratio=0.01, threshold=0.001,
+                  target_accuracy=None, batch_size=64, compressor="topk", mode="layerwise", ratio=0.01, threshold=0.001,
                   levels=255, value_dtype="float32", rescale=False, error_feedback=True, momentum=0.9, nesterov=True,
                   augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None, lr_knots=None)
     config.update(overrides)
@@ -64,6 +66,9 @@ def _protocol(**overrides) -> tuple[CompressedProtocol, RunContext]:
 
 def test_the_cli_names_are_the_librarys():
     assert METHODS == method_names()
+    codecs = [n for n in exchange_names() if exchange_entry(n).target.endswith(":CodecExchange")]
+    assert ["none", *codecs] == list(method_names())  # every codec is an exchange; none is the dense all-reduce
+    assert all(exchange_entry(alias).name == name for alias, name in METHOD_ALIASES.items())
     assert all(canonical_method(alias) == name for alias, name in METHOD_ALIASES.items())
     assert set(MODES) == {canonical_mode(m) for m in MODES}
     assert all(canonical_mode(alias) == name for alias, name in MODE_ALIASES.items())
@@ -130,9 +135,9 @@ def test_error_feedback_residual_survives_a_checkpoint():
         protocol.step(step, 0.1)
     protocol.examples = 3 * 64.0
     state = protocol.checkpoint_state()
-    residual = protocol.codec.memory.state()
-    assert np.abs(residual).max() > 0 and np.array_equal(state["residual"], residual)
+    residual = protocol.exchange.codec.memory.state()
+    assert np.abs(residual).max() > 0 and np.array_equal(state["exchange"]["residual"], residual)
     fresh, _ = _protocol(steps=3, epochs=None)
     fresh.load_checkpoint_state(state)
-    assert np.array_equal(fresh.codec.memory.state(), residual)
-    assert np.array_equal(fresh.totals, protocol.totals)
+    assert np.array_equal(fresh.exchange.codec.memory.state(), residual)
+    assert np.array_equal(fresh.exchange_totals, protocol.exchange_totals)

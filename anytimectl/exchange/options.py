@@ -1,0 +1,108 @@
+"""The compressor options, declared once: `compress train`, `train dynamic` and `train gossip` take this group
+(`anytimectl.options.with_option_groups`), so `--compressor topk --ratio 0.01 --error-feedback` means the same in
+every method. Choices come from the exchange registry (`anytimectl.exchange`); importing this imports no framework.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
+
+import typer
+
+from anytimectl import exchange as registry
+from anytimectl.errors import UsageError
+from anytimectl.options import aliased_choice
+
+PANEL_COMPRESSION = "Compression"
+MODES = ("layerwise", "entire")
+MODE_ALIASES = {"entiremodel": "entire", "entire-model": "entire", "layer-wise": "layerwise"}
+MAX_LEVELS = 1 << 30
+
+
+def _option(text: str, *names: str, metavar: str | None = None, **extra: Any) -> Any:
+    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL_COMPRESSION, help=text, **extra)
+
+
+def _compressor_option() -> Any:
+    option = aliased_choice(
+        registry.names(), registry.aliases(), rich_help_panel=PANEL_COMPRESSION,
+        help="How gradients travel: " + registry.help_text() + "; the original's Topk, Randomk, Thresholdv, "
+             "AdaptiveThreshold, TernGrad and RandomDithering work too.")
+    option.param_decls = ("--compressor",)
+    return option
+
+
+def _mode_option() -> Any:
+    option = aliased_choice(
+        MODES, MODE_ALIASES, rich_help_panel=PANEL_COMPRESSION,
+        help="layerwise: each tensor compressed on its own; entire: the whole model at once (the original's "
+             "--compress entiremodel works too).")
+    option.param_decls = ("--mode", "--compress", "-c")
+    return option
+
+
+@dataclass
+class ExchangeOptions:
+    """How a method's gradients travel between ranks (every field is an option; see `anytimectl.exchange`)."""
+
+    compressor: Annotated[str, _compressor_option()] = "none"
+    mode: Annotated[str, _mode_option()] = "layerwise"
+    ratio: Annotated[float, _option("K: the fraction of each tensor's (or the model's) elements topk and randomk "
+                                    "send, in (0, 1].", "--ratio", "-K", metavar="K")] = 0.01
+    threshold: Annotated[float, _option("V: threshold sends the elements with |g| >= V (of the summed gradient).",
+                                        "--threshold", "-V", metavar="V")] = 0.001
+    levels: Annotated[int, _option("s: qsgd's quantisation levels per sign (the original's --qstates).",
+                                   "--levels", "--qstates", "-Q", metavar="S")] = 255
+    value_dtype: Annotated[Literal["float32", "float16"], _option(
+        "The values that travel (topk, randomk, thresholds); terngrad's and qsgd's scales stay float32.",
+        "--value-dtype")] = "float32"
+    rescale: Annotated[bool, _option("randomk: multiply the values sent by n/k (1/K): an unbiased estimate.",
+                                     "--rescale/--no-rescale")] = False
+    error_feedback: Annotated[bool | None, _option(
+        "Add what a worker did not send to its next gradient (default: the method's; off for the original six "
+        "and signsgd, always on for ef-signsgd).", "--error-feedback/--no-error-feedback",
+        show_default=False)] = None
+
+    def __post_init__(self) -> None:
+        self.compressor = registry.entry(self.compressor).name
+
+    @property
+    def uses_error_feedback(self) -> bool:
+        """Error feedback as the run applies it: the flag, or the method's default when it was left out."""
+        default = registry.entry(self.compressor).error_feedback
+        if default is None:
+            return False
+        return default if self.error_feedback is None else bool(self.error_feedback)
+
+    def check(self, backend: str = "torch") -> None:
+        """Every option the compressor uses must make sense: one line otherwise, before anything starts."""
+        chosen = registry.entry(self.compressor)
+        if chosen.needs_torch and backend != "torch":
+            raise UsageError(f"--compressor {chosen.name} runs on torch: use --backend torch")
+        if not 0 < self.ratio <= 1:
+            raise UsageError(f"--ratio {self.ratio:g}: K must lie in (0, 1] (the fraction of elements sent; use "
+                             "--compressor none for no compression)")
+        if self.threshold < 0:
+            raise UsageError(f"--threshold {self.threshold:g}: V must be 0 or more (0 sends every non-zero element)")
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise UsageError(f"--levels {self.levels}: s must be an integer in 1..{MAX_LEVELS}")
+        if self.rescale and chosen.name != "randomk":
+            raise UsageError(f"--rescale scales random-k's values by 1/K; it does not apply to --compressor "
+                             f"{chosen.name}")
+        if self.error_feedback is not None and chosen.error_feedback is None:
+            raise UsageError(f"--compressor {chosen.name} has no error feedback to switch; drop "
+                             f"--{'no-' if not self.error_feedback else ''}error-feedback")
+        if self.error_feedback is False and chosen.error_feedback is True and "error_feedback" not in \
+                chosen.parameters:
+            raise UsageError(f"--compressor {chosen.name} always uses error feedback; drop --no-error-feedback")
+
+    def config(self) -> dict[str, Any]:
+        """The options as a run's metadata stores them (error feedback resolved to what the run applies)."""
+        return {**asdict(self), "error_feedback": self.uses_error_feedback}
+
+
+def from_config(config: dict[str, Any]) -> ExchangeOptions:
+    """The options a run's config holds (what `ExchangeOptions.config` wrote)."""
+    fields = ExchangeOptions.__dataclass_fields__
+    return ExchangeOptions(**{name: config[name] for name in fields if name in config})
