@@ -52,6 +52,7 @@ mathematics runs and is tested in one process as well as over MPI.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ import numpy as np
 import torch
 
 from anytimectl.errors import UsageError
+from anytimectl.exchange import Collectives, Exchange, ExchangeSpec, Marks, NoMarks
 
 from .codec import segments
 
@@ -217,6 +219,7 @@ class PowerSGD:
                 "min_compression_rate": self.min_compression_rate, "error_feedback": self.error_feedback,
                 "warm_start": self.warm_start, "epsilon": self.epsilon, "residual": self.residual_kind,
                 "compressed_tensors": len(self.matrices), "uncompressed_tensors": len(self.uncompressed_spans),
+                "matrices": [[m.rows, m.cols, m.rank] for m in self.matrices],
                 "floats_per_step": self.compressed_floats, "dense_floats": self.size,
                 "sum": "float32 sum over ranks of each rank's contribution (not the mean)"}
 
@@ -334,3 +337,89 @@ class PowerSGD:
                 if residual.size != self.size:
                     raise ValueError(f"residual of {residual.size} elements for a gradient of {self.size}")
                 self.residual.copy_(torch.from_numpy(residual))
+
+
+class _Collectives:
+    """The exchange's all-reduce for PowerSGD: the transport's in-place sum, with the caller's clock marked and
+    the step's seconds split around the collectives. The first all-reduce (P's and the uncompressed values) ends
+    the compute phase (`encoded`, then `sent` at the moment every rank was ready); the last one (Q's) ends the
+    receive phase (`received`); what runs between them (orthogonalising P, Q = M^T P) counts as encoding, what
+    runs after the last as decoding."""
+
+    def __init__(self, comm: Collectives | None, marks: Marks, collectives: int) -> None:
+        self.comm, self.marks, self.left = comm, marks, collectives
+        self.calls = 0
+        self.start = self.last_end = time.perf_counter()
+        self.encode = 0.0
+        self.nbytes = 0
+
+    def __call__(self, tensor: torch.Tensor) -> None:
+        now = time.perf_counter()
+        self.encode += now - self.last_end
+        if self.calls == 0:
+            self.marks.encoded()
+        if self.comm is not None:
+            self.comm.allreduce_sum(tensor.numpy())
+            self.nbytes += tensor.numel() * 4
+        self.calls += 1
+        if self.calls == 1:
+            self.marks.sent(self.comm.ready_at if self.comm is not None else None)
+        if self.calls == self.left:
+            self.marks.received()
+        self.last_end = time.perf_counter()
+
+
+class PowerSGDExchange(Exchange):
+    """`powersgd` as a gradient exchange (`anytimectl.exchange`): linear, so summed by all-reduce; two
+    collectives a step, [P | uncompressed | the float32 remainder] then [Q]. Bytes: the payload is the floats
+    of P, Q and the uncompressed tensors (its packing bound is the same: float32 factors leave nothing to pack),
+    sent and received once per collective as every all-reduce is counted."""
+
+    linear = True
+
+    def __init__(self, spec: ExchangeSpec, options: Any, comm: Collectives | None) -> None:
+        super().__init__(spec, options, comm)
+        self.powersgd = self._build(options.uses_error_feedback)
+
+    def _build(self, error_feedback: bool) -> PowerSGD:
+        o, spec = self.options, self.spec
+        shapes = spec.shapes or tuple((n,) for _, n in spec.layout)
+        layout = [{"offset": o_, "size": n, "shape": shape}
+                  for (o_, n), shape in zip(spec.layout, shapes, strict=True)]
+        return PowerSGD(layout, rank=o.powersgd_rank, start_iter=o.powersgd_start_iter,
+                        min_compression_rate=o.min_compression_rate, error_feedback=error_feedback,
+                        warm_start=o.warm_start, seed=spec.seed, world=spec.size)
+
+    def exchange(self, contribution: np.ndarray, step: int, marks: Marks | None = None) -> np.ndarray:
+        flat = np.ascontiguousarray(contribution, dtype=np.float32).reshape(-1)
+        if flat.size != self.spec.length:
+            raise ValueError(f"contribution of {flat.size} floats for an exchange of {self.spec.length}")
+        trainable, psgd = self.spec.trainable, self.powersgd
+        collectives = _Collectives(self.comm, marks or NoMarks(), psgd.collectives_at(step))
+        extra = flat[trainable:]
+        summed = psgd.step(flat[:trainable], step, collectives, extra=extra)
+        reduced = np.empty(self.spec.length, dtype=np.float32)
+        reduced[:trainable] = summed
+        reduced[trainable:] = extra
+        s, floats = self.stats, psgd.floats_at(step)
+        s.payload_bytes = 4 * floats
+        s.bound_bytes = 4.0 * floats
+        s.values_sent = floats
+        s.encode_time, s.decode_time = collectives.encode, time.perf_counter() - collectives.last_end
+        s.payload_total = 4 * floats * self.world
+        s.sent_bytes = s.received_bytes = collectives.nbytes
+        return reduced
+
+    def warm_up(self) -> None:
+        throwaway = self._build(False)
+        gradient = np.random.default_rng(self.spec.seed).standard_normal(self.spec.trainable).astype(np.float32)
+        throwaway.step(gradient, throwaway.start_iter)
+
+    def state(self) -> dict[str, Any] | None:
+        return self.powersgd.state()
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        self.powersgd.load(state)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.powersgd.describe(), "pattern": "all-reduce"}
