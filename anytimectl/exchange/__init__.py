@@ -183,7 +183,7 @@ class Exchange(ABC):
         return self.comm.size if self.comm is not None else 1
 
 
-def _check_length(contribution: np.ndarray, spec: ExchangeSpec) -> np.ndarray:
+def flat_contribution(contribution: np.ndarray, spec: ExchangeSpec) -> np.ndarray:
     flat = np.ascontiguousarray(contribution, dtype=np.float32).reshape(-1)
     if flat.size != spec.length:
         raise ValueError(f"contribution of {flat.size} floats for an exchange of {spec.length}")
@@ -197,7 +197,7 @@ class DenseExchange(Exchange):
 
     def exchange(self, contribution: np.ndarray, step: int, marks: Marks | None = None) -> np.ndarray:
         marks = marks or NoMarks()
-        buffer = _check_length(contribution, self.spec)
+        buffer = flat_contribution(contribution, self.spec)
         marks.encoded()
         if self.comm is not None:
             self.comm.allreduce_sum(buffer)
@@ -233,7 +233,7 @@ class GatherExchange(Exchange):
 
     def exchange(self, contribution: np.ndarray, step: int, marks: Marks | None = None) -> np.ndarray:
         marks = marks or NoMarks()
-        flat = _check_length(contribution, self.spec)
+        flat = flat_contribution(contribution, self.spec)
         trainable, tail = self.spec.trainable, 4 * self.spec.remainder
         start = time.perf_counter()
         payload, values, bound_bits = self.encode(flat[:trainable], step)
@@ -340,6 +340,14 @@ for _entry in (
                   (*_COMPRESSION, "value_dtype")),
     ExchangeEntry("terngrad", _CODEC, False, "ternary levels", ("TernGrad",), True, _COMPRESSION),
     ExchangeEntry("qsgd", _CODEC, False, "s levels", ("RandomDithering",), True, (*_COMPRESSION, "levels")),
+    ExchangeEntry("fp16", "anytimectl.exchange.casts:CastExchange", True, "float16 all-reduce", modes=(),
+                  error_feedback=None),
+    ExchangeEntry("bf16", "anytimectl.exchange.casts:CastExchange", True, "bfloat16 all-reduce", modes=(),
+                  error_feedback=None),
+    ExchangeEntry("signsgd", "anytimectl.exchange.sign:MajorityVote", False, "majority vote of signs",
+                  parameters=_COMPRESSION),
+    ExchangeEntry("ef-signsgd", "anytimectl.exchange.sign:ScaledSign", False, "l1-scaled sign, error feedback",
+                  parameters=("mode",), error_feedback=True),
 ):
     register(_entry)
 register(ExchangeEntry(
@@ -350,4 +358,4 @@ register(ExchangeEntry(
 
 __all__ = ["MASTER_FIELDS", "ROW_FIELDS", "Collectives", "DenseExchange", "Exchange", "ExchangeEntry",
            "ExchangeSpec", "ExchangeStats", "GatherExchange", "Marks", "NoMarks", "aliases", "entry",
-           "exchange_class", "help_text", "make_exchange", "names", "register"]
+           "exchange_class", "flat_contribution", "help_text", "make_exchange", "names", "register"]

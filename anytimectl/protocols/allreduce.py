@@ -72,14 +72,15 @@ class AllReduceProtocol(PeerProtocol):
     row_fields = ("batch_size",)
     columns = Columns(worker=("batch_size",))
     live_columns = (LiveColumn("batch", "batch_size"),)
-    #: Whether the exchange's columns are written even for the dense exchange (`compress train` always has them).
+    #: Whether the exchange's columns are written even for the dense exchange (`compress train` always has them,
+    #: and declares them in its class); otherwise they are this run's when its exchange is not the dense one.
     always_exchange_columns: ClassVar[bool] = False
 
     def __init__(self, context: Any):
         super().__init__(context)
         self.exchange_options: ExchangeOptions = from_config(context.config)
         self.exchange_columns = self.always_exchange_columns or self.exchanges_compressed()
-        if self.exchange_columns:  # this run's rows: the method's fields, then the exchange's
+        if self.exchange_columns and ROW_FIELDS[0] not in self.row_fields:  # the method's fields, then the exchange's
             cls = type(self)
             self.row_fields = (*cls.row_fields, *ROW_FIELDS)
             self.layout = RowLayout(self.row_fields)

@@ -49,8 +49,10 @@ from __future__ import annotations
 from typing import Any
 
 from anytimectl.errors import UsageError
+from anytimectl.exchange import MASTER_FIELDS
 from anytimectl.exchange import ROW_FIELDS as EXCHANGE_FIELDS
 from anytimectl.protocols.allreduce import AllReduceProtocol
+from anytimectl.records import Columns, LiveColumn
 from anytimectl.schedules import Schedule
 
 ROW_FIELDS = ("batch_size", *EXCHANGE_FIELDS)
@@ -82,6 +84,9 @@ class CompressedProtocol(AllReduceProtocol):
     """All-reduce SGD (protocols/allreduce.py) with the recipe above and the exchange's columns always written."""
 
     always_exchange_columns = True
+    row_fields = ROW_FIELDS
+    columns = Columns(worker=ROW_FIELDS, master=MASTER_FIELDS)
+    live_columns = (LiveColumn("payload", "payload_bytes", "{:,.0f} B"),)
 
     # --- set-up --------------------------------------------------------------------------------------------------
     def prepare(self) -> None:

@@ -194,6 +194,20 @@ class TorchTransport:
         self.bytes.received += buffer.nbytes
         return time.perf_counter() - start
 
+    def allreduce_sum16(self, words: np.ndarray, kind: str) -> float:
+        """16-bit floats (their uint16 bits) summed in place in `kind` (float16, bfloat16) by torch.distributed's
+        own all-reduce of that dtype, as DDP's compress hooks do; returns seconds spent."""
+        start = time.perf_counter()
+        self.barrier()
+        self.ready_at = time.time()
+        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[kind]
+        tensor = torch.from_numpy(words.view(np.int16)).view(dtype).to(self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        np.copyto(words, tensor.view(torch.int16).cpu().numpy().view(np.uint16))
+        self.bytes.sent += words.nbytes
+        self.bytes.received += words.nbytes
+        return time.perf_counter() - start
+
     def allgather_bytes(self, payload: np.ndarray) -> list[np.ndarray]:
         """Every rank's byte payload (uint8, any length, empty allowed) to every rank, in rank order."""
         payload = np.ascontiguousarray(payload, dtype=np.uint8)

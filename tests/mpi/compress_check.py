@@ -71,7 +71,8 @@ def expected_payload(method: str, sizes: list[int], counts: list[int], value_byt
 def make(method: str, mode: str, dtype: str, feedback: bool, rescale: bool, threshold: float) -> CompressedProtocol:
     config = dataclasses.asdict(OptimizerOptions(optimizer="sgd", learning_rate=LR, weight_decay=0.0))
     config.update(dataset="digits", data_dir=None, model=MODEL, seed=SEED, test_size=40, steps=STEPS, epochs=None,
-                  target_accuracy=None, batch_size=BATCH, method=method, mode=mode, ratio=RATIO, threshold=threshold,
+                  target_accuracy=None, batch_size=BATCH, compressor=method, mode=mode, ratio=RATIO,
+                  threshold=threshold,
                   levels=255, value_dtype=dtype, rescale=rescale, error_feedback=feedback, momentum=0.0,
                   nesterov=False, augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None,
                   lr_knots=None)
@@ -93,7 +94,7 @@ def spy(protocol: CompressedProtocol) -> dict:
         return result
 
     protocol.engine.compute = computed
-    codec = protocol.codec
+    codec = getattr(protocol.exchange, "codec", None)
     if codec is not None:
         pack = codec.pack
 
@@ -110,12 +111,13 @@ def threshold_for(protocol: CompressedProtocol) -> float:
     """A V that keeps some but not all of a real gradient's elements (its 90th percentile magnitude)."""
     x, y = protocol.stream.peek(BATCH)
     buffer, _, _ = protocol.engine.compute(x, y, 1, math.inf)
-    return float(np.quantile(np.abs(buffer[:protocol.trainable]), 0.9))
+    return float(np.quantile(np.abs(buffer[:protocol.spec.trainable]), 0.9))
 
 
 def check_case(method: str, mode: str, dtype: str, feedback: bool, rescale: bool, threshold: float) -> dict:
     protocol = make(method, mode, dtype, feedback, rescale, threshold)
-    engine, comm, codec, T = protocol.engine, protocol.comm, protocol.codec, protocol.trainable
+    engine, comm, T = protocol.engine, protocol.comm, protocol.spec.trainable
+    codec = getattr(protocol.exchange, "codec", None)
     P = engine.param_count
     layout = [s.size for s in engine.layout if s.trainable]
     sizes = layout if mode == "layerwise" else [T]

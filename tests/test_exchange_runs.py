@@ -1,0 +1,88 @@
+"""Any gradient exchange in any method that averages gradients, through the real command line (2-rank MPI jobs on
+the built-in digits): `--compressor topk --ratio 0.01 --error-feedback` trains with dynamic batching (DBS) and with
+gossip's all-reduce mode and writes the compression columns; each new exchange (fp16, bf16, signsgd, ef-signsgd)
+trains through `compress train`, `train dynamic` and `train gossip --method allreduce`, sending the bytes its
+packing says; options that cannot apply are one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from helpers import anytimectl, metadata, table
+from test_cli_errors import assert_one_line_error
+
+from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+QUIET = ["--quiet", "--test-size", "50"]
+COMMANDS = {
+    "compress": ["compress", "train", "--workers", "2", "--batch-size", "16"],
+    "dynamic": ["train", "dynamic", "--workers", "2", "--policy", "dbs", "--batch-size", "16", "--window", "2"],
+    "gossip": ["train", "gossip", "--workers", "2", "--method", "allreduce", "--batch-size", "32"],
+}
+
+
+def _run(tmp_path, command: str, name: str, *args: str, steps: int = 4):
+    anytimectl(*COMMANDS[command], "--steps", str(steps), *QUIET, "--log-every", str(steps), *args,
+               "--out", str(tmp_path), "--name", name)
+    return tmp_path / name
+
+
+def _check_columns(run, steps: int) -> tuple[dict, object]:
+    meta = metadata(run)
+    assert meta["status"] == "completed", meta.get("reason")
+    workers, master = table(run, "worker_stats"), table(run, "master_stats")
+    assert set(ROW_FIELDS) <= set(workers.columns) and set(MASTER_FIELDS) <= set(master.columns)
+    assert len(workers) == 2 * steps and workers["payload_bytes"].gt(0).all()
+    assert master["loss"].map(math.isfinite).all()
+    return meta, workers
+
+
+@pytest.mark.parametrize("command", ["dynamic", "gossip"])
+def test_topk_with_error_feedback_trains_dbs_and_gossip_allreduce(tmp_path, command):
+    run = _run(tmp_path, command, "topk", "--compressor", "topk", "--ratio", "0.01", "--error-feedback", steps=6)
+    meta, workers = _check_columns(run, 6)
+    assert meta["config"]["compressor"] == "topk" and meta["config"]["error_feedback"] is True
+    assert meta["compression"]["method"] == "topk" and meta["compression"]["error_feedback"] is True
+    dense = 4 * meta["compression"]["trainable_parameters"]
+    assert (workers["dense_bytes"] == dense).all() and (workers["payload_bytes"] < dense / 20).all()
+    summary = meta["summary"]["compression"]
+    assert summary["method"] == "topk" and summary["compression_ratio"] > 20
+    assert summary["payload_bytes"] == workers["payload_bytes"].sum()
+    if command == "gossip":  # every rank applies the same decoded sum: one model
+        assert meta["summary"]["test_accuracy_per_worker"]["1"] == meta["summary"]["test_accuracy_per_worker"]["2"]
+    else:  # DBS still decides with the exchange in place
+        assert "global_batch" in table(run, "master_stats").columns
+
+
+def _expected_payload(method: str, compression: dict) -> int:
+    trainable, tensors = compression["trainable_parameters"], len(compression["tensor_sizes"])
+    if method in ("fp16", "bf16"):
+        return 2 * trainable
+    return 4 * tensors + math.ceil(trainable / 8)  # one float32 scale per tensor + one bit per element
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("method", ["fp16", "bf16", "signsgd", "ef-signsgd"])
+def test_each_new_exchange_trains_through_every_method(tmp_path, command, method):
+    run = _run(tmp_path, command, method, "--compressor", method, steps=3)
+    meta, workers = _check_columns(run, 3)
+    compression = meta["compression"]
+    assert compression["method"] == method
+    assert compression["pattern"] == ("all-reduce" if method in ("fp16", "bf16") else "all-gather")
+    assert (workers["payload_bytes"] == _expected_payload(method, compression)).all()
+    assert compression["error_feedback"] is (method == "ef-signsgd")
+    assert workers["bound_bytes"].le(workers["payload_bytes"]).all()
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["train", "gossip", "--method", "elastic", "--compressor", "topk"], ["--compressor topk", "--method allreduce"]),
+    (["train", "dynamic", "--backend", "tensorflow", "--compressor", "qsgd"], ["--compressor qsgd", "--backend torch"]),
+    (["compress", "train", "--compressor", "ef-signsgd", "--no-error-feedback"], ["ef-signsgd", "error feedback"]),
+    (["train", "dynamic", "--compressor", "fp16", "--error-feedback"], ["fp16", "no error feedback"]),
+    (["compress", "train", "--method", "topk", "--compressor", "qsgd"], ["--method topk", "--compressor qsgd"]),
+    (["train", "dynamic", "--compressor", "zip"], ["'zip'", "topk", "signsgd"]),
+])
+def test_options_that_cannot_apply_are_one_line_errors(args, fragments, tmp_path):
+    assert_one_line_error(anytimectl(*args, "--out", str(tmp_path), check=False), *fragments)
