@@ -252,21 +252,30 @@ class PowerSGD:
                 orthogonalize(q, self.epsilon)
 
     def step(self, contribution: np.ndarray | torch.Tensor, step: int, allreduce: AllReduce = no_allreduce,
-             extra: np.ndarray | None = None) -> np.ndarray:
+             extra: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The sum over ranks of every rank's (PowerSGD-approximated) contribution, float32 (size,), identical on
-        every rank. `extra` (float32, optional) is summed in place, uncompressed, inside the first all-reduce."""
+        every rank (written into `out` when given). `extra` (float32, optional) is summed in place, uncompressed,
+        inside the first all-reduce."""
         flat = torch.as_tensor(contribution).detach().cpu().to(torch.float32).reshape(-1)
         if flat.numel() != self.size:
             raise ValueError(f"gradient of {flat.numel()} elements for a layout of {self.size}")
         extra_t = torch.from_numpy(extra) if extra is not None else torch.zeros(0, dtype=torch.float32)
         if extra_t.dtype != torch.float32:
             raise ValueError("extra must be float32")
+        result = torch.from_numpy(out) if out is not None else torch.empty(self.size, dtype=torch.float32)
+        if result.numel() != self.size or result.dtype != torch.float32:
+            raise ValueError(f"out must be float32 of {self.size} elements")
         if step < self.start_iter:  # plain all-reduce, as torch before start_powerSGD_iter
             buffer = torch.cat([flat, extra_t])
             allreduce(buffer)
             extra_t.copy_(buffer[self.size:])
-            return buffer[:self.size].numpy()
-        matrix = flat + self.residual if self.residual is not None else flat
+            result.copy_(buffer[:self.size])
+            return result.numpy()
+        if self.residual is not None:  # M = g + e, built in the residual's own memory (one pass, no new buffer)
+            self.residual.add_(flat)
+            matrix = self.residual
+        else:
+            matrix = flat
         if not self.warm_start or not self.q_ready:
             self._draw_q()
         else:
@@ -277,8 +286,8 @@ class PowerSGD:
         ps = self._views(p_flat, "p")
         for m, p, q in zip(self.matrices, ps, qs, strict=True):
             torch.mm(self._matrix(matrix, m), q, out=p)
-        torch.index_select(matrix, 0, self._uncompressed_index, out=first[self.p_size:self.p_size +
-                                                                                self.uncompressed_size])
+        uncompressed = first[self.p_size:self.p_size + self.uncompressed_size]
+        torch.index_select(matrix, 0, self._uncompressed_index, out=uncompressed)
         first[self.p_size + self.uncompressed_size:] = extra_t
         allreduce(first)
         extra_t.copy_(first[self.p_size + self.uncompressed_size:])
@@ -286,24 +295,21 @@ class PowerSGD:
             orthogonalize(p, self.epsilon)
         for m, p, q in zip(self.matrices, ps, qs, strict=True):
             torch.mm(self._matrix(matrix, m).t(), p, out=q)
-        out = torch.empty(self.size, dtype=torch.float32)
         if self.residual is not None and self.residual_kind == "local":
-            # this rank's own share: P Q_local^T for the compressed, everything of the rest (residual 0 there)
-            self.residual.zero_()
+            # e = M - this rank's own share: M - P Q_local^T for the compressed (in place), 0 for the rest
             for m, p, q in zip(self.matrices, ps, qs, strict=True):
-                local = self._matrix(self.residual, m)
-                torch.mm(p, q.t(), out=local)
-                torch.sub(self._matrix(matrix, m), local, out=local)
+                self._matrix(self.residual, m).addmm_(p, q.t(), alpha=-1.0)
+            self.residual.index_fill_(0, self._uncompressed_index, 0.0)
         if self.matrices:
             allreduce(self.q)
         for m, p, q in zip(self.matrices, ps, qs, strict=True):
-            torch.mm(p, q.t(), out=self._matrix(out, m))
-        out.index_copy_(0, self._uncompressed_index, first[self.p_size:self.p_size + self.uncompressed_size])
+            torch.mm(p, q.t(), out=self._matrix(result, m))
+        result.index_copy_(0, self._uncompressed_index, uncompressed)
         if self.residual is not None and self.residual_kind == "aggregate":
-            torch.sub(matrix, out, alpha=1.0 / self.world, out=self.residual)
+            self.residual.sub_(result, alpha=1.0 / self.world)  # torch's: M - the decompressed mean
         self.q_ready = self.warm_start
         self.last_p = p_flat
-        return out.numpy()
+        return result.numpy()
 
     # ----- checkpoints -----
 
@@ -397,9 +403,8 @@ class PowerSGDExchange(Exchange):
         trainable, psgd = self.spec.trainable, self.powersgd
         collectives = _Collectives(self.comm, marks or NoMarks(), psgd.collectives_at(step))
         extra = flat[trainable:]
-        summed = psgd.step(flat[:trainable], step, collectives, extra=extra)
         reduced = np.empty(self.spec.length, dtype=np.float32)
-        reduced[:trainable] = summed
+        psgd.step(flat[:trainable], step, collectives, extra=extra, out=reduced[:trainable])
         reduced[trainable:] = extra
         s, floats = self.stats, psgd.floats_at(step)
         s.payload_bytes = 4 * floats
