@@ -14,7 +14,8 @@ is counted:
   in warm-up; broadcast_buffers off, so DDP adds nothing but the hook). DDP runs the hook per bucket while the
   backward still runs, so its cost is what the hook adds to the backward: ddp - plain, paired per step.
 The ratio printed is median(anytimectl) / median(ddp - plain), and beside it the whole step's,
-median(plain + anytimectl) / median(ddp). Run under the shared lock:
+median(plain + anytimectl) / median(ddp), and the same split in CPU time (each process, all of its threads), which
+other processes on the cores do not inflate. Run under the shared lock:
 
     flock /tmp/anytimectl-bench.lock .venv/bin/python tests/bench/powersgd_vs_ddp_hook.py
 """
@@ -36,10 +37,13 @@ from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
 
 
-def _timed(action) -> float:
+def _timed(action, cpu: list[float]) -> float:
+    """Wall seconds of `action` after a barrier; its CPU seconds (this process, every thread: autograd's, gloo's)
+    are appended to `cpu`."""
     dist.barrier()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     action()
+    cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start
 
 
@@ -85,12 +89,14 @@ def _worker(rank: int, args: argparse.Namespace, store: str) -> None:
         with_hook()
     for step in range(2):
         psgd.step(flat, step, allreduce)
-    times: dict[str, list[float]] = {"plain": [], "anytimectl": [], "ddp": []}
+    times: dict[str, list[float]] = {k: [] for k in ("plain", "anytimectl", "ddp", "plain_cpu", "anytimectl_cpu",
+                                                     "ddp_cpu")}
     for step in range(2, 2 + args.steps):
-        times["plain"].append(_timed(plain))
+        times["plain"].append(_timed(plain, times["plain_cpu"]))
         flat = torch.cat([p.grad.reshape(-1) for p in parameters])
-        times["anytimectl"].append(_timed(lambda step=step, flat=flat: psgd.step(flat, step, allreduce)))
-        times["ddp"].append(_timed(with_hook))
+        times["anytimectl"].append(_timed(lambda step=step, flat=flat: psgd.step(flat, step, allreduce),
+                                          times["anytimectl_cpu"]))
+        times["ddp"].append(_timed(with_hook, times["ddp_cpu"]))
     everyone = [None] * args.world
     dist.all_gather_object(everyone, times)
     if rank == 0:
@@ -107,6 +113,11 @@ def _worker(rank: int, args: argparse.Namespace, store: str) -> None:
               f"forward+backward {ddp_s * 1e3:.0f} ms; the hook's share (ddp - plain) {hook_s * 1e3:.1f} ms; "
               f"anytimectl PowerSGD step {ours_s * 1e3:.1f} ms")
         ratio, full_ratio = ours_s / hook_s if hook_s > 0 else float("inf"), statistics.median(full) / ddp_s
+        hook_cpu = statistics.median(d - p for t in everyone for d, p in zip(t["ddp_cpu"], t["plain_cpu"],
+                                                                             strict=True))
+        ours_cpu = statistics.median(v for t in everyone for v in t["anytimectl_cpu"])
+        print(f"CPU time (each process, all its threads): the hook's share {hook_cpu * 1e3:.1f} ms, anytimectl's "
+              f"step {ours_cpu * 1e3:.1f} ms: {ours_cpu / hook_cpu if hook_cpu > 0 else float('inf'):.2f}x")
         print(f"anytimectl / powerSGD_hook: {ratio:.2f}x (step alone), {full_ratio:.2f}x (forward + backward + "
               f"exchange) (target <= 1): {'PASS' if ratio <= 1 else 'FAIL'}; load average {os.getloadavg()[0]:.1f}")
     dist.destroy_process_group()
