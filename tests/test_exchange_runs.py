@@ -6,6 +6,7 @@ packing says; options that cannot apply are one-line errors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -86,3 +87,35 @@ def test_each_new_exchange_trains_through_every_method(tmp_path, command, method
 ])
 def test_options_that_cannot_apply_are_one_line_errors(args, fragments, tmp_path):
     assert_one_line_error(anytimectl(*args, "--out", str(tmp_path), check=False), *fragments)
+
+
+def test_bench_reports_the_new_exchanges_bytes_against_their_bound(tmp_path):
+    result = anytimectl("compress", "bench", "--model", "digits-cnn", "--dataset", "digits", "--batch-size", "32",
+                        "--methods", "fp16,bf16,signsgd,ef-signsgd", "--modes", "layerwise", "--repeats", "1",
+                        "--json", "--out", str(tmp_path), "--name", "b")
+    rows = {r["method"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])["rows"]}
+    assert list(rows) == ["fp16", "bf16", "signsgd", "ef-signsgd"]
+    elements = rows["fp16"]["elements"]
+    for name in ("fp16", "bf16"):
+        assert rows[name]["bytes"] == 2 * elements and rows[name]["compression_ratio"] == 2.0
+        assert rows[name]["relative_error"] < 1e-2 and rows[name]["mode"] == "dense"
+    for name in ("signsgd", "ef-signsgd"):
+        assert rows[name]["bytes"] == 4 * rows[name]["tensors"] + math.ceil(elements / 8)
+        assert 1.0 <= rows[name]["bytes_over_bound"] < 1.001
+    assert all(r["codec_over_backward"] > 0 and r["codec_cpu_over_backward_cpu"] > 0 for r in rows.values())
+    assert list(table(tmp_path / "b", "compress_bench").method) == list(rows)
+
+
+@pytest.mark.parametrize("method", ["fp16", "bf16"])
+def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
+    """Two ranks' 16-bit sum is correctly rounded whoever adds: MPI's user-defined sum and gloo's native one give the
+    same training, and count the same bytes each step."""
+    runs = {}
+    for transport in ("mpi", "torch"):
+        runs[transport] = _run(tmp_path, "dynamic", transport, "--compressor", method, "--policy", "static",
+                               "--transport", transport, steps=5)
+    losses = {t: table(run, "master_stats").loss.values for t, run in runs.items()}
+    assert len(losses["mpi"]) == 5 and (losses["mpi"] == losses["torch"]).all()
+    per_step = {t: table(run, "worker_stats").groupby("rank")["bytes_sent"].diff().dropna().values
+                for t, run in runs.items()}
+    assert (per_step["mpi"] == per_step["torch"]).all() and (per_step["mpi"] > 0).all()

@@ -31,7 +31,7 @@ from anytimectl.commands.common import (
     run_request,
 )
 from anytimectl.errors import UsageError
-from anytimectl.exchange.options import ExchangeOptions
+from anytimectl.exchange.options import MODE_ALIASES, MODES, ExchangeOptions
 from anytimectl.options import (
     PANEL_DATA,
     PANEL_OUTPUT,
@@ -53,8 +53,6 @@ PANEL_COMPRESSION = "Compression"
 METHODS = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd")
 METHOD_ALIASES = {"Topk": "topk", "Randomk": "randomk", "Thresholdv": "threshold",
                   "AdaptiveThreshold": "adaptive-threshold", "TernGrad": "terngrad", "RandomDithering": "qsgd"}
-MODES = ("layerwise", "entire")
-MODE_ALIASES = {"entiremodel": "entire", "entire-model": "entire", "layer-wise": "layerwise"}
 AUGMENTS = ("auto", "cifar", "none")
 MAX_LEVELS = 1 << 30
 
@@ -97,25 +95,8 @@ def _option(text: str, *names: str, metavar: str | None = None, panel: str = PAN
     return typer.Option(*names, metavar=metavar, rich_help_panel=panel, help=text, **extra)
 
 
-_Method = Annotated[str, aliased_choice(
-    METHODS, METHOD_ALIASES, rich_help_panel=PANEL_COMPRESSION,
-    help="none (dense all-reduce), topk (K largest |g|), randomk (K random), threshold (|g| >= V), "
-         "adaptive-threshold (|g| >= max|g|/2), terngrad, qsgd (s levels); the original's Topk, Randomk, "
-         "Thresholdv, AdaptiveThreshold, TernGrad and RandomDithering work too.")]
-def _named(option: Any, *names: str) -> Any:
-    """An `aliased_choice` option under several names (the original's spellings beside ours)."""
-    option.param_decls = names
-    return option
-
-
-_Mode = Annotated[str, _named(aliased_choice(
-    MODES, MODE_ALIASES, rich_help_panel=PANEL_COMPRESSION,
-    help="layerwise: each tensor compressed on its own; entire: the whole model at once (the original's "
-         "--compress entiremodel works too)."), "--mode", "--compress", "-c")]
 _Ratio = Annotated[float, _option("K: the fraction of each tensor's (or the model's) elements topk and randomk "
                                   "send, in (0, 1].", "--ratio", "-K", metavar="K")]
-_Threshold = Annotated[float, _option("V: threshold sends the elements with |g| >= V (of the summed gradient).",
-                                      "--threshold", "-V", metavar="V")]
 _Levels = Annotated[int, _option("s: qsgd's quantisation levels per sign (the original's --qstates).",
                                  "--levels", "--qstates", "-Q", metavar="S")]
 _ValueDtype = Annotated[Literal["float32", "float16"], _option(
@@ -239,16 +220,23 @@ BENCH_COMMAND = "compress bench"
 BENCH_TABLE = "compress_bench"
 
 
+def _bench_methods() -> tuple[str, ...]:
+    """Every exchange the bench measures: the codecs (`bench_codecs`), then the other exchanges of the registry
+    (`bench_exchanges`) except `none` (the dense baseline, a codec row here)."""
+    return (*METHODS, *(n for n in registry.names() if n not in METHODS))
+
+
 def _methods(values: list[str] | None) -> list[str]:
     """--methods: names (comma-separated or repeated, the original's spellings too) or all."""
     names = [part.strip() for value in values or ["all"] for part in value.split(",") if part.strip()]
+    every = _bench_methods()
     if not names or "all" in (n.lower() for n in names):
-        return list(METHODS)
-    lookup = {m.lower(): m for m in METHODS} | {a.lower(): m for a, m in METHOD_ALIASES.items()}
+        return list(every)
+    lookup = {m.lower(): m for m in every} | {a.lower(): m for a, m in METHOD_ALIASES.items()}
     chosen = []
     for name in names:
         if name.lower() not in lookup:
-            raise UsageError(f"--methods {name!r} is not one of {', '.join(METHODS)} or all")
+            raise UsageError(f"--methods {name!r} is not one of {', '.join(every)} or all")
         if lookup[name.lower()] not in chosen:
             chosen.append(lookup[name.lower()])
     return chosen
@@ -281,7 +269,8 @@ def bench(
                                        "recipe's per-worker batch, so the codec's share is of a real step's).",
                                        "--batch-size", metavar="N", min=1, panel=PANEL_DATA)] = 512,
     methods: Annotated[list[str] | None, _option(
-        "Methods to measure, comma-separated or repeated (the original's names too), or all.", "--methods",
+        "Methods to measure, comma-separated or repeated (the original's names too), or all (the six codecs and "
+        "none, then fp16, bf16, signsgd, ef-signsgd through the exchange contract).", "--methods",
         metavar="NAMES", show_default=False)] = None,
     modes: Annotated[list[str] | None, _option("layerwise, entire or both (comma-separated).", "--modes",
                                                metavar="MODES", show_default=False)] = None,
@@ -410,7 +399,7 @@ def measure(model: str, dataset: str | None, data_dir: Path | None, batch_size: 
     import torch
     from torch.nn import functional
 
-    from anytimectl.backends.torch.compression.bench import bench_codecs
+    from anytimectl.backends.torch.compression.bench import bench_codecs, bench_exchanges
     from anytimectl.backends.torch.engine import TorchEngine
     from anytimectl.backends.torch.models import to_model_input
 
@@ -451,9 +440,13 @@ def measure(model: str, dataset: str | None, data_dir: Path | None, batch_size: 
     if say is not None:
         say(f"{model}: {gradient.size:,} trainable floats in {len(layout)} tensors; backward at batch {batch_size}: "
             f"{backward_s * 1e3:.0f} ms wall, {backward_cpu_s * 1e3:.0f} ms CPU ({count} thread(s))")
-    rows = bench_codecs(gradient, layout, methods=methods, modes=modes, ratio=ratio, threshold=threshold,
+    codecs = [m for m in methods if m in METHODS]
+    rows = bench_codecs(gradient, layout, methods=codecs, modes=modes, ratio=ratio, threshold=threshold,
                         levels=levels, value_dtype=value_dtype, rescale=rescale, repeats=repeats, world=world,
-                        seed=seed)
+                        seed=seed) if codecs else []
+    others = [m for m in methods if m not in METHODS]
+    if others:
+        rows += bench_exchanges(gradient, layout, others, modes=modes, repeats=repeats, seed=seed)
     from anytimectl.backends.torch.compression import make_codec
 
     for row in rows:
@@ -466,13 +459,18 @@ def measure(model: str, dataset: str | None, data_dir: Path | None, batch_size: 
                        bits_per_symbol=8 * (row["bytes"] - 6 - 4 * row["tensors"]) / symbols.size)
         row.update(model=model, batch_size=batch_size, backward_s=backward_s, backward_cpu_s=backward_cpu_s,
                    codec_over_backward=(row["encode_s"] + row["decode_s"]) / backward_s,
-                   codec_cpu_over_backward_cpu=(row["encode_cpu_s"] + row["decode_cpu_s"]) / backward_cpu_s
-                   if backward_cpu_s > 0 else None)
+                   codec_cpu_over_backward_cpu=_codec_cpu(row) / backward_cpu_s if backward_cpu_s > 0 else None)
     info = {"model": model, "elements": int(gradient.size), "tensors": len(layout), "batch_size": batch_size,
             "inputs": f"{dataset} training images" if dataset else "random inputs of the model's shape",
             "norm": float(np.linalg.norm(gradient.astype(np.float64))), "threads": count,
             "backward_s": backward_s, "backward_cpu_s": backward_cpu_s, "versions": framework_versions(BACKEND)}
     return rows, info
+
+
+def _codec_cpu(row: dict) -> float:
+    """Encode + decode CPU seconds of a row (an exchange's row has the whole call's, `codec_cpu_s`)."""
+    whole = row.pop("codec_cpu_s", None)
+    return whole if whole is not None else row["encode_cpu_s"] + row["decode_cpu_s"]
 
 
 def bench_summary(rows: list[dict]) -> dict[str, Any]:

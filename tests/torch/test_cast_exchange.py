@@ -16,6 +16,7 @@ import torch
 from anytimectl.exchange.casts import add_words, divide_words, from_words, to_words
 from anytimectl.launch import find_mpiexec
 
+pytestmark = pytest.mark.torch
 HERE = Path(__file__).parent
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -85,3 +85,55 @@ def bench_codecs(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], *, meth
                 "encode_s": encode_s, "decode_s": decode_s, "encode_cpu_s": encode_cpu_s, "decode_cpu_s": decode_cpu_s,
             })
     return rows
+
+
+def bench_exchanges(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], methods: Sequence[str], *,
+                    modes: Sequence[str] = MODES, repeats: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    """The same rows for gradient exchanges that are not codecs (`anytimectl.exchange`: fp16, bf16, signsgd,
+    ef-signsgd, ...), measured through the exchange contract in one process (world 1: the sum is this rank's own
+    message), memory off. Bytes and bound are the exchange's own count (`ExchangeStats`); encode_s and decode_s
+    its own timing of the two phases (wall medians); the CPU time is the whole call's (`codec_cpu_s`), as the
+    phases are not split in CPU time. Exchanges without modes get one row (mode "dense")."""
+    from anytimectl.exchange import ExchangeSpec, entry, make_exchange
+    from anytimectl.exchange.options import ExchangeOptions
+
+    from .codec import segments
+
+    flat = torch.as_tensor(grad, dtype=torch.float32).reshape(-1).contiguous().numpy()
+    offsets, sizes = segments(layout, flat.size)
+    spec = ExchangeSpec(layout=tuple(zip(offsets.tolist(), sizes.tolist(), strict=True)), trainable=flat.size,
+                        length=flat.size + 2, seed=seed)
+    reference = flat.astype(np.float64)
+    norm = float(np.linalg.norm(reference))
+    contribution = np.concatenate([flat, [1.0, 0.0]]).astype(np.float32)
+    rows = []
+    for name in methods:
+        chosen = entry(name)
+        for mode in (modes if chosen.modes else ("dense",)):
+            options = ExchangeOptions(compressor=chosen.name, mode=mode if chosen.modes else "layerwise",
+                                      error_feedback=False if chosen.error_feedback is False else None)
+            exchange = make_exchange(options, spec, None)
+            encode, decode, cpu, result = [], [], [], None
+            for _ in range(max(1, repeats)):
+                exchange.load(None)  # memory off: every repeat sees the plain gradient
+                start_cpu = time.process_time()
+                result = exchange.exchange(contribution.copy(), 1)
+                cpu.append(time.process_time() - start_cpu)
+                encode.append(exchange.stats.encode_time)
+                decode.append(exchange.stats.decode_time)
+            stats = exchange.stats
+            error = result[:flat.size].astype(np.float64) - reference
+            described = exchange.describe()
+            rows.append({
+                "method": chosen.name, "mode": described.get("mode", mode),
+                "value_dtype": {"fp16": "float16", "bf16": "bfloat16"}.get(chosen.name),
+                "ratio": None, "threshold": None, "levels": None,
+                "elements": int(flat.size), "tensors": int(described.get("tensors", len(sizes))),
+                "sent": int(stats.values_sent), "bytes": int(stats.payload_bytes), "bound_bytes": stats.bound_bytes,
+                "bytes_over_bound": stats.payload_bytes / stats.bound_bytes if stats.bound_bytes > 0 else None,
+                "dense_bytes": 4 * int(flat.size), "compression_ratio": 4 * flat.size / stats.payload_bytes,
+                "relative_error": float(np.linalg.norm(error)) / norm if norm > 0 else 0.0,
+                "encode_s": float(np.median(encode)), "decode_s": float(np.median(decode)),
+                "encode_cpu_s": None, "decode_cpu_s": None, "codec_cpu_s": float(np.median(cpu)),
+            })
+    return rows
