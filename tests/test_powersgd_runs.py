@@ -105,3 +105,14 @@ def test_a_resumed_gossip_allreduce_run_continues_powersgd_exactly(tmp_path):
     assert a["loss"].tolist() == b["loss"].tolist()
     workers_a, workers_b = table(tmp_path / "a", "worker_stats"), table(tmp_path / "b", "worker_stats")
     assert workers_a["payload_bytes"].tolist() == workers_b["payload_bytes"].tolist()
+
+
+def test_compress_bench_measures_powersgd_in_its_one_mode(tmp_path):
+    result = anytimectl("compress", "bench", "--model", "digits-cnn", "--dataset", "digits", "--batch-size", "32",
+                        "--methods", "powersgd", "--repeats", "1", "--json", "--out", str(tmp_path), "--name", "b")
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["rows"]
+    assert [(r["method"], r["mode"]) for r in rows] == [("powersgd", "layerwise")]  # no entire row
+    row = rows[0]
+    assert row["bytes"] == 4 * row["sent"] and row["bytes_over_bound"] == 1.0
+    assert row["compression_ratio"] > 10 and 0 < row["relative_error"] < 1
+    assert row["codec_over_backward"] > 0
