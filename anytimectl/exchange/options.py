@@ -30,6 +30,7 @@ def _compressor_option() -> Any:
         help="How gradients travel: " + registry.help_text() + "; the original's Topk, Randomk, Thresholdv, "
              "AdaptiveThreshold, TernGrad and RandomDithering work too.")
     option.param_decls = ("--compressor",)
+    option.metavar = "NAME"  # the names are in the help text; eleven of them in brackets would pass 80 columns
     return option
 
 
