@@ -22,10 +22,10 @@ error feedback untouched.
 
 How this differs from torch's hook, on purpose:
 - Sum, not mean. anytimectl exchanges the SUM over ranks of each rank's example-weighted gradient SUM (the engine's
-  contribution, see protocols/compressed.py), and the engine divides by the total examples afterwards. torch's
+  contribution, see anytimectl.exchange), and the engine divides by the total examples afterwards. torch's
   hook divides the uncompressed part and Q by the world size W and returns the mean of per-rank mean gradients.
   The orthogonalised P is the same either way (orthogonalisation is scale-free, with epsilon 0), so this class's
-  result is exactly W times torch's for the same inputs (up to float rounding; bitwise for W a power of two).
+  result is W times torch's for the same inputs, up to float rounding (torch multiplies with bmm, this with mm).
 - Residual. Vogels et al.'s Algorithm 1 memorises each worker's LOCAL error, M - P Q_local^T with Q_local = M^T P
   before the all-reduce (and 0 for what travelled uncompressed); `residual="local"` (default) does that, so that
   what every rank sent adds up exactly to what was applied, and a rank with a smaller batch (dynamic batching)
@@ -41,6 +41,8 @@ How this differs from torch's hook, on purpose:
   and a warm-started Q that became zero is redrawn (from a generator seeded by seed, step and matrix, the same on
   every rank), so that a layer whose gradient was zero for one step does not stay silent for the rest of the run.
 - Not batched by shape (torch's batch_tensors_with_same_shape): one matrix product per tensor.
+- The start iteration may be 0 or 1: torch needs 2 or more with error feedback or warm start, because DDP
+  rebuilds its buckets after its first iteration; this layout never changes.
 
 Modes: PowerSGD is layer-wise by construction (one low-rank approximation per tensor, as in the paper and torch);
 the codecs' `entire` mode (one compression of the whole flattened model) has no meaning for it.
