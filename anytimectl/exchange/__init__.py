@@ -116,6 +116,7 @@ class ExchangeSpec:
     rank: int = 0
     size: int = 1  # ranks in the exchange
     seed: int = 0
+    shapes: tuple[tuple[int, ...], ...] = ()  # each layout tensor's shape (PowerSGD's matrices); () if unknown
 
     @property
     def remainder(self) -> int:
@@ -126,9 +127,12 @@ class ExchangeSpec:
         """The spec of an engine's contribution: its trainable tensors (`engine.layout` where the engine has one,
         else the whole gradient as one tensor), `param_count + 2` floats in all."""
         trainable = int(getattr(engine, "trainable_count", engine.param_count))
-        layout = tuple((int(s.offset), int(s.size)) for s in getattr(engine, "layout", ()) if s.trainable)
+        tensors = [s for s in getattr(engine, "layout", ()) if s.trainable]
+        layout = tuple((int(s.offset), int(s.size)) for s in tensors)
+        shapes = tuple(tuple(int(d) for d in s.shape) for s in tensors) if all(
+            getattr(s, "shape", None) is not None for s in tensors) else ()
         return cls(layout=layout or ((0, trainable),), trainable=trainable, length=int(engine.param_count) + 2,
-                   rank=int(rank), size=int(size), seed=int(seed))
+                   rank=int(rank), size=int(size), seed=int(seed), shapes=shapes)
 
 
 class Exchange(ABC):
@@ -334,6 +338,11 @@ for _entry in (
                   parameters=("mode",), error_feedback=True),
 ):
     register(_entry)
+register(ExchangeEntry(
+    "powersgd", "anytimectl.backends.torch.compression.powersgd:PowerSGDExchange", True,
+    "rank-r low-rank factors P and Q, all-reduced", needs_torch=True,
+    parameters=("error_feedback", "powersgd_rank", "powersgd_start_iter", "min_compression_rate", "warm_start"),
+    error_feedback=True, modes=("layerwise",)))
 
 __all__ = ["MASTER_FIELDS", "ROW_FIELDS", "DenseExchange", "Exchange", "ExchangeEntry",
            "ExchangeSpec", "ExchangeStats", "GatherExchange", "Marks", "NoMarks", "aliases", "entry",

@@ -62,8 +62,20 @@ class ExchangeOptions:
                                      "--rescale/--no-rescale")] = False
     error_feedback: Annotated[bool | None, _option(
         "Add what a worker did not send to its next gradient (default: the method's; off for the original six "
-        "and signsgd, always on for ef-signsgd).", "--error-feedback/--no-error-feedback",
+        "and signsgd, on for powersgd, always on for ef-signsgd).", "--error-feedback/--no-error-feedback",
         show_default=False)] = None
+    powersgd_rank: Annotated[int, _option(
+        "r: PowerSGD's matrix rank; each gradient matrix n x m travels as P (n x r) and Q (m x r).", "--rank",
+        metavar="R", min=1)] = 2
+    powersgd_start_iter: Annotated[int, _option(
+        "PowerSGD compresses from this step on; before it, a plain all-reduce (torch's start_powerSGD_iter).",
+        "--powersgd-start-iter", metavar="STEP", min=0)] = 0
+    min_compression_rate: Annotated[float, _option(
+        "PowerSGD compresses an n x m matrix only if (n + m) r x RATE < n m; the rest travels uncompressed "
+        "(torch's min_compression_rate).", "--min-compression-rate", metavar="RATE", min=0)] = 2.0
+    warm_start: Annotated[bool, _option(
+        "PowerSGD: start each step from the last step's Q (off: a fresh random Q every step).",
+        "--warm-start/--no-warm-start")] = True
 
     def __post_init__(self) -> None:
         self.compressor = registry.entry(self.compressor).name
@@ -88,6 +100,9 @@ class ExchangeOptions:
             raise UsageError(f"--threshold {self.threshold:g}: V must be 0 or more (0 sends every non-zero element)")
         if not 1 <= self.levels <= MAX_LEVELS:
             raise UsageError(f"--levels {self.levels}: s must be an integer in 1..{MAX_LEVELS}")
+        if chosen.modes and self.mode not in chosen.modes:
+            raise UsageError(f"--mode {self.mode} has no meaning for --compressor {chosen.name}: it compresses "
+                             f"each tensor on its own; use --mode {chosen.modes[0]}")
         if self.rescale and chosen.name != "randomk":
             raise UsageError(f"--rescale scales random-k's values by 1/K; it does not apply to --compressor "
                              f"{chosen.name}")

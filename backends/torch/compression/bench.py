@@ -100,16 +100,20 @@ def bench_exchanges(grad: np.ndarray | torch.Tensor, layout: Iterable[Any], meth
     from .codec import segments
 
     flat = torch.as_tensor(grad, dtype=torch.float32).reshape(-1).contiguous().numpy()
+    layout = list(layout)
     offsets, sizes = segments(layout, flat.size)
+    shapes = {int(e.offset): tuple(int(d) for d in e.shape) for e in layout
+              if getattr(e, "trainable", True) is not False and getattr(e, "shape", None) is not None}
     spec = ExchangeSpec(layout=tuple(zip(offsets.tolist(), sizes.tolist(), strict=True)), trainable=flat.size,
-                        length=flat.size + 2, seed=seed)
+                        length=flat.size + 2, seed=seed,  # shapes: PowerSGD's matrices (every tensor, or none)
+                        shapes=tuple(shapes[o] for o in offsets.tolist()) if len(shapes) == len(offsets) else ())
     reference = flat.astype(np.float64)
     norm = float(np.linalg.norm(reference))
     contribution = np.concatenate([flat, [1.0, 0.0]]).astype(np.float32)
     rows = []
     for name in methods:
         chosen = entry(name)
-        for mode in (modes if chosen.modes else ("dense",)):
+        for mode in ([m for m in modes if m in chosen.modes] if chosen.modes else ("dense",)):
             options = ExchangeOptions(compressor=chosen.name, mode=mode if chosen.modes else "layerwise",
                                       error_feedback=False if chosen.error_feedback is False else None)
             exchange = make_exchange(options, spec, None)
