@@ -62,8 +62,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from anytimectl.comm.transport import Transport
 from anytimectl.errors import UsageError
-from anytimectl.exchange import Collectives, Exchange, ExchangeSpec, Marks, NoMarks
+from anytimectl.exchange import Exchange, ExchangeSpec, Marks, NoMarks
 
 from .codec import segments
 
@@ -354,7 +355,7 @@ class _Collectives:
     receive phase (`received`); what runs between them (orthogonalising P, Q = M^T P) counts as encoding, what
     runs after the last as decoding."""
 
-    def __init__(self, comm: Collectives | None, marks: Marks, collectives: int) -> None:
+    def __init__(self, comm: Transport | None, marks: Marks, collectives: int) -> None:
         self.comm, self.marks, self.left = comm, marks, collectives
         self.calls = 0
         self.start = self.last_end = time.perf_counter()
@@ -385,7 +386,7 @@ class PowerSGDExchange(Exchange):
 
     linear = True
 
-    def __init__(self, spec: ExchangeSpec, options: Any, comm: Collectives | None) -> None:
+    def __init__(self, spec: ExchangeSpec, options: Any, comm: Transport | None) -> None:
         super().__init__(spec, options, comm)
         self.powersgd = self._build(options.uses_error_feedback)
 
