@@ -17,16 +17,44 @@ pytestmark = pytest.mark.mpi
 COMPLETED = ("amb-s0", "amb-s1", "fmb-s0", "fmb-s1")
 
 
-def runs(*args: str, check: bool = True, cwd=None) -> subprocess.CompletedProcess[str]:
-    if cwd is None:
-        return anytimectl("runs", *args, check=check)
-    return subprocess.run([sys.executable, "-m", "anytimectl", "runs", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, stdin=subprocess.DEVNULL)
+def runs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The command line in a process of its own, as a user's shell starts it."""
+    return anytimectl("runs", *args, check=check)
 
 
-def csv(*args: str) -> pd.DataFrame:
-    result = runs(*args, "--format", "csv")
-    return pd.read_csv(io.StringIO(result.stdout))
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """The real CLI's entry point (`anytimectl.cli.main`, as the console script calls it), run in this process: the
+    many filter and bad-input cases each save an interpreter start (the subprocess cases check stdout alone, the
+    imports and the working directory)."""
+    from anytimectl.cli import main
+
+    def run(*args: str, check: bool = True) -> Result:
+        capsys.readouterr()
+        try:
+            main(["runs", *args])
+            code = 0
+        except SystemExit as end:
+            code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"anytimectl runs {' '.join(args)} exited {code}:\n{err}")
+        return Result(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def csv(cli):
+    def read(*args: str) -> pd.DataFrame:
+        return pd.read_csv(io.StringIO(cli(*args, "--format", "csv").stdout))
+
+    return read
 
 
 def by_name(frame: pd.DataFrame) -> dict[str, pd.Series]:
@@ -59,7 +87,7 @@ def test_every_run_found_is_one_row_with_figures_read_from_its_directory(sim_run
     assert stopped["workers"] == 0 and stopped["steps"] >= 3
 
 
-def test_where_status_and_sort_choose_and_order_rows(sim_runs):
+def test_where_status_and_sort_choose_and_order_rows(sim_runs, cli, csv):
     amb = csv(str(sim_runs), "--where", "method=amb", "--sort", "-seed")
     assert list(amb["name"]) == ["amb-s1", "amb-s0"]
     completed_fmb = csv(str(sim_runs), "--where", "method=FMB", "--status", "completed", "--sort", "name")
@@ -72,9 +100,9 @@ def test_where_status_and_sort_choose_and_order_rows(sim_runs):
     assert list(config.columns) == ["name", "method"] and set(config["method"]) == {"amb"}
 
 
-def test_group_by_gives_each_configuration_mean_and_spread_over_seeds(sim_runs):
+def test_group_by_gives_each_configuration_mean_and_spread_over_seeds(sim_runs, cli, csv):
     single = by_name(csv(str(sim_runs), "--status", "completed"))
-    result = runs(str(sim_runs), "--status", "completed", "--group-by", "method,variant", "--format", "json")
+    result = cli(str(sim_runs), "--status", "completed", "--group-by", "method,variant", "--format", "json")
     groups = {g["method"]: g for g in json.loads(result.stdout)}
     assert sorted(groups) == ["amb", "fmb"]
     for method, group in groups.items():
@@ -82,14 +110,14 @@ def test_group_by_gives_each_configuration_mean_and_spread_over_seeds(sim_runs):
         assert group["runs"] == 2 and group["variant"] == "sync"
         assert group["final_accuracy_mean"] == pytest.approx(values.mean())
         assert group["final_accuracy_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
-    median = json.loads(runs(str(sim_runs), "--status", "completed", "-g", "method", "--stat", "median",
+    median = json.loads(cli(str(sim_runs), "--status", "completed", "-g", "method", "--stat", "median",
                              "--format", "json").stdout)
     amb = next(g for g in median if g["method"] == "amb")
     accuracies = [single[f"amb-s{seed}"]["best_accuracy"] for seed in (0, 1)]
     assert amb["best_accuracy_min"] == min(accuracies) and amb["best_accuracy_max"] == max(accuracies)
 
 
-def test_time_to_target_is_the_first_logged_row_that_reaches_it(sim_runs):
+def test_time_to_target_is_the_first_logged_row_that_reaches_it(sim_runs, cli, csv):
     run = sim_runs / "amb" / "amb-s0"
     master = table(run, "master_stats").dropna(subset=["accuracy"])
     target = float(master["accuracy"].iloc[len(master) // 2])
@@ -98,28 +126,28 @@ def test_time_to_target_is_the_first_logged_row_that_reaches_it(sim_runs):
     assert rows["amb-s0"]["time_to_target_s"] == pytest.approx(expected)
     unreachable = by_name(csv(str(sim_runs), "--target-loss", "1e-9"))
     assert unreachable["amb-s0"]["time_to_target_s"] != unreachable["amb-s0"]["time_to_target_s"]  # NaN: never
-    grouped = json.loads(runs(str(sim_runs), "--where", "method=amb", "-g", "method", "--target-accuracy",
+    grouped = json.loads(cli(str(sim_runs), "--where", "method=amb", "-g", "method", "--target-accuracy",
                               str(target), "--format", "json").stdout)
     reached = sum(1 for seed in (0, 1) if rows[f"amb-s{seed}"]["time_to_target_s"] == rows[f"amb-s{seed}"][
         "time_to_target_s"])
     assert grouped[0]["reached"] == reached >= 1
 
 
-def test_markdown_and_the_plain_table_are_for_people(sim_runs):
-    markdown = runs(str(sim_runs), "--format", "markdown", "--sort", "name").stdout.splitlines()
+def test_markdown_and_the_plain_table_are_for_people(sim_runs, cli, csv):
+    markdown = cli(str(sim_runs), "--format", "markdown", "--sort", "name").stdout.splitlines()
     assert markdown[0].startswith("| run | method | variant |") and markdown[1].startswith("|---|")
     assert len(markdown) == 2 + 5 and markdown[2].startswith("| amb-s0 | amb | sync | sim | 2 | completed |")
-    grouped = runs(str(sim_runs), "-g", "method", "--format", "markdown").stdout
+    grouped = cli(str(sim_runs), "-g", "method", "--format", "markdown").stdout
     assert "(mean ± std)" in grouped and " ± " in grouped.splitlines()[2]
-    plain = runs(str(sim_runs)).stdout  # not a terminal: the table, whole, without colour codes
+    plain = cli(str(sim_runs)).stdout  # not a terminal: the table, whole, without colour codes
     assert "\x1b[" not in plain and "interrupted by Ctrl-C" in plain and len(plain.splitlines()) == 6
 
 
-def test_filters_matching_nothing_give_an_empty_table_and_exit_1(sim_runs):
-    empty_csv = runs(str(sim_runs), "--where", "method=gossip", "--format", "csv", check=False)
+def test_filters_matching_nothing_give_an_empty_table_and_exit_1(sim_runs, cli, csv):
+    empty_csv = cli(str(sim_runs), "--where", "method=gossip", "--format", "csv", check=False)
     assert empty_csv.returncode == 1 and empty_csv.stdout.startswith("name,method,")
     assert len(empty_csv.stdout.splitlines()) == 1 and "no run matches" in empty_csv.stderr
-    empty_json = runs(str(sim_runs), "--status", "failed", "-g", "method", "--format", "json", check=False)
+    empty_json = cli(str(sim_runs), "--status", "failed", "-g", "method", "--format", "json", check=False)
     assert empty_json.returncode == 1 and json.loads(empty_json.stdout) == []
 
 
@@ -135,28 +163,29 @@ def test_filters_matching_nothing_give_an_empty_table_and_exit_1(sim_runs):
     (["--target-accuracy", "0.5", "--target-loss", "0.1"], "not both"),
     (["--format", "xml"], "--format"),
 ])
-def test_bad_input_is_one_line_and_exit_2(sim_runs, args, words):
+def test_bad_input_is_one_line_and_exit_2(sim_runs, cli, csv, args, words):
     paths = [] if args[0].startswith("/") else [str(sim_runs)]
-    result = runs(*paths, *args, check=False)
+    result = cli(*paths, *args, check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_without_paths_it_reads_runs_in_the_working_directory(sim_runs, tmp_path):
-    missing = runs(check=False, cwd=tmp_path)
+def test_without_paths_it_reads_runs_in_the_working_directory(sim_runs, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = cli(check=False)
     assert missing.returncode == 2 and "./runs does not exist" in missing.stderr
     (tmp_path / "empty").mkdir()
-    none = runs("empty", check=False, cwd=tmp_path)
+    none = cli("empty", check=False)
     assert none.returncode == 2 and "contains none" in none.stderr
     (tmp_path / "runs").symlink_to(sim_runs)
-    found = runs("--format", "csv", cwd=tmp_path)
+    found = cli("--format", "csv")
     assert found.returncode == 0 and len(found.stdout.splitlines()) == 1 + 5
 
 
-def test_runs_show_tells_options_segments_and_how_it_ended(sim_runs):
+def test_runs_show_tells_options_segments_and_how_it_ended(sim_runs, cli):
     run = sim_runs / "fmb" / "stopped"
-    account = json.loads(runs("show", str(run), "--format", "json").stdout)
+    account = json.loads(cli("show", str(run), "--format", "json").stdout)
     meta = metadata(run)
     assert (account["status"], account["reason"]) == ("interrupted", "interrupted by Ctrl-C")
     assert account["options"] == meta["config"] and account["summary"] == meta["summary"]
@@ -164,9 +193,9 @@ def test_runs_show_tells_options_segments_and_how_it_ended(sim_runs):
                                     "from_step": 0, "status": "interrupted", "reason": "interrupted by Ctrl-C",
                                     "argv": meta["argv"]}]
     assert account["figures"]["steps"] == meta["summary"]["steps"]
-    text = runs("show", str(sim_runs / "amb" / "amb-s1")).stdout
+    text = cli("show", str(sim_runs / "amb" / "amb-s1")).stdout
     assert "amb-s1" in text and "segments (1)" in text and "completed (steps)" in text and "seed" in text
-    not_a_run = runs("show", str(sim_runs), check=False)
+    not_a_run = cli("show", str(sim_runs), check=False)
     assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
 
 
