@@ -160,6 +160,9 @@ class OutputOptions(ResultOptions):
         "--quiet",
         rich_help_panel=PANEL_OUTPUT, help="No live view; print only the run directory at the end (--json: no "
                                            "live view either).")] = False
+    tensorboard: Annotated[Path | None, typer.Option(
+        metavar="DIR", rich_help_panel=PANEL_OUTPUT, show_default=False,
+        help="Also write TensorBoard scalars into DIR/<run name>/ as the run goes (tensorboard --logdir DIR).")] = None
 
     def __post_init__(self) -> None:
         if self.quiet and self.json:

@@ -26,7 +26,8 @@ CellFormatter = Callable[[float, int, int], Any]
 
 class Recorder:
     def __init__(self, run_dir: RunDirectory, hosts: dict[int, str], layout: RowLayout, columns: Columns,
-                 view: Any, has_master: bool, formatters: dict[str, CellFormatter] | None = None):
+                 view: Any, has_master: bool, formatters: dict[str, CellFormatter] | None = None,
+                 tensorboard: Path | None = None):
         self.run_dir = run_dir
         self.hosts = hosts
         self.layout = layout
@@ -38,7 +39,7 @@ class Recorder:
         expect = getattr(view, "expect", None)
         if expect is not None:
             expect(config.get("steps"), config.get("epochs"))
-        self.tensorboard = _tensorboard_writer(config, Path(getattr(run_dir, "path", "run")).name)
+        self.tensorboard = _tensorboard_writer(tensorboard, Path(getattr(run_dir, "path", "run")).name)
         self.origin = time.time()
         self.cpu_start = time.process_time()
         self.last: StepRecord | None = None
@@ -196,12 +197,12 @@ class Recorder:
 TENSORBOARD_VARIABLE = "ANYTIMECTL_TENSORBOARD"
 
 
-def _tensorboard_writer(config: dict[str, Any], run_name: str) -> Any:
-    """A scalar writer when the run asked for TensorBoard (config `tensorboard`, or ANYTIMECTL_TENSORBOARD=DIR),
-    else None. Framework-free (anytimectl.tensorboard_events), so any method's rank 0 may write."""
+def _tensorboard_writer(where: Path | None, run_name: str) -> Any:
+    """A scalar writer when the run asked for TensorBoard (--tensorboard DIR, or ANYTIMECTL_TENSORBOARD=DIR for a
+    whole sweep), else None. Framework-free (anytimectl.tensorboard_events), so any method's rank 0 may write."""
     import os
 
-    where = config.get("tensorboard") or os.environ.get(TENSORBOARD_VARIABLE)
+    where = where or os.environ.get(TENSORBOARD_VARIABLE)
     if not where:
         return None
     from anytimectl.tensorboard_events import ScalarWriter

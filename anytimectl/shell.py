@@ -420,7 +420,7 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
     context.view = LiveView(_title(request, len(reporting)), hosts, protocol.layout,
                             mode=request.output.view_mode, columns=protocol.live_columns)
     context.recorder = Recorder(run_dir, hosts, protocol.layout, protocol.columns, context.view, has_master,
-                                protocol.formatters())
+                                protocol.formatters(), tensorboard=getattr(request.output, "tensorboard", None))
     if resumed_from is not None:
         run_dir.events.log("resumed", from_step=resumed_from, checkpoint=str(context.resume.directory),
                            ranks=rank.size)

@@ -53,10 +53,13 @@ def test_export_needs_a_destination_and_training_runs(sim_runs, tmp_path):
     assert not_a_folder.returncode == 2 and "is not a folder" in not_a_folder.stderr
 
 
-def test_a_run_writes_its_scalars_for_tensorboard_as_it_goes(tmp_path):
+@pytest.mark.parametrize("asked_by", ["option", "environment"])
+def test_a_run_writes_its_scalars_for_tensorboard_as_it_goes(tmp_path, asked_by):
     logdir = tmp_path / "tb"
+    option = ["--tensorboard", str(logdir)] if asked_by == "option" else []
+    environment = {"ANYTIMECTL_TENSORBOARD": str(logdir)} if asked_by == "environment" else None
     anytimectl("train", "fmb", "--backend", "sim", "--workers", "2", "--steps", "5", "--out", str(tmp_path),
-               "--name", "live", "--quiet", env={"ANYTIMECTL_TENSORBOARD": str(logdir)})
+               "--name", "live", "--quiet", *option, env=environment)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(logdir / "live"))
