@@ -34,6 +34,7 @@ from anytimectl.options import (
     PANEL_DATA,
     PANEL_OUTPUT,
     PANEL_TRAINING,
+    SEED_MAX,
     DataOptions,
     LaunchOptions,
     LengthOptions,
@@ -237,10 +238,16 @@ BENCH_COMMAND = "compress bench"
 BENCH_TABLE = "compress_bench"
 
 
+#: compress bench --world: each decode sums W payloads, so its time grows with W; larger jobs than this are
+#: not what one rank of a bench stands for.
+WORLD_MAX = 4096
+
 def _methods(values: list[str] | None) -> list[str]:
     """--methods: names (comma-separated or repeated, the original's spellings too) or all."""
     names = [part.strip() for value in values or ["all"] for part in value.split(",") if part.strip()]
-    if not names or "all" in (n.lower() for n in names):
+    if not names:
+        raise UsageError(f"--methods names no method; give some of {', '.join(METHODS)}, or all")
+    if "all" in (n.lower() for n in names):
         return list(METHODS)
     lookup = {m.lower(): m for m in METHODS} | {a.lower(): m for a, m in METHOD_ALIASES.items()}
     chosen = []
@@ -255,6 +262,8 @@ def _methods(values: list[str] | None) -> list[str]:
 def _modes(values: list[str] | None) -> list[str]:
     names = [part.strip().lower() for value in values or ["layerwise,entire"] for part in value.split(",")
              if part.strip()]
+    if not names:
+        raise UsageError(f"--modes names no mode; give {' or '.join(MODES)} (comma-separated)")
     lookup = {m: m for m in MODES} | MODE_ALIASES
     chosen = []
     for name in names:
@@ -292,10 +301,11 @@ def bench(
     rescale: _Rescale = False,
     repeats: Annotated[int, _option("Encode and decode repetitions (medians are reported).", "--repeats",
                                     metavar="N", min=1)] = 3,
-    world: Annotated[int, _option("Payloads averaged in each decode, as a rank of a W-worker job does.", "--world",
-                                  metavar="W", min=1)] = 1,
+    world: Annotated[int, _option("Payloads averaged in each decode, as a rank of a W-worker job does (at most "
+                                  f"{WORLD_MAX}: decoding costs W times one payload's).", "--world",
+                                  metavar="W", min=1, max=WORLD_MAX)] = 1,
     seed: Annotated[int, _option("Seed for the model, the batch and the random draws.", "--seed", metavar="N",
-                                 panel=PANEL_DATA)] = 0,
+                                 panel=PANEL_DATA, min=0, max=SEED_MAX)] = 0,
     threads: Annotated[int | None, _option("torch threads (default: every core).", "--threads", metavar="N", min=1,
                                            panel=PANEL_DATA, show_default=False)] = None,
     save_plot: Annotated[bool, _option("Also draw the compress_bench figure into RUN_DIR/figures.", "--save-plot",

@@ -1,0 +1,58 @@
+"""Inputs that used to end in a traceback on every rank, or were accepted and then ran wrong or for ever: each is
+now refused before anything starts, in one line with exit code 2, or (a delay of minutes) cut short by a stop."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import anytimectl
+
+from anytimectl.records import RowLayout
+from anytimectl.round_clock import RoundClock
+from anytimectl.stragglers import make_model
+
+
+def _refused(*args: str) -> str:
+    result = anytimectl(*args, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("train", "amb"), ("train", "gossip"), ("compress", "bench")])
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_outside_what_generators_take_is_one_line(command, seed):
+    length = ("--steps", "1") if command[0] == "train" else ()
+    assert "--seed" in _refused(*command, "--seed", seed, *length)
+
+
+def test_a_milestone_that_is_not_a_number_is_refused():
+    assert "finite" in _refused("train", "amb", "--lr-schedule", "milestones", "--lr-milestones", "nan",
+                                "--steps", "1")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--world", "100000000"), "--world"), (("--methods", ""), "names no method"), (("--methods", ","),
+                                                                                   "names no method"),
+    (("--modes", ""), "names no mode")])
+def test_compress_bench_refuses_an_endless_world_and_empty_lists(args, words):
+    assert words in _refused("compress", "bench", *args)
+
+
+@pytest.mark.parametrize("spec", ["mix:1e308,0,1", "niagara:1e300", "mix:0,1e9,1"])
+def test_absurd_induced_delays_are_refused(spec):
+    assert "exceeds the 1024 s" in _refused("train", "amb", "--induce", spec, "--steps", "1")
+
+
+def test_an_induced_delay_is_cut_short_when_the_rank_is_asked_to_stop():
+    clock = RoundClock(RowLayout(()), rank=1, seed=0, delay=make_model("long", [(1000.0, 0.0, 1.0)]))
+    asked = []
+
+    def stopped() -> bool:
+        asked.append(1)
+        return len(asked) >= 3  # a signal arrives during the third slice
+
+    clock.stopped = stopped
+    clock.begin(1)  # without the check this sleeps 1000 s
+    assert clock.induced == 1000.0 and len(asked) == 3
