@@ -7,13 +7,16 @@ The CSV columns keep the original system's names and order; new columns are only
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -371,6 +374,129 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return json.loads(text)
 
 
+#: Liveness of a run (see `run_liveness`): rank 0 holds an exclusive lock on this file while the run is open and
+#: touches it every HEARTBEAT_SECONDS; metadata.json's `writer` says which host and process that is.
+LOCK_FILE = ".running.lock"
+HEARTBEAT_SECONDS = 5.0
+#: A run on another host whose lock file is older than this is taken for dead (its writer stopped touching it).
+HEARTBEAT_STALE_SECONDS = 60.0
+#: Space set aside when the run directory opens, freed to write the final metadata.json on a full disk.
+RESERVE_FILE = ".space-reserve"
+RESERVE_BYTES = 256 * 1024
+
+
+class _Liveness:
+    """Rank 0's side of `run_liveness`: the lock (released by the kernel however the process ends, kill -9
+    included) and a daemon thread that refreshes the lock file's time, for readers on other hosts."""
+
+    def __init__(self, path: Path):
+        self.path = path / LOCK_FILE
+        self._stop = threading.Event()
+        self._handle: int | None = None
+        try:
+            self._handle = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a file system without locks (some network mounts): the heartbeat alone tells
+            pass
+        self._thread = threading.Thread(target=self._beat, name="anytimectl-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._handle)
+            self._handle = None
+
+
+def writer_info() -> dict[str, Any]:
+    """metadata.json's `writer`: where the process that writes the run directory runs (rank 0)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "lock": LOCK_FILE,
+            "heartbeat_seconds": HEARTBEAT_SECONDS}
+
+
+def run_liveness(run_dir: Path) -> str:
+    """The run's status as metadata.json says, with a recorded `running` checked against its writer.
+
+    Returns the recorded status ("completed", "failed", "interrupted", "unknown" when metadata.json cannot be
+    read) or, for a run recorded as running: "running" when its writer is alive, else "running (dead: no
+    heartbeat since <ISO time>)" (the writer was killed, e.g. kill -9 of the launcher, before it could record how
+    the run ended). On the writer's host the lock decides; elsewhere the heartbeat's age (older than
+    HEARTBEAT_STALE_SECONDS is dead). A run written before the writer was recorded is reported as "running".
+    """
+    run_dir = Path(run_dir)
+    try:
+        metadata = json.loads((run_dir / "metadata.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "unknown"
+    if not isinstance(metadata, dict):
+        return "unknown"
+    status = str(metadata.get("status") or "unknown")
+    writer = metadata.get("writer")
+    if status != "running" or not isinstance(writer, dict):
+        return status
+    lock = run_dir / str(writer.get("lock") or LOCK_FILE)
+    try:
+        beat = lock.stat().st_mtime
+    except OSError:
+        beat = None
+    since = datetime.fromtimestamp(beat, UTC).isoformat(timespec="seconds") if beat is not None else \
+        str(metadata.get("started_at") or "its start")
+    dead = f"running (dead: no heartbeat since {since})"
+    if beat is None:
+        return dead
+    if writer.get("host") == socket.gethostname():
+        held = _lock_held(lock)
+        if held is not None:
+            return "running" if held else dead
+    return "running" if time.time() - beat < HEARTBEAT_STALE_SECONDS else dead
+
+
+def _lock_held(lock: Path) -> bool | None:
+    """Whether another process holds the run's lock (None: this file system cannot say)."""
+    try:
+        handle = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+    return False
+
+
+def _reserve_space(path: Path) -> None:
+    """Set RESERVE_BYTES aside in the run directory (allocated, not sparse), so that the final metadata.json can
+    still be written after the disk fills: `finish` frees it first."""
+    target = path / RESERVE_FILE
+    with contextlib.suppress(OSError):
+        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
+        try:
+            os.posix_fallocate(handle, 0, RESERVE_BYTES)
+        except OSError:
+            os.close(handle)
+            handle = -1
+            target.unlink(missing_ok=True)
+        if handle >= 0:
+            os.close(handle)
+
+
+def _free_space(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        (path / RESERVE_FILE).unlink()
+
+
 class RunDirectory:
     """Owns every file of one run; only the master rank creates one."""
 
@@ -390,6 +516,9 @@ class RunDirectory:
         else:
             self.metadata = {"status": "running", "reason": None, "started_at": now_iso(), "ended_at": None,
                              **metadata}
+        self.metadata["writer"] = writer_info()
+        _reserve_space(path)
+        self._liveness = _Liveness(path)
         self.save_metadata()
         files = {name: (name, columns) for name, columns in tables.items()}
         files.update({name: (name, tables[source]) for name, (source, _) in (views or {}).items()})
@@ -416,11 +545,17 @@ class RunDirectory:
             self.metadata["summary"] = summary
         level = "info" if status == "completed" else "warn"
         self.events.log(f"run {status}" + (f": {reason}" if reason else ""), level=level, status=status)
-        for table in self.tables.values():
-            table.close()
-        self.trace.close()
-        self.events.close()
+        _free_space(self.path)
+        failures = []
+        for closing in (*(t.close for t in self.tables.values()), self.trace.close, self.events.close):
+            try:
+                closing()
+            except OSError as error:  # a full disk or a removed folder: the metadata still says how it ended
+                failures.append(error)
+        self._liveness.close()
         self.save_metadata()
+        if failures:
+            raise failures[0]
 
 
 def _resumed_metadata(path: Path, fresh: dict[str, Any], step: int) -> dict[str, Any]:
