@@ -236,7 +236,7 @@ def _start_and_run(request: RunRequest, protocol: TrainingProtocol, context: Run
         if request.config.get("resume"):
             from anytimectl.checkpoints import resume_point
 
-            context.resume = resume_point(Path(request.config["resume"]))
+            context.resume = resume_point(Path(request.config["resume"]), warn=False)  # the command warned
         protocol.setup()
     except UsageError as error:
         failure = (_USAGE, str(error))
