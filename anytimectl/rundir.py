@@ -581,7 +581,10 @@ def mark_if_unfinished(path: Path, status: str, reason: str) -> bool:
     if metadata.get("status") != "running":
         return False
     metadata.update(status=status, reason=reason, ended_at=now_iso())
+    _free_space(path)  # the space set aside for this rewrite, on a full disk
     write_json_atomic(meta_path, metadata)
+    with contextlib.suppress(OSError):
+        (path / LOCK_FILE).unlink()
     return True
 
 
