@@ -3,6 +3,10 @@ now refused before anything starts, in one line with exit code 2, or (a delay of
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import pytest
 from helpers import anytimectl
 
@@ -56,3 +60,33 @@ def test_an_induced_delay_is_cut_short_when_the_rank_is_asked_to_stop():
     clock.stopped = stopped
     clock.begin(1)  # without the check this sleeps 1000 s
     assert clock.induced == 1000.0 and len(asked) == 3
+
+
+@pytest.mark.parametrize("source, words", [
+    ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+    ("raise KeyboardInterrupt\n", "failed: KeyboardInterrupt"),
+    ("def build(shape, classes):\n    import keras\n    return keras.Sequential([keras.Input(shape), "
+     "keras.layers.Flatten(), keras.layers.Dense(classes + 3)])\n", "gave (1, 13), not logits of shape (1, 10)"),
+])
+def test_a_model_file_that_exits_interrupts_or_does_not_fit_is_one_line(tmp_path, source, words):
+    model = tmp_path / "model.py"
+    model.write_text(source)
+    line = _refused("train", "amb", "--model", str(model), "--workers", "0", "--steps", "1", "--out",
+                    str(tmp_path / "out"))
+    assert words in line
+    assert not (tmp_path / "out").exists()  # nor an empty --out folder left behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a read-only tmpfs needs root")
+def test_plot_into_a_read_only_file_system_is_one_line(tmp_path):
+    from plot_fixtures import make_run
+
+    run = make_run(tmp_path, "amb", steps=20, name="r")
+    target = tmp_path / "ro"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(target)], check=True)
+    try:
+        line = _refused("plot", str(run), "-o", str(target))
+        assert "Read-only file system" in line and str(target) in line
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
