@@ -180,7 +180,7 @@ def gossip(
     check_devices(launch)
     check_workers(launch, BACKEND, ranks)
     config = common_config(launch, data, length, stragglers, optimizer, checkpoints)
-    described = check_data(data, length, workers)
+    described = check_data(data, length, workers, batch // ranks if not launch.hosts else None)
     config.update(described)
     validation = VALIDATION_SIZES.get(data.dataset, 0) if val_size is None else val_size
     if validation >= described["train_examples"] - ranks + 1:
