@@ -73,8 +73,10 @@ def reserve(out: Path, run_id: str | None, default_id: str) -> Path:
     """
     if run_id is not None:
         check_name(out, run_id)
+    missing = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _CREATED[out.resolve()] = [folder.resolve() for folder in missing]
     except OSError as error:
         raise UsageError(f"--out {out}: cannot create it ({error.strerror}); choose a writable folder") from None
     if not out.is_dir():
@@ -95,6 +97,11 @@ def reserve(out: Path, run_id: str | None, default_id: str) -> Path:
     raise UsageError(f"too many runs named {default_id} in {out}; pass --name")
 
 
+#: Folders `reserve` created for --out (it and missing parents), per --out: `release` removes them again when
+#: they are left empty, so a run that fails before it starts leaves nothing behind.
+_CREATED: dict[Path, list[Path]] = {}
+
+
 def release(path: Path) -> bool:
     """Remove a reserved run directory that nothing was written to; True if it was removed.
 
@@ -106,7 +113,17 @@ def release(path: Path) -> bool:
         path.rmdir()
     except OSError:  # not empty, already gone, or not ours to remove
         return False
+    release_out(path.parent)
     return True
+
+
+def release_out(out: Path) -> None:
+    """Remove the --out folders `reserve` created (innermost first) while they are empty."""
+    for folder in _CREATED.pop(Path(out).resolve(), []):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def file_mode() -> int:

@@ -56,16 +56,25 @@ _PATH_BYTES = 4096
 
 class Stopper:
     """Turns Ctrl-C, SIGTERM and SIGHUP into a request to stop at the end of the current step; a second signal
-    stops at once (KeyboardInterrupt, recorded as `interrupted`)."""
+    stops at once (KeyboardInterrupt, recorded as `interrupted`). With `at_once` (the studies, which have no
+    steps to agree on: anytimectl.studies) every signal stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: bool = False) -> None:
         self.reason: str | None = None
+        #: The last signal received (None: none yet).
+        self.signum: int | None = None
         #: Before the run starts there is no step to finish: a signal then ends the start-up at once.
         self.running = False
+        self.at_once = at_once
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Only the signals the starter did not ignore: `nohup` keeps a run going when the terminal closes."""
+        """Only the signals the starter did not ignore: `nohup` keeps a run going when the terminal closes.
+        Signal handlers belong to the main thread; elsewhere (a test's thread) nothing is installed."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in heeded_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -75,14 +84,19 @@ class Stopper:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        if self.at_once:
+            self.reason = f"interrupted by {signal_words(signum)}"
+            raise KeyboardInterrupt(self.reason)
         if not self.running:
-            raise KeyboardInterrupt(f"interrupted by {_signal_words(signum)} during start-up")
+            raise KeyboardInterrupt(f"interrupted by {signal_words(signum)} during start-up")
         if self.reason is not None:
-            raise KeyboardInterrupt(f"{self.reason}, then {_signal_words(signum)} again")
-        self.reason = f"interrupted by {_signal_words(signum)}"
+            raise KeyboardInterrupt(f"{self.reason}, then {signal_words(signum)} again")
+        self.reason = f"interrupted by {signal_words(signum)}"
 
 
-def _signal_words(signum: int) -> str:
+def signal_words(signum: int) -> str:
+    """How a stop signal is named in a run's reason and on the terminal: "Ctrl-C", "SIGTERM", "SIGHUP"."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
@@ -174,7 +188,7 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
     code, forwarded = _job_end(end)
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
-        words = f"interrupted by {_signal_words(forwarded)}"
+        words = f"interrupted by {signal_words(forwarded)}"
         if not mark_if_unfinished(run_dir, "interrupted", f"{words}: the job was stopped before rank 0 recorded "
                                                           "the end"):
             _correct_reason(run_dir, words)

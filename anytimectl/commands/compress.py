@@ -345,41 +345,28 @@ def bench(
         if model not in MODEL_INPUT:
             raise UsageError(f"--model {model!r}: random inputs need one of the built-in networks "
                              f"({', '.join(MODEL_INPUT)}); for another network give --dataset to take its images")
-    from anytimectl.rundir import RunDirectory, reserve
+    from anytimectl import __version__
+    from anytimectl.studies import Study
 
-    path = reserve(out, name, f"codec-bench-{_slug(model)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = {"model": model, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None,
               "batch_size": batch_size, "methods": chosen_methods, "modes": chosen_modes, "ratio": ratio,
               "threshold": threshold, "levels": levels, "value_dtype": value_dtype, "rescale": rescale,
               "repeats": repeats, "world": world, "seed": seed, "threads": threads}
-    from anytimectl import __version__
-
-    metadata = {"run_id": path.name, "command": BENCH_COMMAND, "method": "compress-bench", "config": config,
+    metadata = {"command": BENCH_COMMAND, "method": "compress-bench", "config": config,
                 "versions": {"anytimectl": __version__, "python": sys.version.split()[0]}, "argv": sys.argv[1:],
                 "summary": {}}
-    try:
-        run = RunDirectory(path, metadata, {BENCH_TABLE: BENCH_COLUMNS})
-    except BaseException:
-        from anytimectl.rundir import release
-
-        release(path)
-        raise
-    say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
-    say(f"run directory: {path}")
-    try:
+    with Study(out, name, f"codec-bench-{_slug(model)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", metadata,
+               {BENCH_TABLE: BENCH_COLUMNS}) as study:
+        path, run = study.path, study.run
+        say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
+        say(f"run directory: {path}")
         rows, gradient_info = measure(model, dataset, data_dir, batch_size, chosen_methods, chosen_modes, ratio,
                                       threshold, levels, value_dtype, rescale, repeats, world, seed, threads, say)
         run.metadata["versions"].update(gradient_info.pop("versions"))
         run.metadata["gradient"] = gradient_info
-        run.tables[BENCH_TABLE].write([[row.get(c) for c in BENCH_COLUMNS] for row in rows])
-    except KeyboardInterrupt:
-        run.finish("interrupted", "interrupted by Ctrl-C")
-        raise
-    except BaseException as error:
-        run.finish("failed", f"{type(error).__name__}: {error}".splitlines()[0])
-        raise
-    summary = bench_summary(rows)
-    run.finish("completed", summary=summary)
+        study.write(BENCH_TABLE, [[row.get(c) for c in BENCH_COLUMNS] for row in rows])
+        summary = bench_summary(rows)
+        study.complete(summary)
     if json_output:
         typer.echo(json.dumps({"run_dir": str(path), "gradient": gradient_info, "rows": rows, "summary": summary},
                               default=float))
