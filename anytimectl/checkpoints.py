@@ -21,7 +21,7 @@ metadata back to `running` with the resume recorded, and the step count continui
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import io
 import json
 import os
@@ -39,7 +39,7 @@ from typing import Annotated, Any, BinaryIO
 import numpy as np
 import typer
 
-from anytimectl.errors import UsageError
+from anytimectl.errors import OutputError, UsageError
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -226,16 +226,11 @@ def save_rank(run_dir: Path, step: int, rank: int, state: dict[str, Any], backen
     return target
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(OutputError):
     """A checkpoint file could not be written; its message is one line naming the path and the reason."""
 
     def __init__(self, path: Path, error: OSError):
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        super().__init__(error.errno or errno.EIO, f"cannot write checkpoint {path}: {reason}")
-        self.path = path
-
-    def __str__(self) -> str:
-        return str(self.args[1])
+        super().__init__(path, error, "write checkpoint")
 
 
 def load_rank(point: ResumePoint, rank: int, backend: str | None = None) -> dict[str, Any]:
@@ -272,6 +267,17 @@ def write_manifest(run_dir: Path, step: int, ranks: int, info: dict[str, Any]) -
     write_json_atomic(path, {**info, "format": FORMAT, "step": step, "ranks": ranks, "written_at": now_iso(),
                              "files": [f.name for f in files], "sizes": {f.name: f.stat().st_size for f in files}})
     return path
+
+
+def remove_temporary(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of checkpoints being written when the job ended (a rank killed mid-write, or
+    every rank stopped by MPI_Abort after another failed): called by the launching parent, which outlives them."""
+    removed = []
+    for path in (Path(run_dir) / CHECKPOINTS).glob("step-*/.rank-*.tmp"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 # --- finding and pruning ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from anytimectl.errors import UsageError
+from anytimectl.errors import OutputError, UsageError
 
 #: The original system's columns, in its order: every run keeps them, so existing analysis scripts keep working.
 ORIGINAL_MASTER_COLUMNS = ("time", "step", "loss", "learning_rate", "test_loss", "accuracy")
@@ -152,7 +152,10 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     as "none". The file gets the same mode as the CSVs (`file_mode`), not mkstemp's private 0600.
     """
     text = to_json(data, indent=2)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    except OSError as error:
+        raise OutputError(path, error) from None
     try:
         os.fchmod(handle, file_mode())
         with os.fdopen(handle, "w") as stream:
@@ -161,6 +164,10 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            Path(temporary).unlink(missing_ok=True)
+        raise OutputError(path, error) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -221,6 +228,12 @@ class CsvTable:
         self.views.append((view, self.columns.index(column)))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self._write(rows)
+        except OSError as error:  # a full disk, a quota, a removed folder: one line naming the file
+            raise OutputError(self.path, error) from None
+
+    def _write(self, rows: Iterable[Sequence[Any]]) -> None:
         for row in rows:
             formatted = [_format(value) for value in row]
             self._writer.writerow(formatted)
@@ -234,9 +247,13 @@ class CsvTable:
             view._stream.flush()
 
     def close(self) -> None:
-        self._stream.close()
-        for view, _ in self.views:
-            view.close()
+        try:
+            self._stream.close()
+        except OSError as error:
+            raise OutputError(self.path, error) from None
+        finally:
+            for view, _ in self.views:
+                view.close()
 
 
 def keep_rows_through(path: Path, columns: Sequence[str], step: int) -> None:
@@ -310,16 +327,23 @@ class EventLog:
     """Bunyan-compatible JSON lines, readable by `bunyan` and `jq`."""
 
     def __init__(self, path: Path, name: str = "anytimectl"):
+        self.path = path
         self._stream = open(path, "a")  # noqa: SIM115 - closed in close()
         self._base = {"v": 0, "name": name, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     def log(self, msg: str, level: str = "info", **fields: Any) -> None:
         record = {**self._base, "level": LEVELS[level], "time": now_iso(), "msg": msg, **fields}
-        self._stream.write(to_json(record) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(to_json(record) + "\n")
+            self._stream.flush()
+        except OSError as error:
+            raise OutputError(self.path, error) from None
 
     def close(self) -> None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except OSError as error:
+            raise OutputError(self.path, error) from None
 
 
 class Trace:
@@ -364,12 +388,26 @@ class Trace:
         })
 
     def _emit(self, event: dict[str, Any]) -> None:
-        self._stream.write(to_json(event) + ",\n")
+        try:
+            self._stream.write(to_json(event) + ",\n")
+        except OSError as error:
+            raise OutputError(self._stream.name, error) from None
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise OutputError(self._stream.name, error) from None
 
     def close(self) -> None:
+        try:
+            self._close()
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            raise OutputError(self._stream.name, error) from None
+
+    def _close(self) -> None:
         self._stream.flush()
         end = self._stream.tell()
         with open(self._stream.name, "rb") as stream:
@@ -557,21 +595,26 @@ class RunDirectory:
         if self._closed:
             return
         self._closed = True
+        _free_space(self.path)
+        failures: list[OSError] = []
+        level = "info" if status == "completed" else "warn"
+        closings = (lambda: self.events.log(f"run {status}" + (f": {reason}" if reason else ""), level=level,
+                                            status=status),
+                    *(t.close for t in self.tables.values()), self.trace.close, self.events.close)
+        for closing in closings:
+            try:
+                closing()
+            except (OSError, ValueError) as error:  # a full disk or a removed folder (ValueError: closed already)
+                if isinstance(error, OSError):
+                    failures.append(error)
+        if failures and status == "completed":  # the tables are not whole: not a completed run
+            status, reason = "failed", str(failures[0])
         self.metadata.update(status=status, reason=reason, ended_at=now_iso())
         if summary is not None:
             self.metadata["summary"] = summary
-        level = "info" if status == "completed" else "warn"
-        self.events.log(f"run {status}" + (f": {reason}" if reason else ""), level=level, status=status)
-        _free_space(self.path)
-        failures = []
-        for closing in (*(t.close for t in self.tables.values()), self.trace.close, self.events.close):
-            try:
-                closing()
-            except OSError as error:  # a full disk or a removed folder: the metadata still says how it ended
-                failures.append(error)
         self._liveness.close()
         self.save_metadata()
-        if failures:
+        if failures and self.metadata["reason"] == str(failures[0]):
             raise failures[0]
 
 

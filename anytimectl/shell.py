@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from anytimectl import __version__
-from anytimectl.errors import UsageError
+from anytimectl.errors import OutputError, UsageError
 from anytimectl.launch import (
     RUN_DIR_VARIABLE,
     RankInfo,
@@ -186,6 +186,10 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
         _release(run_dir)
         raise
     code, forwarded = _job_end(end)
+    if code != 0:
+        from anytimectl.checkpoints import remove_temporary
+
+        remove_temporary(run_dir)  # a rank stopped while writing a checkpoint leaves no partial file
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
         words = f"interrupted by {signal_words(forwarded)}"
@@ -291,6 +295,9 @@ def _abort_job(rank: RankInfo, error: BaseException) -> None:
     elif isinstance(error, UsageError):
         code = 2
         print(f"anytimectl: error: {error}", file=sys.stderr)
+    elif isinstance(error, OutputError):  # a full disk or a removed folder: one line naming the file
+        code = 1
+        print(f"anytimectl: error: {error}", file=sys.stderr)
     else:
         code = 1
         traceback.print_exception(error)
@@ -372,11 +379,14 @@ def _run_protocol(request: RunRequest, protocol: TrainingProtocol, context: RunC
             outcome = protocol.run()
     except BaseException as error:
         status, reason = _describe_failure(error, stopper, rank)
-        if context.run_dir is not None:
-            summary = context.recorder.summary(None) if context.recorder is not None else None
-            context.run_dir.finish(status, reason, summary=summary)
-        elif run_dir_path is not None and not isinstance(error, SystemExit | KeyboardInterrupt):
-            mark_if_unfinished(run_dir_path, status, reason)
+        try:
+            if context.run_dir is not None:
+                summary = context.recorder.summary(None) if context.recorder is not None else None
+                context.run_dir.finish(status, reason, summary=summary)
+            elif run_dir_path is not None and not isinstance(error, SystemExit | KeyboardInterrupt):
+                mark_if_unfinished(run_dir_path, status, reason)
+        except OSError:  # the folder is gone or the disk stays full: the error itself is what to report
+            pass
         _abort_job(rank, error)
         raise
     stopper.restore()
@@ -404,7 +414,7 @@ def _describe_failure(error: BaseException, stopper: Stopper, rank: RankInfo) ->
     where = f"rank {rank.rank}: " if rank.rank != 0 else ""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted", str(error) or stopper.reason or "interrupted by Ctrl-C (twice)"
-    if isinstance(error, UsageError):
+    if isinstance(error, UsageError | OutputError):
         return "failed", f"{where}{error}"
     if isinstance(error, SystemExit):
         return ("interrupted" if stopper.reason else "failed"), stopper.reason or f"{where}exit {error.code}"
