@@ -487,6 +487,14 @@ def _finish(request: RunRequest, context: RunContext, outcome: RunOutcome) -> in
     stopper = context.stopper
     status = "interrupted" if stopper.reason else "completed"
     summary = context.recorder.summary(stopper.reason or outcome.stopped_by, **outcome.summary)
+    diverged = context.recorder.first_nonfinite_step
+    if diverged is not None:  # the run went on to its end, but what it trained is not a model: say so
+        warning = (f"the training loss became NaN or infinite at step {diverged} (the model diverged); lower "
+                   "--learning-rate or check the model and data")
+        summary["warnings"] = [*summary.get("warnings", []), warning]
+        summary["diverged_at_step"] = diverged
+        context.run_dir.events.log("loss not finite", level="warn", step=diverged)
+        print(f"anytimectl: warning: {warning}", file=sys.stderr, flush=True)
     if context.rank.comm is not None:
         summary.update(master_bytes_sent=context.rank.comm.bytes.sent,
                        master_bytes_received=context.rank.comm.bytes.received)

@@ -96,3 +96,19 @@ def test_plot_into_a_read_only_file_system_is_one_line(tmp_path):
 def test_a_batch_that_cannot_fit_in_memory_is_refused_before_launch(command):
     line = _refused(*command, "--batch-size", "1000000000000", "--steps", "1")
     assert "--batch-size 1000000000000" in line and "memory available" in line
+
+
+@pytest.mark.slow
+def test_a_run_whose_loss_is_nan_says_so(tmp_path):
+    model = tmp_path / "nan.py"
+    model.write_text("def build(shape, classes):\n    import keras\n    return keras.Sequential([keras.Input(shape), "
+                     "keras.layers.Flatten(), keras.layers.Dense(classes), "
+                     "keras.layers.Lambda(lambda t: t * float('nan'))])\n")
+    result = anytimectl("train", "fmb", "--model", f"{model}:build", "--workers", "0", "--steps", "3",
+                        "--test-size", "100", "--out", str(tmp_path), "--name", "n", "--json", check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: the training loss became NaN or infinite at step 1" in result.stderr
+    from helpers import metadata
+
+    summary = metadata(tmp_path / "n")["summary"]
+    assert summary["diverged_at_step"] == 1 and "diverged" in summary["warnings"][0]
