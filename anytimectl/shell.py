@@ -198,8 +198,11 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
             _correct_reason(run_dir, words)
         code = 130
     elif code != 0:
-        mark_if_unfinished(run_dir, "failed", f"the MPI job ended with exit code {code} before rank 0 recorded "
-                                              "the end (a rank crashed or was killed)")
+        reason = (f"the MPI job ended with exit code {code} before rank 0 recorded the end (a rank crashed or was "
+                  "killed)")
+        if mark_if_unfinished(run_dir, "failed", reason):  # nobody said anything: the parent says it, once
+            print(f"anytimectl: error: {reason}; the completed steps are kept in {run_dir}", file=sys.stderr,
+                  flush=True)
     _release(run_dir)
     return code
 

@@ -143,11 +143,13 @@ def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
     assert 1 in ranks, ranks
     os.kill(ranks[1], signal.SIGKILL)
     killed_at = time.time()
-    process.wait(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert time.time() - killed_at < 30
     assert process.returncode != 0
     meta = metadata(run)
     assert meta["status"] == "failed" and "exit code" in meta["reason"]
+    # the tool says what happened in its own words, once
+    assert stderr.count(f"anytimectl: error: {meta['reason']}") == 1, stderr[-2000:]
     master = table(run, "master_stats")
     assert len(master) >= 5 and list(master.step) == list(range(1, len(master) + 1))
 
