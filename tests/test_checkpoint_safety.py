@@ -188,3 +188,22 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_a_damaged_metadata(base
         (run / "metadata.json").write_text(text)
         line = _one_line_refusal(anytimectl("train", "gossip", "--resume", str(run), "--steps", "9", check=False))
         assert "metadata.json" in line
+
+
+@pytest.mark.parametrize("name", ["static", "increasing", "decreasing", "loss", "progress", "probe", "dbs"])
+def test_every_batch_policy_survives_the_data_only_format(tmp_path, name):
+    """train dynamic checkpoints its policy as the policy's attributes (vars): each must be plain data that the
+    format stores and gives back equal, after some decisions have filled its history."""
+    from anytimectl.batch_policies import PeriodStats, make_policy
+
+    policy = make_policy(name, 2, 32)
+    for period in range(1, 5):
+        policy.decide(PeriodStats(index=period, loss=1.0 / period, times=(1.0, 1.5 + period),
+                                  examples=(64.0, 64.0), compute=(0.8, 1.2)))
+    checkpoints.save_rank(tmp_path, period, 0, {"policy": dict(vars(policy))})
+    checkpoints.write_manifest(tmp_path, period, 1, {})
+    loaded = checkpoints.load_rank(checkpoints.latest(tmp_path), 0)["policy"]
+    fresh = make_policy(name, 2, 32)
+    vars(fresh).update(loaded)
+    assert vars(fresh) == vars(policy)
+    assert {k: type(v) for k, v in vars(fresh).items()} == {k: type(v) for k, v in vars(policy).items()}
