@@ -179,6 +179,9 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
     workers = request.launch.workers
     run_dir = _resumed_dir(request) or reserve(Path(request.output.out), request.output.name,
                                                default_run_id(request, workers))
+    from anytimectl import leftovers
+
+    before = leftovers.snapshot()
     try:
         end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
                        {RUN_DIR_VARIABLE: str(run_dir)})
@@ -190,6 +193,7 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
         from anytimectl.checkpoints import remove_temporary
 
         remove_temporary(run_dir)  # a rank stopped while writing a checkpoint leaves no partial file
+        leftovers.clean(before)  # killed ranks' MPICH segments and autograph files
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
         words = f"interrupted by {signal_words(forwarded)}"
