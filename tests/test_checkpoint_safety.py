@@ -177,6 +177,9 @@ def test_resume_after_a_truncated_checkpoint_continues_from_the_previous_one(bas
 @pytest.mark.mpi
 def test_resume_refuses_a_checkpoint_of_another_model_or_a_damaged_metadata(base, tmp_path):
     run = _copy(base, tmp_path)
+    line = _one_line_refusal(anytimectl("train", "gossip", "--resume", str(run), "--steps", "9", "--workers", "3",
+                                        check=False))
+    assert "--workers 3" in line and "2 workers" in line
     for step in (3, 6):
         manifest = checkpoints.step_dir(run, step) / "manifest.json"
         data = json.loads(manifest.read_text())
