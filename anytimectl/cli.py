@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"anytimectl: error: {_bad_value_message(error, argv)}{hint}", file=sys.stderr)
         sys.exit(error.exit_code)
     except OutputError as error:  # the run's output cannot be written (a full disk, a removed folder)
-        print(f"anytimectl: error: {error}", file=sys.stderr)
+        if not getattr(error, "reported", False):
+            print(f"anytimectl: error: {error}", file=sys.stderr)
         end_rank()
         sys.exit(error.exit_code)
     except typer.Exit as done:

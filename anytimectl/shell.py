@@ -305,6 +305,7 @@ def _abort_job(rank: RankInfo, error: BaseException) -> None:
     elif isinstance(error, OutputError):  # a full disk or a removed folder: one line naming the file
         code = 1
         print(f"anytimectl: error: {error}", file=sys.stderr)
+        error.reported = True  # cli.main must not say it again if the abort returns before the job is gone
     else:
         code = 1
         traceback.print_exception(error)

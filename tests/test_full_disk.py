@@ -56,6 +56,8 @@ def test_a_checkpoint_that_does_not_fit_fails_the_run_in_one_line(small_disk):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr
     assert "cannot write checkpoint" in result.stderr and "No space left on device" in result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("anytimectl: error:")]
+    assert said and len(said) == len(set(said)), result.stderr  # each failing rank says it once
     meta = metadata(small_disk / "g")
     assert meta["status"] == "failed" and "No space left on device" in meta["reason"]
     assert "checkpoints/step-2/rank-" in meta["reason"]
