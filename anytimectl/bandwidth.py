@@ -92,34 +92,18 @@ def _round(comm: Any, layer: str, send: np.ndarray, recv: np.ndarray | None, mod
     return middle - start, time.perf_counter() - middle
 
 
-class _StopRequest:
-    """A rank's stop signals during a measurement: the first asks every rank to stop after the current round
-    (the ranks agree on it, so none is left waiting in a collective), a second one stops at once."""
+def _stop_request() -> Any:
+    """A rank's stop signals during a measurement: the run shell's Stopper, already running (a signal during
+    start-up is remembered, not fatal): the first signal asks every rank to stop after the current round (the
+    ranks agree on it, so none is left waiting in a collective), a second one stops at once."""
+    from anytimectl.shell import Stopper
 
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        import threading
-
-        from anytimectl.launch import heeded_signals
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in heeded_signals()}
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again")
-        self.signal = signum
+    stop = Stopper()
+    stop.running = True
+    return stop
 
 
-def _agree_to_stop(comm: Any, stop: _StopRequest | None) -> bool:
+def _agree_to_stop(comm: Any, stop: Any | None) -> bool:
     """Whether any rank was asked to stop: a tiny all-reduce every rank makes at the same point of the loop."""
     if stop is None:
         return False
@@ -127,14 +111,14 @@ def _agree_to_stop(comm: Any, stop: _StopRequest | None) -> bool:
 
     from anytimectl.comm import Pending
 
-    local = np.array([0 if stop.signal is None else 1], dtype=np.int32)
+    local = np.array([0 if stop.signum is None else 1], dtype=np.int32)
     agreed = np.zeros(1, dtype=np.int32)
     Pending().add(comm.mpi.Iallreduce(local, agreed, op=MPI.MAX)).wait()
     return bool(agreed[0])
 
 
 def measure_job(comm: Any, sizes: list[int], rounds: int, warmup: int, model_sizes: dict[int, str],
-                stop: _StopRequest | None = None) -> tuple[list[dict], bool]:
+                stop: Any | None = None) -> tuple[list[dict], bool]:
     """Every rank calls this; rank 0 gets the rows (others an empty list), and every rank whether it stopped early.
 
     For each size: `warmup` untimed rounds, then `rounds` rounds alternating which layer goes first, each round
@@ -346,7 +330,7 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
     find_mpiexec(mpiexec)  # a missing mpiexec is a usage error before anything is created
     path = reserve(out, name, f"bandwidth{_stem(pattern)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     env = {}
-    between = _StopRequest()
+    between = _stop_request()
     between.install()
     try:
         try:
@@ -356,7 +340,7 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
                 env[MODEL_VARIABLE] = f"{model}:{elements}"
         except KeyboardInterrupt:  # a second signal while counting
             pass
-        if between.signal is not None:
+        if between.signum is not None:
             between.restore()
             release(path)  # stopped before anything was measured: leave no run directory behind
             return 130
@@ -373,8 +357,8 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
     say(f"run directory: {path}")
     try:
         for count in worker_counts:
-            if between.signal is not None:
-                return _interrupted(run, rows, model, between.signal, say)
+            if between.signum is not None:
+                return _interrupted(run, rows, model, between.signum, say)
             ranks = count + 1 if pattern == "master" else count
             say(f"{count} worker(s): mpiexec -n {ranks}")
             rows_file = path / f".rows-w{count}.json"
@@ -393,7 +377,7 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
                 typer.echo(f"anytimectl: error: {reason}", err=True)
                 return end.exit_code or 1
     except KeyboardInterrupt:  # a second signal between jobs
-        return _interrupted(run, rows, model, between.signal or signal.SIGINT, say)
+        return _interrupted(run, rows, model, between.signum or signal.SIGINT, say)
     finally:
         between.restore()
     run.finish("completed", summary=_summary(rows, model))
@@ -401,12 +385,10 @@ def _launch_each(worker_counts: list[int], sizes: list[int], rounds: int, warmup
     return 0
 
 
-def _signal_words(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
 def _interrupted(run: Any, rows: list[dict], model: str | None, signum: int, say: Any) -> int:
-    reason = f"interrupted by {_signal_words(signum)}"
+    from anytimectl.shell import signal_words
+
+    reason = f"interrupted by {signal_words(signum)}"
     run.finish("interrupted", reason, summary=_summary(rows, model))
     say(f"{reason}; {len(rows)} row(s) kept in {run.path}")
     return 130
@@ -414,7 +396,7 @@ def _interrupted(run: Any, rows: list[dict], model: str | None, signum: int, say
 
 def _in_job(sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path, name: str | None,
             json_output: bool, worker_counts: list[int] | None, pattern: str = "master") -> int:
-    stop = _StopRequest()  # first: a stop signal during start-up is then remembered, not fatal
+    stop = _stop_request()  # first: a stop signal during start-up is then remembered, not fatal
     stop.install()
     try:
         return _measure_in_job(stop, sizes, rounds, warmup, model, out, name, json_output, worker_counts, pattern)
@@ -422,7 +404,7 @@ def _in_job(sizes: list[int], rounds: int, warmup: int, model: str | None, out: 
         stop.restore()
 
 
-def _measure_in_job(stop: _StopRequest, sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
+def _measure_in_job(stop: Any, sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
                     name: str | None, json_output: bool, worker_counts: list[int] | None,
                     pattern: str = "master") -> int:
     from anytimectl.launch import start_rank
@@ -460,7 +442,9 @@ def _measure_in_job(stop: _StopRequest, sizes: list[int], rounds: int, warmup: i
             rows, stopped = measure_job(rank.comm, sizes, rounds, warmup, model_sizes, stop)
     except KeyboardInterrupt:  # a second signal: no agreement, every rank leaves now
         if run is not None:
-            run.finish("interrupted", f"interrupted by {_signal_words(stop.signal or signal.SIGINT)}, twice")
+            from anytimectl.shell import signal_words
+
+            run.finish("interrupted", f"interrupted by {signal_words(stop.signum or signal.SIGINT)}, twice")
         return 130
     code = 130 if stopped else 0
     if rank.rank != 0:
@@ -472,8 +456,8 @@ def _measure_in_job(stop: _StopRequest, sizes: list[int], rounds: int, warmup: i
     run.tables["bandwidth"].write([[row[c] for c in COLUMNS] for row in rows])
     run.metadata["world_size"] = rank.size
     if stopped:
-        assert stop.signal is not None
-        return _interrupted(run, rows, model, stop.signal, lambda m: typer.echo(m, err=True))
+        assert stop.signum is not None
+        return _interrupted(run, rows, model, stop.signum, lambda m: typer.echo(m, err=True))
     run.finish("completed", summary=_summary(rows, model))
     _report(run.path, rows, model, json_output)
     return 0

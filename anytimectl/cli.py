@@ -19,7 +19,7 @@ from anytimectl.commands.runs import runs_app
 from anytimectl.commands.train_amb_fmb import amb, fmb
 from anytimectl.commands.train_dynamic import dynamic
 from anytimectl.commands.train_gossip import gossip
-from anytimectl.errors import UsageError
+from anytimectl.errors import OutputError, UsageError
 from anytimectl.partitions import partitions_app
 from anytimectl.plots.command import plot
 
@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         context = getattr(error, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""
         print(f"anytimectl: error: {_bad_value_message(error, argv)}{hint}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except OutputError as error:  # the run's output cannot be written (a full disk, a removed folder)
+        if not getattr(error, "reported", False):
+            print(f"anytimectl: error: {error}", file=sys.stderr)
+        end_rank()
         sys.exit(error.exit_code)
     except typer.Exit as done:
         if done.exit_code:

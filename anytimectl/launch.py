@@ -8,6 +8,7 @@ MPI_Abort, so one crashed rank ends the whole job instead of leaving the others 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -147,11 +148,14 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
     watcher = _LaunchWatcher() if hosts else None
     with forwarder.installed():
         process = subprocess.Popen(command, env=child_env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_parent_death_signal(),
+                                   preexec_fn=_parent_death_signal(), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE if watcher else None)
+        pump = threading.Thread(target=_pump_stdout, args=(process.stdout,), name="anytimectl-stdout", daemon=True)
+        pump.start()
         if watcher:
             watcher.start(process)
         code = forwarder.wait(process)
+        pump.join(timeout=10)
         if watcher:
             watcher.finish()
     if watcher and watcher.proxy_failed and forwarder.first is None:
@@ -210,6 +214,39 @@ class _LaunchWatcher:
                     sys.stderr.flush()
             except (OSError, ValueError):
                 pass
+        stream.close()
+
+
+def _pump_stdout(stream: Any) -> None:
+    """The job's stdout, line by line, to ours: stdout carries only the summary (the live view is on stderr), which
+    scripts read. mpiexec's own report of a killed rank (hydra's "BAD TERMINATION" box, lines starting with "=",
+    and what follows it) goes to stderr instead, where diagnostics belong."""
+    def write(target: Any, line: bytes) -> None:
+        binary = getattr(target, "buffer", None)
+        if binary is not None:
+            binary.write(line)
+            binary.flush()
+        else:  # a text stream without bytes underneath (a test's capture)
+            target.write(line.decode(errors="replace"))
+            target.flush()
+
+    banner = False  # once mpiexec reports a killed rank, the rest is its report (the ranks are being killed)
+    blank = b""  # blank lines wait for the next line: hydra's box starts with one
+    try:
+        for line in iter(stream.readline, b""):
+            if not line.strip() and not banner:
+                blank += line
+                continue
+            banner = banner or (line.startswith(b"=") and (b"====" in line or line.startswith(b"=   ")))
+            try:
+                write(sys.stderr if banner else sys.stdout, blank + line)
+            except (OSError, ValueError):  # our stdout closed (a reader that left): keep draining the job's
+                pass
+            blank = b""
+        if blank and not banner:
+            with contextlib.suppress(OSError, ValueError):
+                write(sys.stdout, blank)
+    finally:
         stream.close()
 
 

@@ -27,6 +27,8 @@ import typer.core
 from anytimectl.errors import UsageError
 
 # --- help layout ---------------------------------------------------------------------------------------------------
+#: Seeds go to numpy and torch generators, which take 0 <= seed < 2**32.
+SEED_MAX = 2**32 - 1
 PANEL_LAUNCH = "Launch"
 PANEL_DATA = "Data and model"
 PANEL_TRAINING = "Training"
@@ -128,7 +130,7 @@ class StragglerOptions:
         help="Persistent straggler WORKER:FACTOR (2:3 = worker 2 computes 3x slower; workers are numbered "
              "1..N as in the live table); repeatable.")] = None
     seed: Annotated[int, typer.Option(
-        metavar="N",
+        metavar="N", min=0, max=SEED_MAX,
         rich_help_panel=PANEL_STRAGGLERS,
         help="Seed for initialisation, data order and straggler delays.")] = 0
 
@@ -286,8 +288,8 @@ class OptimizerOptions:
             raise UsageError(f"--lr-epochs-every {self.lr_epochs_every}: must be positive")
         if self.lr_schedule == "milestones" and not self.lr_milestones:
             raise UsageError("--lr-schedule milestones needs at least one --lr-milestones EPOCH")
-        if self.lr_milestones and any(m <= 0 for m in self.lr_milestones):
-            raise UsageError("--lr-milestones: epochs must be positive")
+        if self.lr_milestones and any(not math.isfinite(m) or m <= 0 for m in self.lr_milestones):
+            raise UsageError("--lr-milestones: epochs must be positive, finite numbers")
 
 
 # --- spreading groups into a command's signature ---------------------------------------------------------------------

@@ -31,6 +31,7 @@ from anytimectl.backends.tensorflow import MODEL_INPUT, MODELS
 from anytimectl.errors import UsageError
 from anytimectl.options import ResultOptions, with_option_groups
 from anytimectl.ranges import parse_counts
+from anytimectl.studies import available_memory
 
 NUM_CLASSES = 10
 DEFAULT_THRESHOLD = 0.10
@@ -44,27 +45,6 @@ def check_model(model: str) -> tuple[int, ...]:
     if model not in MODELS:
         raise UsageError(f"--model {model!r} is not one of: {', '.join(MODELS)}")
     return MODEL_INPUT[model]
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: MemAvailable, or less under a cgroup (container) limit; None when
-    the system does not say (not Linux)."""
-    found: list[int] = []
-    try:
-        with open("/proc/meminfo") as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            found.append(max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
 
 
 def batch_bytes(model: str, batch_size: int) -> int:
@@ -367,13 +347,12 @@ def sweep_command(
 
 def _run(mode: str, model: str, specs: list[Spec], threshold: float, result: ResultOptions, isolate: bool) -> Path:
     from anytimectl import __version__
-    from anytimectl.rundir import RunDirectory, reserve
+    from anytimectl.studies import Study
 
     json_output = result.json
-    path = reserve(result.out, result.name, f"partitions-{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     first = specs[0]
     metadata = {
-        "run_id": path.name, "command": "partitions", "method": "partitions", "mode": mode,
+        "command": "partitions", "method": "partitions", "mode": mode,
         "config": {"model": model, "batch_sizes": [s.batch_size for s in specs],
                    "partitions": {s.batch_size: s.partitions for s in specs}, "steps": first.steps,
                    "repeats": first.repeats, "warmup": first.warmup, "threads": first.threads,
@@ -381,33 +360,29 @@ def _run(mode: str, model: str, specs: list[Spec], threshold: float, result: Res
         "versions": {"anytimectl": __version__, "python": sys.version.split()[0]},
         "argv": sys.argv[1:], "summary": {},
     }
-    run = RunDirectory(path, metadata, {"partitions": COLUMNS})
-    say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
-    say(f"run directory: {path}")
     rows: list[dict[str, Any]] = []
-    if not isolate:
-        from anytimectl.launch import limit_threads
+    with Study(result.out, result.name, f"partitions-{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", metadata,
+               {"partitions": COLUMNS}, partial=lambda: _summary(rows, threshold)) as study:
+        path, run = study.path, study.run
+        say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
+        say(f"run directory: {path}")
+        if not isolate:
+            from anytimectl.launch import limit_threads
 
-        limit_threads(first.threads)
-    try:
+            limit_threads(first.threads)
         for spec in specs:
             started = time.time()
             say(f"batch {spec.batch_size}: partitions {', '.join(map(str, sorted(set([1, *spec.partitions]))))}")
+            # a child measures in its own Python; a stop signal here unwinds subprocess.run, which kills it
             batch_rows = measure_in_subprocess(spec) if isolate else measure_batch(spec, progress=say)
-            run.tables["partitions"].write([[row[c] for c in COLUMNS] for row in batch_rows])
+            study.write("partitions", [[row[c] for c in COLUMNS] for row in batch_rows])
             run.events.log("batch measured", batch_size=spec.batch_size, seconds=round(time.time() - started, 2))
             rows.extend(batch_rows)
-    except KeyboardInterrupt:
-        run.finish("interrupted", "interrupted by Ctrl-C", summary=_summary(rows, threshold))
-        raise
-    except BaseException as error:
-        run.finish("failed", f"{type(error).__name__}: {error}".splitlines()[0], summary=_summary(rows, threshold))
-        raise
-    if not isolate or mode == "eval":
-        _record_tensorflow_version(run)
-    advice = recommend(rows, threshold)
-    summary = _summary(rows, threshold)
-    run.finish("completed", summary=summary)
+        if not isolate or mode == "eval":
+            _record_tensorflow_version(run)
+        advice = recommend(rows, threshold)
+        summary = _summary(rows, threshold)
+        study.complete(summary)
     if json_output:
         typer.echo(json.dumps({"run_dir": str(path), "rows": rows, "recommendation": summary["recommendation"]}))
     else:

@@ -43,6 +43,8 @@ class Recorder:
         self.origin = time.time()
         self.cpu_start = time.process_time()
         self.last: StepRecord | None = None
+        #: The first step whose training loss was NaN or infinite (the model diverged), for the summary's warning.
+        self.first_nonfinite_step: int | None = None
         self.last_accuracy: float | None = None
         self.last_test_loss: float | None = None
         self.steps = 0
@@ -78,6 +80,8 @@ class Recorder:
                                     test_loss=record.test_loss)
         self.steps = max(self.steps, record.step)
         self.last = record
+        if self.first_nonfinite_step is None and record.loss is not None and not math.isfinite(record.loss):
+            self.first_nonfinite_step = record.step
         self.view.update(record)
         if self.tensorboard is not None:
             from anytimectl.tensorboard_events import MASTER_TAGS

@@ -17,6 +17,9 @@ import numpy as np
 
 from anytimectl.records import RowLayout
 
+#: Longest uninterrupted sleep of an induced delay or a slow rank's padding.
+_SLICE = 0.25
+
 
 @dataclass
 class _Phases:
@@ -42,13 +45,24 @@ class RoundClock:
         self.previous = _Phases()
         self.induced = 0.0
         self.compute_start = 0.0
+        #: Set by the protocol to "has this rank been asked to stop" (its shell.Stopper): an induced delay is slept
+        #: in slices and cut short then, so that SIGTERM ends a run within seconds even with delays of minutes.
+        self.stopped: Any = None
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or (self.stopped is not None and self.stopped()):
+                return
+            time.sleep(min(left, _SLICE))
 
     def begin(self, step: int) -> None:
         """Start the round of `step`: sleep the induced delay for (seed, rank, step)."""
         self.current = _Phases(round_start=time.time())
         self.induced = self.delay.sample(self.seed, self.rank, step) if self.delay else 0.0
         if self.induced > 0:
-            time.sleep(self.induced)
+            self._sleep(self.induced)
         self.compute_start = time.time()
         self.row[self.layout["step"]] = step
 
@@ -63,7 +77,7 @@ class RoundClock:
         padding = 0.0
         if self.slowdown > 1:
             padding = (self.slowdown - 1) * (time.time() - self.compute_start)
-            time.sleep(padding)
+            self._sleep(padding)
         now = time.time()
         self.current.compute_end = now
         f, row, prev = self.layout, self.row, self.previous

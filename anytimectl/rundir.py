@@ -7,20 +7,23 @@ The CSV columns keep the original system's names and order; new columns are only
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from anytimectl.errors import UsageError
+from anytimectl.errors import OutputError, UsageError
 
 #: The original system's columns, in its order: every run keeps them, so existing analysis scripts keep working.
 ORIGINAL_MASTER_COLUMNS = ("time", "step", "loss", "learning_rate", "test_loss", "accuracy")
@@ -70,8 +73,10 @@ def reserve(out: Path, run_id: str | None, default_id: str) -> Path:
     """
     if run_id is not None:
         check_name(out, run_id)
+    missing = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _CREATED[out.resolve()] = [folder.resolve() for folder in missing]
     except OSError as error:
         raise UsageError(f"--out {out}: cannot create it ({error.strerror}); choose a writable folder") from None
     if not out.is_dir():
@@ -92,6 +97,11 @@ def reserve(out: Path, run_id: str | None, default_id: str) -> Path:
     raise UsageError(f"too many runs named {default_id} in {out}; pass --name")
 
 
+#: Folders `reserve` created for --out (it and missing parents), per --out: `release` removes them again when
+#: they are left empty, so a run that fails before it starts leaves nothing behind.
+_CREATED: dict[Path, list[Path]] = {}
+
+
 def release(path: Path) -> bool:
     """Remove a reserved run directory that nothing was written to; True if it was removed.
 
@@ -103,7 +113,17 @@ def release(path: Path) -> bool:
         path.rmdir()
     except OSError:  # not empty, already gone, or not ours to remove
         return False
+    release_out(path.parent)
     return True
+
+
+def release_out(out: Path) -> None:
+    """Remove the --out folders `reserve` created (innermost first) while they are empty."""
+    for folder in _CREATED.pop(Path(out).resolve(), []):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def file_mode() -> int:
@@ -132,7 +152,10 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     as "none". The file gets the same mode as the CSVs (`file_mode`), not mkstemp's private 0600.
     """
     text = to_json(data, indent=2)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    except OSError as error:
+        raise OutputError(path, error) from None
     try:
         os.fchmod(handle, file_mode())
         with os.fdopen(handle, "w") as stream:
@@ -141,6 +164,10 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            Path(temporary).unlink(missing_ok=True)
+        raise OutputError(path, error) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -201,6 +228,12 @@ class CsvTable:
         self.views.append((view, self.columns.index(column)))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self._write(rows)
+        except OSError as error:  # a full disk, a quota, a removed folder: one line naming the file
+            raise OutputError(self.path, error) from None
+
+    def _write(self, rows: Iterable[Sequence[Any]]) -> None:
         for row in rows:
             formatted = [_format(value) for value in row]
             self._writer.writerow(formatted)
@@ -214,9 +247,13 @@ class CsvTable:
             view._stream.flush()
 
     def close(self) -> None:
-        self._stream.close()
-        for view, _ in self.views:
-            view.close()
+        try:
+            self._stream.close()
+        except OSError as error:
+            raise OutputError(self.path, error) from None
+        finally:
+            for view, _ in self.views:
+                view.close()
 
 
 def keep_rows_through(path: Path, columns: Sequence[str], step: int) -> None:
@@ -290,16 +327,23 @@ class EventLog:
     """Bunyan-compatible JSON lines, readable by `bunyan` and `jq`."""
 
     def __init__(self, path: Path, name: str = "anytimectl"):
+        self.path = path
         self._stream = open(path, "a")  # noqa: SIM115 - closed in close()
         self._base = {"v": 0, "name": name, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     def log(self, msg: str, level: str = "info", **fields: Any) -> None:
         record = {**self._base, "level": LEVELS[level], "time": now_iso(), "msg": msg, **fields}
-        self._stream.write(to_json(record) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(to_json(record) + "\n")
+            self._stream.flush()
+        except OSError as error:
+            raise OutputError(self.path, error) from None
 
     def close(self) -> None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except OSError as error:
+            raise OutputError(self.path, error) from None
 
 
 class Trace:
@@ -344,12 +388,26 @@ class Trace:
         })
 
     def _emit(self, event: dict[str, Any]) -> None:
-        self._stream.write(to_json(event) + ",\n")
+        try:
+            self._stream.write(to_json(event) + ",\n")
+        except OSError as error:
+            raise OutputError(self._stream.name, error) from None
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise OutputError(self._stream.name, error) from None
 
     def close(self) -> None:
+        try:
+            self._close()
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            raise OutputError(self._stream.name, error) from None
+
+    def _close(self) -> None:
         self._stream.flush()
         end = self._stream.tell()
         with open(self._stream.name, "rb") as stream:
@@ -371,6 +429,129 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return json.loads(text)
 
 
+#: Liveness of a run (see `run_liveness`): rank 0 holds an exclusive lock on this file while the run is open and
+#: touches it every HEARTBEAT_SECONDS; metadata.json's `writer` says which host and process that is.
+LOCK_FILE = ".running.lock"
+HEARTBEAT_SECONDS = 5.0
+#: A run on another host whose lock file is older than this is taken for dead (its writer stopped touching it).
+HEARTBEAT_STALE_SECONDS = 60.0
+#: Space set aside when the run directory opens, freed to write the final metadata.json on a full disk.
+RESERVE_FILE = ".space-reserve"
+RESERVE_BYTES = 256 * 1024
+
+
+class _Liveness:
+    """Rank 0's side of `run_liveness`: the lock (released by the kernel however the process ends, kill -9
+    included) and a daemon thread that refreshes the lock file's time, for readers on other hosts."""
+
+    def __init__(self, path: Path):
+        self.path = path / LOCK_FILE
+        self._stop = threading.Event()
+        self._handle: int | None = None
+        try:
+            self._handle = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a file system without locks (some network mounts): the heartbeat alone tells
+            pass
+        self._thread = threading.Thread(target=self._beat, name="anytimectl-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._handle)
+            self._handle = None
+
+
+def writer_info() -> dict[str, Any]:
+    """metadata.json's `writer`: where the process that writes the run directory runs (rank 0)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "lock": LOCK_FILE,
+            "heartbeat_seconds": HEARTBEAT_SECONDS}
+
+
+def run_liveness(run_dir: Path) -> str:
+    """The run's status as metadata.json says, with a recorded `running` checked against its writer.
+
+    Returns the recorded status ("completed", "failed", "interrupted", "unknown" when metadata.json cannot be
+    read) or, for a run recorded as running: "running" when its writer is alive, else "running (dead: no
+    heartbeat since <ISO time>)" (the writer was killed, e.g. kill -9 of the launcher, before it could record how
+    the run ended). On the writer's host the lock decides; elsewhere the heartbeat's age (older than
+    HEARTBEAT_STALE_SECONDS is dead). A run written before the writer was recorded is reported as "running".
+    """
+    run_dir = Path(run_dir)
+    try:
+        metadata = json.loads((run_dir / "metadata.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "unknown"
+    if not isinstance(metadata, dict):
+        return "unknown"
+    status = str(metadata.get("status") or "unknown")
+    writer = metadata.get("writer")
+    if status != "running" or not isinstance(writer, dict):
+        return status
+    lock = run_dir / str(writer.get("lock") or LOCK_FILE)
+    try:
+        beat = lock.stat().st_mtime
+    except OSError:
+        beat = None
+    since = datetime.fromtimestamp(beat, UTC).isoformat(timespec="seconds") if beat is not None else \
+        str(metadata.get("started_at") or "its start")
+    dead = f"running (dead: no heartbeat since {since})"
+    if beat is None:
+        return dead
+    if writer.get("host") == socket.gethostname():
+        held = _lock_held(lock)
+        if held is not None:
+            return "running" if held else dead
+    return "running" if time.time() - beat < HEARTBEAT_STALE_SECONDS else dead
+
+
+def _lock_held(lock: Path) -> bool | None:
+    """Whether another process holds the run's lock (None: this file system cannot say)."""
+    try:
+        handle = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+    return False
+
+
+def _reserve_space(path: Path) -> None:
+    """Set RESERVE_BYTES aside in the run directory (allocated, not sparse), so that the final metadata.json can
+    still be written after the disk fills: `finish` frees it first."""
+    target = path / RESERVE_FILE
+    with contextlib.suppress(OSError):
+        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
+        try:
+            os.posix_fallocate(handle, 0, RESERVE_BYTES)
+        except OSError:
+            os.close(handle)
+            handle = -1
+            target.unlink(missing_ok=True)
+        if handle >= 0:
+            os.close(handle)
+
+
+def _free_space(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        (path / RESERVE_FILE).unlink()
+
+
 class RunDirectory:
     """Owns every file of one run; only the master rank creates one."""
 
@@ -390,6 +571,9 @@ class RunDirectory:
         else:
             self.metadata = {"status": "running", "reason": None, "started_at": now_iso(), "ended_at": None,
                              **metadata}
+        self.metadata["writer"] = writer_info()
+        _reserve_space(path)
+        self._liveness = _Liveness(path)
         self.save_metadata()
         files = {name: (name, columns) for name, columns in tables.items()}
         files.update({name: (name, tables[source]) for name, (source, _) in (views or {}).items()})
@@ -411,16 +595,27 @@ class RunDirectory:
         if self._closed:
             return
         self._closed = True
+        _free_space(self.path)
+        failures: list[OSError] = []
+        level = "info" if status == "completed" else "warn"
+        closings = (lambda: self.events.log(f"run {status}" + (f": {reason}" if reason else ""), level=level,
+                                            status=status),
+                    *(t.close for t in self.tables.values()), self.trace.close, self.events.close)
+        for closing in closings:
+            try:
+                closing()
+            except (OSError, ValueError) as error:  # a full disk or a removed folder (ValueError: closed already)
+                if isinstance(error, OSError):
+                    failures.append(error)
+        if failures and status == "completed":  # the tables are not whole: not a completed run
+            status, reason = "failed", str(failures[0])
         self.metadata.update(status=status, reason=reason, ended_at=now_iso())
         if summary is not None:
             self.metadata["summary"] = summary
-        level = "info" if status == "completed" else "warn"
-        self.events.log(f"run {status}" + (f": {reason}" if reason else ""), level=level, status=status)
-        for table in self.tables.values():
-            table.close()
-        self.trace.close()
-        self.events.close()
+        self._liveness.close()
         self.save_metadata()
+        if failures and self.metadata["reason"] == str(failures[0]):
+            raise failures[0]
 
 
 def _resumed_metadata(path: Path, fresh: dict[str, Any], step: int) -> dict[str, Any]:
@@ -446,7 +641,10 @@ def mark_if_unfinished(path: Path, status: str, reason: str) -> bool:
     if metadata.get("status") != "running":
         return False
     metadata.update(status=status, reason=reason, ended_at=now_iso())
+    _free_space(path)  # the space set aside for this rewrite, on a full disk
     write_json_atomic(meta_path, metadata)
+    with contextlib.suppress(OSError):
+        (path / LOCK_FILE).unlink()
     return True
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from anytimectl import __version__
-from anytimectl.errors import UsageError
+from anytimectl.errors import OutputError, UsageError
 from anytimectl.launch import (
     RUN_DIR_VARIABLE,
     RankInfo,
@@ -56,16 +56,25 @@ _PATH_BYTES = 4096
 
 class Stopper:
     """Turns Ctrl-C, SIGTERM and SIGHUP into a request to stop at the end of the current step; a second signal
-    stops at once (KeyboardInterrupt, recorded as `interrupted`)."""
+    stops at once (KeyboardInterrupt, recorded as `interrupted`). With `at_once` (the studies, which have no
+    steps to agree on: anytimectl.studies) every signal stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: bool = False) -> None:
         self.reason: str | None = None
+        #: The last signal received (None: none yet).
+        self.signum: int | None = None
         #: Before the run starts there is no step to finish: a signal then ends the start-up at once.
         self.running = False
+        self.at_once = at_once
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Only the signals the starter did not ignore: `nohup` keeps a run going when the terminal closes."""
+        """Only the signals the starter did not ignore: `nohup` keeps a run going when the terminal closes.
+        Signal handlers belong to the main thread; elsewhere (a test's thread) nothing is installed."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in heeded_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -75,14 +84,19 @@ class Stopper:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        if self.at_once:
+            self.reason = f"interrupted by {signal_words(signum)}"
+            raise KeyboardInterrupt(self.reason)
         if not self.running:
-            raise KeyboardInterrupt(f"interrupted by {_signal_words(signum)} during start-up")
+            raise KeyboardInterrupt(f"interrupted by {signal_words(signum)} during start-up")
         if self.reason is not None:
-            raise KeyboardInterrupt(f"{self.reason}, then {_signal_words(signum)} again")
-        self.reason = f"interrupted by {_signal_words(signum)}"
+            raise KeyboardInterrupt(f"{self.reason}, then {signal_words(signum)} again")
+        self.reason = f"interrupted by {signal_words(signum)}"
 
 
-def _signal_words(signum: int) -> str:
+def signal_words(signum: int) -> str:
+    """How a stop signal is named in a run's reason and on the terminal: "Ctrl-C", "SIGTERM", "SIGHUP"."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
@@ -161,6 +175,9 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
     workers = request.launch.workers
     run_dir = _resumed_dir(request) or reserve(Path(request.output.out), request.output.name,
                                                default_run_id(request, workers))
+    from anytimectl import leftovers
+
+    before = leftovers.snapshot()
     try:
         end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
                        {RUN_DIR_VARIABLE: str(run_dir)})
@@ -168,16 +185,24 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
         _release(run_dir)
         raise
     code, forwarded = _job_end(end)
+    if code != 0:
+        from anytimectl.checkpoints import remove_temporary
+
+        remove_temporary(run_dir)  # a rank stopped while writing a checkpoint leaves no partial file
+        leftovers.clean(before)  # killed ranks' MPICH segments and autograph files
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
-        words = f"interrupted by {_signal_words(forwarded)}"
+        words = f"interrupted by {signal_words(forwarded)}"
         if not mark_if_unfinished(run_dir, "interrupted", f"{words}: the job was stopped before rank 0 recorded "
                                                           "the end"):
             _correct_reason(run_dir, words)
         code = 130
     elif code != 0:
-        mark_if_unfinished(run_dir, "failed", f"the MPI job ended with exit code {code} before rank 0 recorded "
-                                              "the end (a rank crashed or was killed)")
+        reason = (f"the MPI job ended with exit code {code} before rank 0 recorded the end (a rank crashed or was "
+                  "killed)")
+        if mark_if_unfinished(run_dir, "failed", reason):  # nobody said anything: the parent says it, once
+            print(f"anytimectl: error: {reason}; the completed steps are kept in {run_dir}", file=sys.stderr,
+                  flush=True)
     _release(run_dir)
     return code
 
@@ -232,7 +257,7 @@ def _start_and_run(request: RunRequest, protocol: TrainingProtocol, context: Run
         if request.config.get("resume"):
             from anytimectl.checkpoints import resume_point
 
-            context.resume = resume_point(Path(request.config["resume"]))
+            context.resume = resume_point(Path(request.config["resume"]), warn=False)  # the command warned
         protocol.setup()
     except UsageError as error:
         failure = (_USAGE, str(error))
@@ -273,6 +298,10 @@ def _abort_job(rank: RankInfo, error: BaseException) -> None:
     elif isinstance(error, UsageError):
         code = 2
         print(f"anytimectl: error: {error}", file=sys.stderr)
+    elif isinstance(error, OutputError):  # a full disk or a removed folder: one line naming the file
+        code = 1
+        print(f"anytimectl: error: {error}", file=sys.stderr)
+        error.reported = True  # cli.main must not say it again if the abort returns before the job is gone
     else:
         code = 1
         traceback.print_exception(error)
@@ -354,11 +383,14 @@ def _run_protocol(request: RunRequest, protocol: TrainingProtocol, context: RunC
             outcome = protocol.run()
     except BaseException as error:
         status, reason = _describe_failure(error, stopper, rank)
-        if context.run_dir is not None:
-            summary = context.recorder.summary(None) if context.recorder is not None else None
-            context.run_dir.finish(status, reason, summary=summary)
-        elif run_dir_path is not None and not isinstance(error, SystemExit | KeyboardInterrupt):
-            mark_if_unfinished(run_dir_path, status, reason)
+        try:
+            if context.run_dir is not None:
+                summary = context.recorder.summary(None) if context.recorder is not None else None
+                context.run_dir.finish(status, reason, summary=summary)
+            elif run_dir_path is not None and not isinstance(error, SystemExit | KeyboardInterrupt):
+                mark_if_unfinished(run_dir_path, status, reason)
+        except OSError:  # the folder is gone or the disk stays full: the error itself is what to report
+            pass
         _abort_job(rank, error)
         raise
     stopper.restore()
@@ -386,7 +418,7 @@ def _describe_failure(error: BaseException, stopper: Stopper, rank: RankInfo) ->
     where = f"rank {rank.rank}: " if rank.rank != 0 else ""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted", str(error) or stopper.reason or "interrupted by Ctrl-C (twice)"
-    if isinstance(error, UsageError):
+    if isinstance(error, UsageError | OutputError):
         return "failed", f"{where}{error}"
     if isinstance(error, SystemExit):
         return ("interrupted" if stopper.reason else "failed"), stopper.reason or f"{where}exit {error.code}"
@@ -459,6 +491,14 @@ def _finish(request: RunRequest, context: RunContext, outcome: RunOutcome) -> in
     stopper = context.stopper
     status = "interrupted" if stopper.reason else "completed"
     summary = context.recorder.summary(stopper.reason or outcome.stopped_by, **outcome.summary)
+    diverged = context.recorder.first_nonfinite_step
+    if diverged is not None:  # the run went on to its end, but what it trained is not a model: say so
+        warning = (f"the training loss became NaN or infinite at step {diverged} (the model diverged); lower "
+                   "--learning-rate or check the model and data")
+        summary["warnings"] = [*summary.get("warnings", []), warning]
+        summary["diverged_at_step"] = diverged
+        context.run_dir.events.log("loss not finite", level="warn", step=diverged)
+        print(f"anytimectl: warning: {warning}", file=sys.stderr, flush=True)
     if context.rank.comm is not None:
         rank0 = context.recorder.rank0_name
         summary.update({f"{rank0}_bytes_sent": context.rank.comm.bytes.sent,

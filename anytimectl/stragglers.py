@@ -136,6 +136,10 @@ def make_model(name: str, components: Iterable[Sequence[float]], scale: float = 
             )
     total = sum(w for _, _, w in rows)
     scaled = tuple((m * scale, s * scale, w / total) for m, s, w in rows)
+    for mean, std, _ in scaled:
+        if mean > MAX_CLIP or std > MAX_CLIP:
+            raise UsageError(f"straggler component with mean {mean:g} s, std {std:g} s in {where} exceeds the "
+                             f"{MAX_CLIP:g} s that a delay is clipped to; give delays in seconds, at most {MAX_CLIP:g}")
     clip = min(MAX_CLIP, max(m + 5 * s for m, s, _ in scaled))
     return DelayModel(name=name, components=scaled, clip=clip, scale=float(scale))
 

@@ -55,9 +55,12 @@ def load_user_builder(spec: str) -> Callable[[tuple[int, ...], int], Any]:
     sys.path.insert(0, folder)
     try:
         loader.loader.exec_module(module)
-    except Exception as error:  # noqa: BLE001 - the user's code: report it in one line
+    except (Exception, SystemExit, KeyboardInterrupt) as error:  # noqa: BLE001 - the user's code: one line
+        # sys.exit() or a KeyboardInterrupt raised by the file itself would end the rank with a traceback (or
+        # pass for a stop signal); a real Ctrl-C while importing is reported the same way and ends the start-up
         sys.modules.pop(module_name, None)
-        raise UsageError(f"--model {spec}: importing {path} failed: {type(error).__name__}: {error}") from None
+        words = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"--model {spec}: importing {path} failed: {words}") from None
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -73,8 +76,9 @@ def load_user_builder(spec: str) -> Callable[[tuple[int, ...], int], Any]:
             return function(tuple(input_shape), int(num_classes)) if with_arguments else function()
         except UsageError:
             raise
-        except Exception as error:  # noqa: BLE001 - the user's code
-            raise UsageError(f"--model {spec}: {name}() failed: {type(error).__name__}: {error}") from None
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's code
+            raise UsageError(f"--model {spec}: {name}() failed: {type(error).__name__}: {error}".splitlines()[0]) \
+                from None
 
     return build
 

@@ -7,6 +7,7 @@ save_figures(figures, Path("figures"), ["png", "pdf"])
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,8 @@ def save_figures(figures: Sequence[Rendered], out: Path, exts: Sequence[str], dp
                 try:
                     item.figure.savefig(path, dpi=dpi, metadata=_metadata(ext))
                 except OSError as error:
-                    path.unlink(missing_ok=True)  # no half-written figure left behind
+                    with contextlib.suppress(OSError):  # a read-only file system refuses the unlink too
+                        path.unlink(missing_ok=True)  # no half-written figure left behind
                     raise UsageError(f"--out {out}: cannot write {path.name} ({error.strerror or error}); choose a "
                                      "writable folder") from None
                 written.append(path)

@@ -18,7 +18,12 @@ import numpy as np
 import pandas as pd
 
 from anytimectl.errors import UsageError
-from anytimectl.rundir import ORIGINAL_COLLECT_COLUMNS, ORIGINAL_MASTER_COLUMNS, ORIGINAL_WORKER_COLUMNS
+from anytimectl.rundir import (
+    ORIGINAL_COLLECT_COLUMNS,
+    ORIGINAL_MASTER_COLUMNS,
+    ORIGINAL_WORKER_COLUMNS,
+    run_liveness,
+)
 
 METADATA = "metadata.json"
 
@@ -152,9 +157,11 @@ class Run:
     def method(self) -> str:
         return str(self.meta.get("method") or self.config.get("method") or "run").lower()
 
-    @property
+    @cached_property
     def status(self) -> str:
-        return str(self.meta.get("status") or "unknown")
+        """The recorded status; a run recorded as running whose writer is gone reads "running (dead: ...)"."""
+        status = str(self.meta.get("status") or "unknown")
+        return run_liveness(self.path) if status == "running" else status
 
     @property
     def straggler(self) -> dict | None:

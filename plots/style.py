@@ -154,6 +154,13 @@ PRIMARY = ("method", "variant", "batch", "time_limit", "partitions", "workers", 
 STATUS_SUFFIX = {"running": " (running)", "interrupted": " (interrupted)", "failed": " (failed)"}
 
 
+def status_suffix(status: str) -> str:
+    """" (failed)" and the like; a dead run recorded as running (rundir.run_liveness) reads " (dead: ...)"."""
+    if status.startswith("running (") and status.endswith(")"):
+        return f" ({status.removeprefix('running (')}"
+    return STATUS_SUFFIX.get(status, "")
+
+
 def assign_labels(runs: Sequence[Run], overrides: Sequence[str] = ()) -> None:
     """Labels from metadata, keeping only the fields that differ between the runs shown.
 
@@ -171,12 +178,12 @@ def assign_labels(runs: Sequence[Run], overrides: Sequence[str] = ()) -> None:
         parts = [text for name, text in f if name in keep and text]
         labels.append(" ".join(parts) if parts else run.name)
     # still ambiguous (e.g. repeats of one configuration): say which run
-    full = [lab + STATUS_SUFFIX.get(r.status, "") for lab, r in zip(labels, runs, strict=True)]
+    full = [lab + status_suffix(r.status) for lab, r in zip(labels, runs, strict=True)]
     repeated = {lab for lab in full if full.count(lab) > 1}
     for i, run in enumerate(runs):
         if full[i] in repeated and labels[i] != run.name:
             labels[i] = f"{labels[i]} [{run.name}]"
-        run.label = (overrides[i] if i < len(overrides) else labels[i]) + STATUS_SUFFIX.get(run.status, "")
+        run.label = (overrides[i] if i < len(overrides) else labels[i]) + status_suffix(run.status)
 
 
 def smooth(values: pd.Series, span: float) -> pd.Series:

@@ -153,11 +153,14 @@ def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
     assert 1 in ranks, ranks
     os.kill(ranks[1], signal.SIGKILL)
     killed_at = time.time()
-    process.wait(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert time.time() - killed_at < 30
     assert process.returncode != 0
     meta = metadata(run)
     assert meta["status"] == "failed" and "exit code" in meta["reason"]
+    # the tool says what happened in its own words, once
+    assert stderr.count(f"anytimectl: error: {meta['reason']}") == 1, stderr[-2000:]
+    assert stdout.strip() == ""  # mpiexec's report of the killed rank is not for scripts: it went to stderr
     master = table(run, "master_stats")
     assert len(master) >= 5 and list(master.step) == list(range(1, len(master) + 1))
 
@@ -168,7 +171,7 @@ def test_ctrl_c_stops_cleanly_and_marks_the_run_interrupted(tmp_path):
     run = tmp_path / "stopped"
     _wait_for_rows(run / "master_stats.csv", 3, process)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     meta = metadata(run)
     assert meta["status"] == "interrupted"

@@ -35,14 +35,18 @@ def resolve_model(data: DataOptions, backend: str) -> str:
     return data.model
 
 
-def check_data(data: DataOptions, length: LengthOptions, workers: int | None) -> dict[str, Any]:
+def check_data(data: DataOptions, length: LengthOptions, workers: int | None,
+               batch_size: int | None = None) -> dict[str, Any]:
     """The data files are present and well-formed, hold enough training examples for the workers, and the test
-    subset's real size is known: before launching, without loading the images. Returns config entries."""
+    subset's real size is known: before launching, without loading the images. With `batch_size` (one worker's),
+    a batch whose inputs alone cannot fit in memory is refused (`check_batch_memory`). Returns config entries."""
     from anytimectl.data import check_enough_examples, describe_dataset, test_size_used
 
     info = describe_dataset(data.dataset, data.data_dir)
     if workers:
         check_enough_examples(info.n_train, workers, f"--dataset {data.dataset}")
+    if batch_size is not None:
+        check_batch_memory(batch_size, tuple(info.input_shape), workers or 1)
     return {"test_size": test_size_used(info.n_test, length.test_size), "test_size_requested": length.test_size,
             "train_examples": info.n_train, "input_shape": list(info.input_shape), "num_classes": info.num_classes}
 
@@ -89,14 +93,27 @@ def check_workers(launch: LaunchOptions, backend: str, ranks: int) -> None:
                          "or spread them with --hosts or your own mpiexec")
 
 
+def check_batch_memory(batch_size: int, input_shape: tuple[int, ...], ranks_here: int,
+                       flag: str = "--batch-size") -> None:
+    """Refuse, before launching, a batch whose float32 inputs alone (the model's activations come on top) exceed
+    the memory available to the `ranks_here` workers on this machine, instead of ranks that allocate for minutes
+    and never finish a step."""
+    import math
+
+    per_rank = batch_size * (math.prod(input_shape) * 4 + 8)
+    available = _available_memory()
+    if available is not None and per_rank * ranks_here > available:
+        fits = max(0, available // max(1, ranks_here) // (math.prod(input_shape) * 4 + 8))
+        raise UsageError(f"{flag} {batch_size}: {ranks_here} worker(s) with batches of inputs of shape "
+                         f"{tuple(input_shape)} need {per_rank * ranks_here / 2**30:.1f} GiB, more than the "
+                         f"{available / 2**30:.1f} GiB of memory available; lower {flag} (at most about {fits})")
+
+
 def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    """The one free-memory figure (cgroup limits included): anytimectl.studies.available_memory."""
+    from anytimectl.studies import available_memory
+
+    return available_memory()
 
 
 def default_steps(length: LengthOptions, steps: int) -> int | None:

@@ -36,6 +36,7 @@ from anytimectl.options import (
     PANEL_DATA,
     PANEL_OUTPUT,
     PANEL_TRAINING,
+    SEED_MAX,
     DataOptions,
     LaunchOptions,
     LengthOptions,
@@ -220,6 +221,11 @@ BENCH_COMMAND = "compress bench"
 BENCH_TABLE = "compress_bench"
 
 
+#: compress bench --world: each decode sums W payloads, so its time grows with W; larger jobs than this are
+#: not what one rank of a bench stands for.
+WORLD_MAX = 4096
+
+
 def _bench_methods() -> tuple[str, ...]:
     """Every exchange the bench measures: the codecs (`bench_codecs`), then the other exchanges of the registry
     (`bench_exchanges`) except `none` (the dense baseline, a codec row here)."""
@@ -230,7 +236,9 @@ def _methods(values: list[str] | None) -> list[str]:
     """--methods: names (comma-separated or repeated, the original's spellings too) or all."""
     names = [part.strip() for value in values or ["all"] for part in value.split(",") if part.strip()]
     every = _bench_methods()
-    if not names or "all" in (n.lower() for n in names):
+    if not names:
+        raise UsageError(f"--methods names no method; give some of {', '.join(every)}, or all")
+    if "all" in (n.lower() for n in names):
         return list(every)
     lookup = {m.lower(): m for m in every} | {a.lower(): m for a, m in METHOD_ALIASES.items()}
     chosen = []
@@ -245,6 +253,8 @@ def _methods(values: list[str] | None) -> list[str]:
 def _modes(values: list[str] | None) -> list[str]:
     names = [part.strip().lower() for value in values or ["layerwise,entire"] for part in value.split(",")
              if part.strip()]
+    if not names:
+        raise UsageError(f"--modes names no mode; give {' or '.join(MODES)} (comma-separated)")
     lookup = {m: m for m in MODES} | MODE_ALIASES
     chosen = []
     for name in names:
@@ -283,10 +293,11 @@ def bench(
     rescale: _Rescale = False,
     repeats: Annotated[int, _option("Encode and decode repetitions (medians are reported).", "--repeats",
                                     metavar="N", min=1)] = 3,
-    world: Annotated[int, _option("Payloads averaged in each decode, as a rank of a W-worker job does.", "--world",
-                                  metavar="W", min=1)] = 1,
+    world: Annotated[int, _option("Payloads averaged in each decode, as a rank of a W-worker job does (at most "
+                                  f"{WORLD_MAX}: decoding costs W times one payload's).", "--world",
+                                  metavar="W", min=1, max=WORLD_MAX)] = 1,
     seed: Annotated[int, _option("Seed for the model, the batch and the random draws.", "--seed", metavar="N",
-                                 panel=PANEL_DATA)] = 0,
+                                 panel=PANEL_DATA, min=0, max=SEED_MAX)] = 0,
     threads: Annotated[int | None, _option("torch threads (default: every core).", "--threads", metavar="N", min=1,
                                            panel=PANEL_DATA, show_default=False)] = None,
     save_plot: Annotated[bool, _option("Also draw the compress_bench figure into RUN_DIR/figures.", "--save-plot",
@@ -326,41 +337,28 @@ def bench(
         if model not in MODEL_INPUT:
             raise UsageError(f"--model {model!r}: random inputs need one of the built-in networks "
                              f"({', '.join(MODEL_INPUT)}); for another network give --dataset to take its images")
-    from anytimectl.rundir import RunDirectory, reserve
+    from anytimectl import __version__
+    from anytimectl.studies import Study
 
-    path = reserve(out, name, f"codec-bench-{_slug(model)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = {"model": model, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None,
               "batch_size": batch_size, "methods": chosen_methods, "modes": chosen_modes, "ratio": ratio,
               "threshold": threshold, "levels": levels, "value_dtype": value_dtype, "rescale": rescale,
               "repeats": repeats, "world": world, "seed": seed, "threads": threads}
-    from anytimectl import __version__
-
-    metadata = {"run_id": path.name, "command": BENCH_COMMAND, "method": "compress-bench", "config": config,
+    metadata = {"command": BENCH_COMMAND, "method": "compress-bench", "config": config,
                 "versions": {"anytimectl": __version__, "python": sys.version.split()[0]}, "argv": sys.argv[1:],
                 "summary": {}}
-    try:
-        run = RunDirectory(path, metadata, {BENCH_TABLE: BENCH_COLUMNS})
-    except BaseException:
-        from anytimectl.rundir import release
-
-        release(path)
-        raise
-    say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
-    say(f"run directory: {path}")
-    try:
+    with Study(out, name, f"codec-bench-{_slug(model)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", metadata,
+               {BENCH_TABLE: BENCH_COLUMNS}) as study:
+        path, run = study.path, study.run
+        say = (lambda m: None) if json_output else (lambda m: typer.echo(m, err=True))
+        say(f"run directory: {path}")
         rows, gradient_info = measure(model, dataset, data_dir, batch_size, chosen_methods, chosen_modes, ratio,
                                       threshold, levels, value_dtype, rescale, repeats, world, seed, threads, say)
         run.metadata["versions"].update(gradient_info.pop("versions"))
         run.metadata["gradient"] = gradient_info
-        run.tables[BENCH_TABLE].write([[row.get(c) for c in BENCH_COLUMNS] for row in rows])
-    except KeyboardInterrupt:
-        run.finish("interrupted", "interrupted by Ctrl-C")
-        raise
-    except BaseException as error:
-        run.finish("failed", f"{type(error).__name__}: {error}".splitlines()[0])
-        raise
-    summary = bench_summary(rows)
-    run.finish("completed", summary=summary)
+        study.write(BENCH_TABLE, [[row.get(c) for c in BENCH_COLUMNS] for row in rows])
+        summary = bench_summary(rows)
+        study.complete(summary)
     if json_output:
         typer.echo(json.dumps({"run_dir": str(path), "gradient": gradient_info, "rows": rows, "summary": summary},
                               default=float))

@@ -204,7 +204,8 @@ def _train(method: str, launch: LaunchOptions, data: DataOptions, optimizer: Opt
         raise UsageError(f"--device {launch.device}: the sim backend computes nothing on a device; use --device cpu")
     check_workers(launch, backend, (workers or 0) + 1)
     config = common_config(launch, data, length, stragglers, optimizer)
-    config.update(_sim_data(sim_config, length, workers) if sim_config else check_data(data, length, workers))
+    config.update(_sim_data(sim_config, length, workers) if sim_config else
+                  check_data(data, length, workers, batch_size if not launch.hosts else None))
     config.update(model=model, backend=backend, batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS),
                   **amb, **sim_config, **protocol_config)
     return run_request(command="train", method=method,

@@ -3,14 +3,13 @@ PyTorch, the thesis code's methods and settings (protocols/gossip.py has the exa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
-from anytimectl.checkpoints import CheckpointOptions, resume_point
+from anytimectl.checkpoints import CheckpointOptions, read_metadata, resume_point
 from anytimectl.commands.common import (
     check_data,
     check_devices,
@@ -188,7 +187,7 @@ def gossip(
     check_devices(launch)
     check_workers(launch, BACKEND, ranks)
     config = common_config(launch, data, length, stragglers, optimizer, checkpoints)
-    described = check_data(data, length, workers)
+    described = check_data(data, length, workers, batch // ranks if not launch.hosts else None)
     config.update(described)
     validation = VALIDATION_SIZES.get(data.dataset, 0) if val_size is None else val_size
     if validation >= described["train_examples"] - ranks + 1:
@@ -216,8 +215,8 @@ def _resume(given: set[str], checkpoints: CheckpointOptions, launch: LaunchOptio
                          "them (only --steps, --epochs, --target-accuracy, the launch options, --quiet/--json/--live "
                          "may be given; the run keeps its directory)")
     run_dir = Path(checkpoints.resume).expanduser()
-    point = resume_point(run_dir)
-    metadata = json.loads((run_dir / "metadata.json").read_text())
+    metadata = read_metadata(run_dir)
+    point = resume_point(run_dir, metadata)
     if metadata.get("command") != "train" or metadata.get("protocol") != "gossip":
         raise UsageError(f"--resume {run_dir}: not a train gossip run (it is {metadata.get('command')} "
                          f"{metadata.get('method')})")

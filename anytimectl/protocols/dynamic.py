@@ -202,13 +202,13 @@ class DynamicProtocol(AllReduceProtocol):
         """The base's (engine, stream position, counters) and the policy with its history (the loss score, the
         progress strip, the probe's times), so a resumed run decides as the uninterrupted one would."""
         state = super().checkpoint_state()
-        state["policy"] = self.policy
+        state["policy"] = dict(vars(self.policy))  # data only: the policy object is rebuilt from the options
         state["dynamic"] = {name: getattr(self, name) for name in self._CHECKPOINTED}
         return state
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         super().load_checkpoint_state(state)
-        self.policy = state["policy"]
+        vars(self.policy).update(state["policy"])
         for name, value in state["dynamic"].items():
             setattr(self, name, value)
         self._period_start = time.time()

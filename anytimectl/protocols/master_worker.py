@@ -512,7 +512,9 @@ class MasterWorkerProtocol(TrainingProtocol):
         dataset, seed = self.dataset, self.config.seed
         shard = shard_indices(len(dataset.x_train), self.workers, rank - 1, seed)
         stream = BatchStream(dataset.x_train[shard], dataset.y_train[shard], seed, rank)
-        return Worker(rank, self.engine, stream, self.config, self.context.delay, self.context.slow.get(rank, 1.0))
+        worker = Worker(rank, self.engine, stream, self.config, self.context.delay, self.context.slow.get(rank, 1.0))
+        worker.clock.stopped = lambda: self.context.stopper.reason is not None
+        return worker
 
     def metadata(self) -> dict[str, Any]:
         return {"test_examples": len(self.x_test)}

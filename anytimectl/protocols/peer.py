@@ -88,6 +88,7 @@ class PeerProtocol(TrainingProtocol):
         self.worker = self.rank + 1
         self.clock = RoundClock(self.layout, self.worker, self.seed, context.delay,
                                 context.slow.get(self.worker, 1.0))
+        self.clock.stopped = lambda: context.stopper.reason is not None
         self.schedule = Schedule.from_config(c, c.get("steps"))
         self.augment = augmentation(c.get("augment"), self.dataset.input_shape)
         if self.rank == 0:
@@ -180,7 +181,12 @@ class PeerProtocol(TrainingProtocol):
             raise UsageError(f"--resume: the checkpoint of step {resume.step} was written by {ranks} ranks, this job "
                              f"has {self.size}; resume with --workers {ranks}")
         state = load_rank(resume, self.rank, self.context.request.backend)
-        self.load_checkpoint_state(state)
+        try:
+            self.load_checkpoint_state(state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:  # another model's tensors, a missing part
+            raise UsageError(f"--resume: the checkpoint of step {resume.step} does not fit this run's "
+                             f"{self.context.request.model} model: {type(error).__name__}: {error}"
+                             .splitlines()[0][:300]) from None
         self.start_step, self.start_examples = resume.step, float(state["examples"])
         self.start_elapsed = float(resume.manifest.get("elapsed", 0.0))
 
@@ -273,12 +279,12 @@ class PeerProtocol(TrainingProtocol):
         return RunOutcome(stopped_by, extra)
 
     def _checkpointer(self) -> Any:
-        from anytimectl.checkpoints import Checkpointer
+        from anytimectl.checkpoints import Checkpointer, identity
 
         c = self.context.config
         return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),
                             int(c.get("keep_checkpoints") or 2), self.rank, self.size, self.context.request.backend,
-                            self.context.log)
+                            self.context.log, identity(self.context.request))
 
     def _evaluated(self, record: StepRecord) -> None:
         record.test_loss, record.accuracy = self.evaluator.join()

@@ -24,6 +24,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> ke
         model = load_user_builder(name)(tuple(input_shape), num_classes)
         if not isinstance(model, keras.Model):
             raise UsageError(f"--model {name}: the function returned {type(model).__name__}, not a Keras model")
+        _check_fit(model, name, tuple(input_shape), num_classes)
         return model
     if name not in builders:
         raise UsageError(f"unknown model '{name}' for --model; choose one of {', '.join(MODELS)}")
@@ -32,6 +33,22 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> ke
     except ValueError as error:
         raise UsageError(f"--model {name} does not fit inputs of shape {tuple(input_shape)}: "
                          f"{str(error).splitlines()[0]}; pick the model made for this dataset") from None
+
+
+def _check_fit(model: keras.Model, name: str, shape: tuple[int, ...], classes: int) -> None:
+    """One zero example through the user's model: logits of shape (1, classes), or a one-line UsageError (as the
+    torch backend checks), instead of a shape error on every rank at the first step."""
+    import numpy as np
+
+    try:
+        out = model(np.zeros((1, *shape), dtype=np.float32), training=False)
+    except Exception as error:  # noqa: BLE001 - any framework error here means the model does not fit
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"--model {name} does not fit inputs of shape {shape}: {first}") from None
+    got = tuple(getattr(out, "shape", ()) or ())
+    if got != (1, classes):
+        raise UsageError(f"--model {name}: one example of shape {shape} gave {got or type(out).__name__}, not logits "
+                         f"of shape (1, {classes}) for the data's {classes} classes")
 
 
 def _digits_cnn(shape: tuple[int, ...], classes: int) -> keras.Model:

@@ -1,0 +1,43 @@
+"""The launching parent removes what killed ranks leave (anytimectl.leftovers): MPICH's /dev/shm segments and
+TensorFlow's autograph files that appeared during the job and are no longer in use; a segment a live process
+still maps, and anything that existed before, stay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from anytimectl import leftovers
+
+pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir() or not Path("/proc/self/maps").is_file(),
+                                reason="needs /dev/shm and /proc (Linux)")
+
+
+def test_new_unused_leftovers_go_and_segments_in_use_stay():
+    tag = uuid.uuid4().hex[:8]
+    old = Path("/dev/shm") / f"mpich_shm_old{tag}"
+    old.write_bytes(b"\0" * 4096)
+    before = leftovers.snapshot()
+    dead = Path("/dev/shm") / f"mpich_shm_dead{tag}"
+    alive = Path("/dev/shm") / f"mpich_shm_alive{tag}"
+    autograph = Path(tempfile.gettempdir()) / f"__autograph_generated_file{tag}.py"
+    for path in (dead, alive, autograph):
+        path.write_bytes(b"\0" * 4096)
+    holder = subprocess.Popen([sys.executable, "-c", f"import mmap, sys\nf = open({str(alive)!r}, 'r+b')\n"
+                               "m = mmap.mmap(f.fileno(), 4096)\nprint('mapped', flush=True)\nsys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        removed = leftovers.clean(before)
+        assert dead in removed and autograph in removed and not dead.exists() and not autograph.exists()
+        assert alive.exists() and alive not in removed  # another job's segment, in use
+        assert old.exists()  # there before the job
+    finally:
+        holder.communicate("", timeout=30)
+        for path in (old, dead, alive, autograph):
+            path.unlink(missing_ok=True)
