@@ -70,9 +70,16 @@ app.command(name="doctor")(doctor)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; usage errors of any origin end as one line and exit code 2."""
-    from anytimectl.launch import abort_job_if_ranked, end_rank, is_rank_zero, leave_process
+    """Run the CLI; usage errors of any origin end as one line and exit code 2.
 
+    The console script and `python -m anytimectl` call it without `argv`: they own the process, so a finished
+    command leaves it at once (`launch.leave_process`, which skips TensorFlow's and torch's slow teardown with
+    `os._exit`). A caller that passes `argv` (a test, a program that embeds anytimectl) gets `SystemExit` as from
+    any Click command, and its process goes on."""
+    from anytimectl.launch import abort_job_if_ranked, end_rank, is_rank_zero
+    from anytimectl.launch import leave_process as leave_fast
+
+    leave_process = leave_fast if argv is None else sys.exit
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="anytimectl", standalone_mode=False)

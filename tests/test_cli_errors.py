@@ -79,3 +79,22 @@ def test_help_imports_neither_tensorflow_nor_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Examples" in result.stdout
+
+
+def test_a_caller_that_passes_argv_keeps_its_process_even_with_a_framework_loaded():
+    """The console script leaves at once after a command (skipping TensorFlow's and torch's slow teardown); a
+    program that calls `main(argv)` (this test suite among them) must get SystemExit back and go on, even once a
+    framework is loaded: the fast exit ended the suite's own process silently, with status 0, before."""
+    code = (
+        "import sys, types\n"
+        "sys.modules.setdefault('torch', types.ModuleType('torch'))  # a loaded framework, as far as the exit sees\n"
+        "from anytimectl.cli import main\n"
+        "try:\n"
+        "    main(['--version'])\n"
+        "except SystemExit as done:\n"
+        "    print('returned', done.code)\n"
+        "print('still here')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "still here" in result.stdout and "returned 0" in result.stdout
