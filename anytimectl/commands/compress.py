@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anytimectl import exchange as registry
+from anytimectl import options as opt
 from anytimectl.commands.common import Batch, exit_with, prepare, resolve_model, run_request
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import MODE_ALIASES, MODES, ExchangeOptions
@@ -28,13 +29,7 @@ from anytimectl.options import (
     PANEL_OUTPUT,
     PANEL_TRAINING,
     SEED_MAX,
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
     ResultOptions,
-    StragglerOptions,
     aliased_choice,
     with_option_groups,
 )
@@ -101,8 +96,8 @@ _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/
 
 @with_option_groups(test_size=-1, log_every=None, compressor="topk")  # --log-every left out: once an epoch
 def train(
-    launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
-    output: OutputOptions, exchange: ExchangeOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
+    output: opt.OutputOptions, exchange: ExchangeOptions,
     method: Annotated[str | None, aliased_choice(
         registry.names(), registry.aliases(), hidden=True,
         help="The compressor's former name: --compressor.")] = None,
@@ -163,7 +158,7 @@ def train(
     workers = launch.workers
     ranks = workers if workers else 1
     batch = batch_size if batch_size is not None else recipe.batch_size
-    optimizer = OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
+    optimizer = opt.OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
     config = prepare(launch, data, length, stragglers, optimizer, backend=BACKEND, has_master=False,
                      batch=Batch(batch, distinct=True))
     chosen = augment if augment != "auto" else ("cifar" if data.dataset == "cifar10" else "none")
@@ -310,7 +305,7 @@ def bench(
     if rescale and "randomk" not in chosen_methods:
         raise UsageError("--rescale scales random-k's values; add randomk to --methods")
     check_compression("randomk" if rescale else "none", ratio, threshold or 0.0, levels, rescale)
-    data = DataOptions(dataset=dataset, data_dir=data_dir, model=model) if dataset is not None else None
+    data = opt.DataOptions(dataset=dataset, data_dir=data_dir, model=model) if dataset is not None else None
     if data is not None:
         model = resolve_model(data, BACKEND)
     else:

@@ -8,16 +8,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from anytimectl import options as opt
 from anytimectl.commands.common import Batch, default_steps, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.options import (
     PANEL_TRAINING,
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
-    StragglerOptions,
     with_option_groups,
 )
 
@@ -90,7 +85,7 @@ class SimOptions:
         metavar="N", min=1, rich_help_panel=PANEL_SIM, show_default=False,
         help="Examples after which loss and accuracy are halfway to their final values (default 20000).")] = None
 
-    def resolve(self, backend: str, data: DataOptions) -> dict[str, Any]:
+    def resolve(self, backend: str, data: opt.DataOptions) -> dict[str, Any]:
         given = {name: getattr(self, name) for name in SIM_DEFAULTS if getattr(self, name) is not None}
         if backend != "sim":
             if given:
@@ -111,8 +106,8 @@ def _batch_option(text: str) -> Any:
 
 @with_option_groups()
 def amb(
-    launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
+    stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("The most examples a worker may process in one round.")] = 192,
     partitions: Annotated[int, typer.Option(
@@ -137,7 +132,8 @@ def amb(
     \b
     Examples:
       anytimectl train amb --workers 4 --induce niagara:0.03
-      anytimectl train amb --workers 4 --induce niagara:0.03 --time-limit 0.25 --partitions 16
+      anytimectl train amb --workers 4 --induce niagara:0.03 --time-limit 0.25 \\
+          --partitions 16
       anytimectl train amb --backend torch --workers 4 --induce niagara:0.03
       mpiexec -n 5 anytimectl train amb --dataset mnist --data-dir ~/data/mnist \\
           --batch-size 256 --time-limit 2.5 --partitions 8 --test-size 100
@@ -163,8 +159,8 @@ def amb(
 
 @with_option_groups()
 def fmb(
-    launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
+    stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("Examples every worker processes per step.")] = 128,
 ) -> None:
@@ -174,16 +170,18 @@ def fmb(
     Examples:
       anytimectl train fmb --workers 4 --induce niagara:0.03
       anytimectl train fmb --workers 4 --slow 2:3 --steps 50 --json
-      anytimectl train fmb --backend torch --workers 2 --optimizer sgd --learning-rate 0.05
-      mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data --batch-size 242
+      anytimectl train fmb --backend torch --workers 2 --optimizer sgd \\
+          --learning-rate 0.05
+      mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data \\
+          --batch-size 242
     """
     exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
                      {"partitions": 1, "time_limit": None, "time_limit_requested": None, "match_batch": None}))
 
 
-def _train(method: str, launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions,
-           length: LengthOptions, stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions,
-           sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
+def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions,
+           length: opt.LengthOptions, stragglers: opt.StragglerOptions, output: opt.OutputOptions,
+           protocol: ProtocolOptions, sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
     sim_config = sim.resolve(backend, data)
     protocol_config = protocol.resolve(launch.workers)
     # the simulated backend allocates no inputs: no batch to guard

@@ -6,18 +6,13 @@ from typing import Annotated, Literal
 
 import typer
 
+from anytimectl import options as opt
 from anytimectl.batch_policies import PANEL_POLICY, PolicyOptions
 from anytimectl.commands.common import Batch, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.input_transform import InputTransform
 from anytimectl.options import (
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
-    StragglerOptions,
     with_option_groups,
 )
 
@@ -31,8 +26,8 @@ def _option(text: str, metavar: str = "N", panel: str = PANEL_INPUT, **extra) ->
 
 @with_option_groups()
 def dynamic(
-    launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions, exchange: ExchangeOptions, batches: PolicyOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
+    stragglers: opt.StragglerOptions, output: opt.OutputOptions, exchange: ExchangeOptions, batches: PolicyOptions,
     batch_size: Annotated[int, _option("Examples per worker per step at the start.", panel=PANEL_POLICY, min=1)]
     = 32,
     lr_scaling: Annotated[Literal["linear", "sqrt", "none"], typer.Option(

@@ -9,18 +9,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from anytimectl import options as opt
 from anytimectl.checkpoints import CheckpointOptions, read_metadata, resume_point
 from anytimectl.commands.common import Batch, check_devices, check_workers, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
     PANEL_TRAINING,
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
-    StragglerOptions,
     aliased_choice,
     flag,
     with_option_groups,
@@ -68,8 +63,8 @@ def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) ->
 @with_option_groups(log_every=10, test_size=-1)
 def gossip(
     ctx: typer.Context,
-    launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
-    output: OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
+    output: opt.OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
     method: Annotated[str, aliased_choice(
         METHODS, METHOD_ALIASES, rich_help_panel=PANEL_GOSSIP,
         help="local (one process), nocomm (average at the end), allreduce (gradients every step), elastic "
@@ -168,7 +163,7 @@ def gossip(
     if use_nesterov and moment <= 0:
         raise UsageError("--nesterov needs a positive --momentum; add --no-nesterov or set --momentum")
     milestones = tuple(lr_milestones) if lr_milestones is not None else experiment.milestones
-    optimizer = OptimizerOptions(
+    optimizer = opt.OptimizerOptions(
         optimizer="sgd", learning_rate=experiment.learning_rate if learning_rate is None else learning_rate,
         weight_decay=weight_decay, lr_schedule="milestones" if milestones else "const",
         lr_milestones=list(milestones) or None,
@@ -192,8 +187,8 @@ def gossip(
                           output=output, seed=stragglers.seed))
 
 
-def _resume(given: set[str], checkpoints: CheckpointOptions, launch: LaunchOptions, length: LengthOptions,
-            output: OutputOptions) -> int:
+def _resume(given: set[str], checkpoints: CheckpointOptions, launch: opt.LaunchOptions, length: opt.LengthOptions,
+            output: opt.OutputOptions) -> int:
     """Continue a recorded run: its options from metadata.json, a longer length if given, this job's launch."""
     refused = sorted(given - _RESUME_OPTIONS)
     if refused:
