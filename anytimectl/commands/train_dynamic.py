@@ -86,7 +86,7 @@ def dynamic(
       anytimectl train dynamic --workers 2 --dataset mnist --data-dir ~/data \\
           --model resnet18 --resize 224 --channels 3 --normalize imagenet
     """
-    from anytimectl.comm.transport import check_transport  # numpy: not imported for --help
+    from anytimectl.comm.transport import check_transport  # the comm package: not loaded for --help
 
     workers = launch.workers
     exchange.check(backend)
