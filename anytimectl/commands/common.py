@@ -51,13 +51,12 @@ def prepare(launch: LaunchOptions, data: DataOptions, length: LengthOptions, str
     check_workers(launch, backend, (workers or 0) + 1 if has_master else (workers or 1))
     config = common_config(launch, data, length, stragglers, *groups)
     if simulated is not None:
-        config.update(_check_examples(simulated, "sim", "--sim-examples", length, workers, batch, launch, transform))
+        info, dataset, source = simulated, "sim", "--sim-examples"
     else:
         from anytimectl.data import describe_dataset
 
-        info = describe_dataset(data.dataset, data.data_dir)
-        config.update(_check_examples(info, data.dataset, f"--dataset {data.dataset}", length, workers, batch,
-                                      launch, transform))
+        info, dataset, source = describe_dataset(data.dataset, data.data_dir), data.dataset, f"--dataset {data.dataset}"
+    config.update(_check_examples(info, dataset, source, length, workers, batch, launch, transform))
     config.update(model=model, backend=backend)
     return config
 
