@@ -31,7 +31,9 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+import typer
 
 from anytimectl.errors import UsageError
 
@@ -296,21 +298,44 @@ class DynamicBatchSizing(BatchPolicy):
         return Decision(batches, f"throughputs {words} examples/s; global batch {self.total}")
 
 
+PANEL_POLICY = "Batch policy"
+Policy = Literal["static", "increasing", "decreasing", "loss", "progress", "probe", "dbs"]
+assert get_args(Policy) == POLICIES
+
+
+def _knob(text: str, metavar: str = "N", **extra: Any) -> Any:
+    return typer.Option(metavar=metavar, rich_help_panel=PANEL_POLICY, help=text, **extra)
+
+
 @dataclass(frozen=True)
 class PolicyOptions:
-    """Every knob of every policy (the options of `train dynamic`); each policy reads the ones it has."""
+    """The policy and every knob of every policy, declared once: the option group of `train dynamic`
+    (`anytimectl.options.with_option_groups`), stored whole in the run's config; each policy reads its knobs."""
 
-    min_batch: int = 4
-    max_batch: int = 128
-    every: int = 1
-    loss_weight: float = 0.8
-    time_weight: float = 0.2
-    tolerance: float = 0.05
-    progress_k: int = 5
-    progress_threshold: float = 10.0
-    target_epoch_time: float = 60.0
-    probe_sizes: int = 4
-    window: int | None = None
+    policy: Annotated[Policy, typer.Option(
+        rich_help_panel=PANEL_POLICY,
+        help="How the batches change: static, increasing, decreasing, loss, progress, probe or dbs "
+             "(the rules are above).")] = "dbs"
+    min_batch: Annotated[int, _knob("Smallest per-worker batch a policy may choose.", min=1)] = 4
+    max_batch: Annotated[int, _knob("Largest per-worker batch (not for dbs, whose global batch is fixed).",
+                                    min=1)] = 128
+    every: Annotated[int, _knob("increasing, decreasing: epochs between changes; probe: epochs per size.", "E",
+                                min=1)] = 1
+    loss_weight: Annotated[float, _knob("loss: weight of the mean epoch loss in the score.", "W")] = 0.8
+    time_weight: Annotated[float, _knob("loss: weight of the mean epoch time (s) in the score.", "W")] = 0.2
+    tolerance: Annotated[float, _knob("loss: score change that counts (the original's 10 was for summed losses "
+                                      "and 500 s epochs).", "T", min=0)] = 0.05
+    progress_k: Annotated[int, _knob("progress: epochs in Prechelt's strip.", "K", min=1)] = 5
+    progress_threshold: Annotated[float, _knob("progress: double when P_k (per mille) is below this.", "P",
+                                               min=0)] = 10.0
+    target_epoch_time: Annotated[float, _knob("progress: double when an epoch takes longer (s).", "S")] = 60.0
+    probe_sizes: Annotated[int, _knob("probe: sizes to try (b, 2b, 4b, ...).", min=1)] = 4
+    window: Annotated[int | None, _knob("dbs: re-balance every N steps (default: every epoch).", min=1,
+                                        show_default=False)] = None
+
+    def make(self, workers: int, batch: int) -> BatchPolicy:
+        """This policy for `workers` workers starting at per-worker batch `batch` (refuses a bad combination)."""
+        return make_policy(self.policy, workers, batch, self)
 
 
 #: policy name -> how to build it from (workers, starting per-worker batch, options)

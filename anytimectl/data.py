@@ -454,6 +454,14 @@ def check_enough_examples(n_train: int, workers: int, dataset: str = "the datase
         )
 
 
+def check_whole_batches(batch: int, workers: int, n_train: int, dataset: str) -> None:
+    """A method whose every step takes `batch` distinct examples on each of `workers` workers (one all-reduce of
+    one step's gradients) needs at least that many training examples."""
+    if batch * workers > n_train:
+        raise UsageError(f"--batch-size {batch} x {workers} workers is more than the {n_train} training examples "
+                         f"of {dataset}; lower --batch-size")
+
+
 def test_size_used(n_test: int, size: int) -> int:
     """How many test examples `test_subset` evaluates for --test-size `size`: the whole split for -1 or for a
     size beyond it. Record this, not the requested size."""

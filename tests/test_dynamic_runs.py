@@ -78,6 +78,9 @@ def test_every_policy_writes_a_complete_run_directory(runs, policy):
     assert meta["method"] == "dynamic" and meta["protocol"] == "dynamic" and meta["backend"] == BACKEND
     assert meta["world_size"] == 2 and meta["config"]["workers"] == 2 and meta["config"]["policy"] == policy
     assert meta["batch_policy"]["policy"] == policy
+    # the facts every training command's preparation records (train dynamic skipped them before)
+    assert meta["config"]["train_examples"] == TRAIN and meta["config"]["input_shape"] == [8, 8, 1]
+    assert meta["config"]["num_classes"] == 10 and meta["config"]["test_size"] == 50
     master, workers, collect = (table(run, name) for name in ("master_stats", "worker_stats", "collect_stats"))
     assert tuple(master.columns) == TABLES["master_stats"]
     assert tuple(workers.columns) == TABLES["worker_stats"]
@@ -206,6 +209,30 @@ def test_figures_draw_a_dynamic_run(runs, tmp_path):
 def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
     result = anytimectl("train", "dynamic", *args, "--out", str(tmp_path), check=False, timeout=60)
     assert_one_line_error(result, *fragments)
+    assert not list(tmp_path.iterdir())
+
+
+def test_more_workers_than_memory_holds_are_refused_before_launch(tmp_path):
+    """The memory guard every training command runs: without it the job would start the ranks and swap."""
+    from anytimectl.commands.common import RANK_MEMORY_BYTES
+    from anytimectl.studies import available_memory
+
+    available = available_memory()
+    if available is None:
+        pytest.skip("this system does not say how much memory is free")
+    workers = 2 * (available // RANK_MEMORY_BYTES["torch"]) + 2  # twice what fits, whatever the others free
+    if workers > TRAIN:
+        pytest.skip(f"{workers} workers would outnumber the {TRAIN} digits")
+    result = anytimectl("train", "dynamic", "--workers", str(workers), "--batch-size", "1", "--backend", "torch",
+                        "--out", str(tmp_path), check=False, timeout=60)
+    assert_one_line_error(result, f"--workers {workers}", "GiB", "start at most")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_batch_larger_than_memory_is_refused_before_launch(tmp_path):
+    result = anytimectl("train", "dynamic", "--workers", "2", "--batch-size", "1000000000000", "--out", str(tmp_path),
+                        check=False, timeout=60)
+    assert_one_line_error(result, "--batch-size 1000000000000", "memory available")
     assert not list(tmp_path.iterdir())
 
 

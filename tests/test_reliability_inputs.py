@@ -92,7 +92,8 @@ def test_plot_into_a_read_only_file_system_is_one_line(tmp_path):
         subprocess.run(["umount", str(target)], check=False)
 
 
-@pytest.mark.parametrize("command", [("train", "amb"), ("train", "fmb", "--workers", "2"), ("train", "gossip")])
+@pytest.mark.parametrize("command", [("train", "amb"), ("train", "fmb", "--workers", "2"), ("train", "gossip"),
+                                     ("train", "dynamic"), ("compress", "train", "--workers", "2")])
 def test_a_batch_that_cannot_fit_in_memory_is_refused_before_launch(command):
     line = _refused(*command, "--batch-size", "1000000000000", "--steps", "1")
     assert "--batch-size 1000000000000" in line and "memory available" in line

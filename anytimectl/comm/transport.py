@@ -13,6 +13,19 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from anytimectl.comm.waiting import ByteCounter
+from anytimectl.errors import UsageError
+
+#: the transports `--transport` names: MPI (`Comm`), or torch.distributed (`TorchTransport`)
+TRANSPORTS = ("mpi", "torch")
+
+
+def check_transport(name: str, backend: str) -> None:
+    """`--transport name` can carry a `backend` run's traffic: the command checks before launch, the ranks again
+    (under the user's mpiexec, or for a config written by hand)."""
+    if name not in TRANSPORTS:
+        raise UsageError(f"--transport {name!r}: choose one of {', '.join(TRANSPORTS)}")
+    if name == "torch" and backend != "torch":
+        raise UsageError("--transport torch needs --backend torch (TensorFlow and torch never share a process)")
 
 
 @runtime_checkable

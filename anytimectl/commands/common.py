@@ -1,14 +1,64 @@
-"""What every training command checks before anything is launched, so that bad input costs no start-up."""
+"""The one preparation path of every training command: what it checks before anything is launched, so that bad
+input costs no start-up, and the config entries those checks resolve.
+
+A command checks its own options (a method's rules), then calls `prepare` with its option groups and its
+protocol's shape; `prepare` resolves the model, checks the stragglers, the devices, the workers against this
+machine's memory, the data (enough examples, the input transform, the batch against the training set and the
+memory) and returns the config entries. A check added here applies to every method.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anytimectl.errors import UsageError
 from anytimectl.options import DataOptions, LaunchOptions, LengthOptions, OutputOptions, StragglerOptions
+
+if TYPE_CHECKING:
+    from anytimectl.data import DatasetInfo
+    from anytimectl.input_transform import InputTransform
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The batch one worker takes in one step, as the pre-launch checks see it.
+
+    `distinct`: one step's batches of all workers are distinct training examples (one all-reduce of one step's
+    gradients: dynamic, compress), so `per_worker` x workers may not exceed the training set."""
+
+    per_worker: int
+    distinct: bool = False
+
+
+def prepare(launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
+            *groups: Any, backend: str, has_master: bool, batch: Batch | None,
+            transform: InputTransform | None = None, simulated: DatasetInfo | None = None) -> dict[str, Any]:
+    """Check a training command's run before launching it, the same way for every method, and return its config
+    entries (the groups' fields, the launch, the data's facts, `model` and `backend`).
+
+    `has_master`: the protocol has a master rank beside the workers (it needs memory too). `batch`: what the
+    memory guard and the training-set check guard (None: no batch to guard). `transform`: the input transform
+    the workers apply (checked against the data; the batch's memory is the transformed inputs'). `simulated`:
+    the simulated backend's training set, read from no file (its size is `--sim-examples`)."""
+    model = resolve_model(data, backend)
+    workers = launch.workers
+    check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
+    check_devices(launch, backend)
+    check_workers(launch, backend, (workers or 0) + 1 if has_master else (workers or 1))
+    config = common_config(launch, data, length, stragglers, *groups)
+    if simulated is not None:
+        info, dataset, source = simulated, "sim", "--sim-examples"
+    else:
+        from anytimectl.data import describe_dataset
+
+        info, dataset, source = describe_dataset(data.dataset, data.data_dir), data.dataset, f"--dataset {data.dataset}"
+    config.update(_check_examples(info, dataset, source, length, workers, batch, launch, transform))
+    config.update(model=model, backend=backend)
+    return config
 
 
 def resolve_model(data: DataOptions, backend: str) -> str:
@@ -35,20 +85,26 @@ def resolve_model(data: DataOptions, backend: str) -> str:
     return data.model
 
 
-def check_data(data: DataOptions, length: LengthOptions, workers: int | None,
-               batch_size: int | None = None) -> dict[str, Any]:
-    """The data files are present and well-formed, hold enough training examples for the workers, and the test
-    subset's real size is known: before launching, without loading the images. With `batch_size` (one worker's),
-    a batch whose inputs alone cannot fit in memory is refused (`check_batch_memory`). Returns config entries."""
-    from anytimectl.data import check_enough_examples, describe_dataset, test_size_used
+def _check_examples(info: DatasetInfo, dataset: str, source: str, length: LengthOptions, workers: int | None,
+                    batch: Batch | None, launch: LaunchOptions, transform: InputTransform | None) -> dict[str, Any]:
+    """The training set holds enough examples for the workers (and a step's distinct batches), the transform fits
+    its inputs, a batch fits in memory (`check_batch_memory`; not with --hosts: the ranks are elsewhere), and the
+    test subset's real size is known. Returns the data's config entries."""
+    from anytimectl.data import check_enough_examples, check_whole_batches, test_size_used
 
-    info = describe_dataset(data.dataset, data.data_dir)
+    shape = tuple(info.input_shape)
     if workers:
-        check_enough_examples(info.n_train, workers, f"--dataset {data.dataset}")
-    if batch_size is not None:
-        check_batch_memory(batch_size, tuple(info.input_shape), workers or 1)
-    return {"test_size": test_size_used(info.n_test, length.test_size), "test_size_requested": length.test_size,
-            "train_examples": info.n_train, "input_shape": list(info.input_shape), "num_classes": info.num_classes}
+        check_enough_examples(info.n_train, workers, source)
+    if transform is not None:
+        transform.check(shape)
+        shape = transform.output_shape(shape)
+    if batch is not None and not launch.hosts:
+        check_batch_memory(batch.per_worker, shape, workers or 1)
+    if batch is not None and batch.distinct:
+        check_whole_batches(batch.per_worker, workers or 1, info.n_train, dataset)
+    return {"dataset": dataset, "test_size": test_size_used(info.n_test, length.test_size),
+            "test_size_requested": length.test_size, "train_examples": info.n_train,
+            "input_shape": list(info.input_shape), "num_classes": info.num_classes}
 
 
 def check_stragglers(stragglers: StragglerOptions, ranks: list[int]) -> None:
@@ -65,8 +121,10 @@ def check_stragglers(stragglers: StragglerOptions, ranks: list[int]) -> None:
                              f"{ranks[0]}..{ranks[-1]}")
 
 
-def check_devices(launch: LaunchOptions) -> None:
+def check_devices(launch: LaunchOptions, backend: str) -> None:
     """A GPU run on a machine without one fails here, before any rank starts (the workers would find out last)."""
+    if backend == "sim" and launch.device != "cpu":
+        raise UsageError(f"--device {launch.device}: the sim backend computes nothing on a device; use --device cpu")
     if launch.device == "cpu" or launch.workers is None:
         return  # under a user's mpiexec the ranks may be on other hosts: they check for themselves
     from anytimectl.launch import count_gpus

@@ -20,16 +20,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anytimectl import exchange as registry
-from anytimectl.commands.common import (
-    check_data,
-    check_devices,
-    check_stragglers,
-    check_workers,
-    common_config,
-    exit_with,
-    resolve_model,
-    run_request,
-)
+from anytimectl import options as opt
+from anytimectl.commands.common import Batch, exit_with, prepare, resolve_model, run_request
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import MODE_ALIASES, MODES, ExchangeOptions
 from anytimectl.options import (
@@ -37,13 +29,7 @@ from anytimectl.options import (
     PANEL_OUTPUT,
     PANEL_TRAINING,
     SEED_MAX,
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
     ResultOptions,
-    StragglerOptions,
     aliased_choice,
     with_option_groups,
 )
@@ -110,8 +96,8 @@ _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/
 
 @with_option_groups(test_size=-1, log_every=None, compressor="topk")  # --log-every left out: once an epoch
 def train(
-    launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
-    output: OutputOptions, exchange: ExchangeOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
+    output: opt.OutputOptions, exchange: ExchangeOptions,
     method: Annotated[str | None, aliased_choice(
         registry.names(), registry.aliases(), hidden=True,
         help="The compressor's former name: --compressor.")] = None,
@@ -169,42 +155,33 @@ def train(
     recipe = RECIPES[data.dataset]
     if data.model is None:
         data.model = recipe.model
-    model = resolve_model(data, BACKEND)
     workers = launch.workers
     ranks = workers if workers else 1
     batch = batch_size if batch_size is not None else recipe.batch_size
-    check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
-    check_devices(launch)
-    check_workers(launch, BACKEND, ranks)
-    described = check_data(data, length, workers)
-    if batch * ranks > described["train_examples"]:
-        raise UsageError(f"--batch-size {batch} x {ranks} workers is more than the {described['train_examples']} "
-                         f"training examples of {data.dataset}; lower --batch-size")
+    optimizer = opt.OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
+    config = prepare(launch, data, length, stragglers, optimizer, backend=BACKEND, has_master=False,
+                     batch=Batch(batch, distinct=True))
     chosen = augment if augment != "auto" else ("cifar" if data.dataset == "cifar10" else "none")
     if chosen == "cifar":
         from anytimectl.input_transform import Augmentation
 
-        Augmentation().check(tuple(described["input_shape"]))
+        Augmentation().check(tuple(config["input_shape"]))
     epochs = length.epochs
     if length.steps is None and length.epochs is None:
         epochs = recipe.epochs
-    end = min(e for e in (epochs, length.steps and length.steps * batch * ranks / described["train_examples"])
+    end = min(e for e in (epochs, length.steps and length.steps * batch * ranks / config["train_examples"])
               if e is not None)
     if lr_peak_epoch is not None and lr_peak_epoch >= end and (workers is not None or length.steps is None):
         raise UsageError(f"--lr-peak-epoch {lr_peak_epoch:g}: the rate must peak before the run ends (epoch "
                          f"{end:.3g}); lower it or train longer")
-    optimizer = OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
-    config = common_config(launch, data, length, stragglers, optimizer)
-    config.update(described)
     config.update(exchange.config())
     # "method": the compressor under its former key, which run directories of earlier versions (and plots) read
-    config.update(model=model, backend=BACKEND, method=exchange.compressor, batch_size=batch, epochs=epochs,
-                  lr_schedule="piecewise", lr_peak_epoch=lr_peak_epoch, lr_knots=None, momentum=momentum,
-                  nesterov=momentum > 0, augment=chosen,
-                  log_every=length.log_every)
+    config.update(method=exchange.compressor, batch_size=batch, epochs=epochs, lr_schedule="piecewise",
+                  lr_peak_epoch=lr_peak_epoch, lr_knots=None, momentum=momentum, nesterov=momentum > 0,
+                  augment=chosen, log_every=length.log_every)
     exit_with(run_request(command="compress", method="compress", protocol="compressed", backend=BACKEND,
-                          dataset=data.dataset, model=model, config=config, launch=launch, output=output,
-                          seed=stragglers.seed))
+                          dataset=data.dataset, model=config["model"], config=config, launch=launch,
+                          output=output, seed=stragglers.seed))
 
 
 # --- compress bench --------------------------------------------------------------------------------------------------
@@ -328,7 +305,7 @@ def bench(
     if rescale and "randomk" not in chosen_methods:
         raise UsageError("--rescale scales random-k's values; add randomk to --methods")
     check_compression("randomk" if rescale else "none", ratio, threshold or 0.0, levels, rescale)
-    data = DataOptions(dataset=dataset, data_dir=data_dir, model=model) if dataset is not None else None
+    data = opt.DataOptions(dataset=dataset, data_dir=data_dir, model=model) if dataset is not None else None
     if data is not None:
         model = resolve_model(data, BACKEND)
     else:

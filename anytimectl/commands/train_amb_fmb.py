@@ -8,26 +8,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from anytimectl.commands.common import (
-    check_data,
-    check_devices,
-    check_stragglers,
-    check_workers,
-    common_config,
-    default_steps,
-    exit_with,
-    resolve_model,
-    run_request,
-)
+from anytimectl import options as opt
+from anytimectl.commands.common import Batch, default_steps, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.options import (
     PANEL_TRAINING,
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
-    StragglerOptions,
     with_option_groups,
 )
 
@@ -100,7 +85,7 @@ class SimOptions:
         metavar="N", min=1, rich_help_panel=PANEL_SIM, show_default=False,
         help="Examples after which loss and accuracy are halfway to their final values (default 20000).")] = None
 
-    def resolve(self, backend: str, data: DataOptions) -> dict[str, Any]:
+    def resolve(self, backend: str, data: opt.DataOptions) -> dict[str, Any]:
         given = {name: getattr(self, name) for name in SIM_DEFAULTS if getattr(self, name) is not None}
         if backend != "sim":
             if given:
@@ -121,8 +106,8 @@ def _batch_option(text: str) -> Any:
 
 @with_option_groups()
 def amb(
-    launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
+    stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("The most examples a worker may process in one round.")] = 192,
     partitions: Annotated[int, typer.Option(
@@ -147,7 +132,8 @@ def amb(
     \b
     Examples:
       anytimectl train amb --workers 4 --induce niagara:0.03
-      anytimectl train amb --workers 4 --induce niagara:0.03 --time-limit 0.25 --partitions 16
+      anytimectl train amb --workers 4 --induce niagara:0.03 --time-limit 0.25 \\
+          --partitions 16
       anytimectl train amb --backend torch --workers 4 --induce niagara:0.03
       mpiexec -n 5 anytimectl train amb --dataset mnist --data-dir ~/data/mnist \\
           --batch-size 256 --time-limit 2.5 --partitions 8 --test-size 100
@@ -173,8 +159,8 @@ def amb(
 
 @with_option_groups()
 def fmb(
-    launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions, length: LengthOptions,
-    stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
+    stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("Examples every worker processes per step.")] = 128,
 ) -> None:
@@ -184,44 +170,36 @@ def fmb(
     Examples:
       anytimectl train fmb --workers 4 --induce niagara:0.03
       anytimectl train fmb --workers 4 --slow 2:3 --steps 50 --json
-      anytimectl train fmb --backend torch --workers 2 --optimizer sgd --learning-rate 0.05
-      mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data --batch-size 242
+      anytimectl train fmb --backend torch --workers 2 --optimizer sgd \\
+          --learning-rate 0.05
+      mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data \\
+          --batch-size 242
     """
     exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
                      {"partitions": 1, "time_limit": None, "time_limit_requested": None, "match_batch": None}))
 
 
-def _train(method: str, launch: LaunchOptions, data: DataOptions, optimizer: OptimizerOptions,
-           length: LengthOptions, stragglers: StragglerOptions, output: OutputOptions, protocol: ProtocolOptions,
-           sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
+def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions,
+           length: opt.LengthOptions, stragglers: opt.StragglerOptions, output: opt.OutputOptions,
+           protocol: ProtocolOptions, sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
     sim_config = sim.resolve(backend, data)
     protocol_config = protocol.resolve(launch.workers)
-    model = resolve_model(data, backend)
-    workers = launch.workers
-    check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
-    check_devices(launch)
-    if backend == "sim" and launch.device != "cpu":
-        raise UsageError(f"--device {launch.device}: the sim backend computes nothing on a device; use --device cpu")
-    check_workers(launch, backend, (workers or 0) + 1)
-    config = common_config(launch, data, length, stragglers, optimizer)
-    config.update(_sim_data(sim_config, length, workers) if sim_config else
-                  check_data(data, length, workers, batch_size if not launch.hosts else None))
-    config.update(model=model, backend=backend, batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS),
-                  **amb, **sim_config, **protocol_config)
+    # the simulated backend allocates no inputs: no batch to guard
+    config = prepare(launch, data, length, stragglers, optimizer, backend=backend, has_master=True,
+                     batch=None if sim_config else Batch(batch_size),
+                     simulated=_sim_examples(sim_config) if sim_config else None)
+    config.update(batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS), **amb, **sim_config,
+                  **protocol_config)
     return run_request(command="train", method=method,
                        protocol="async_master_worker" if protocol.protocol == "async" else "master_worker",
-                       backend=backend, dataset="sim" if sim_config else data.dataset, model=model, config=config,
+                       backend=backend, dataset=config["dataset"], model=config["model"], config=config,
                        launch=launch, output=output, seed=stragglers.seed)
 
 
-def _sim_data(sim_config: dict[str, Any], length: LengthOptions, workers: int | None) -> dict[str, Any]:
-    """The config entries check_data gives a real dataset, for the simulated one (nothing to read)."""
+def _sim_examples(sim_config: dict[str, Any]) -> Any:
+    """The simulated backend's training set, as `describe_dataset` describes a real one (nothing to read)."""
     from anytimectl.backends.sim import MODEL_INPUT, NUM_CLASSES, TEST_EXAMPLES
-    from anytimectl.data import check_enough_examples, test_size_used
+    from anytimectl.data import DatasetInfo
 
-    examples = sim_config["backend_options"]["examples"]
-    if workers:
-        check_enough_examples(examples, workers, "--sim-examples")
-    return {"dataset": "sim", "test_size": test_size_used(TEST_EXAMPLES, length.test_size),
-            "test_size_requested": length.test_size, "train_examples": examples,
-            "input_shape": list(MODEL_INPUT["sim"]), "num_classes": NUM_CLASSES}
+    return DatasetInfo(sim_config["backend_options"]["examples"], TEST_EXAMPLES, tuple(MODEL_INPUT["sim"]),
+                       NUM_CLASSES)

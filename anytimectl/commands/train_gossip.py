@@ -9,27 +9,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from anytimectl import options as opt
 from anytimectl.checkpoints import CheckpointOptions, read_metadata, resume_point
-from anytimectl.commands.common import (
-    check_data,
-    check_devices,
-    check_stragglers,
-    check_workers,
-    common_config,
-    exit_with,
-    resolve_model,
-    run_request,
-)
+from anytimectl.commands.common import Batch, check_devices, check_workers, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
     PANEL_TRAINING,
-    DataOptions,
-    LaunchOptions,
-    LengthOptions,
-    OptimizerOptions,
-    OutputOptions,
-    StragglerOptions,
     aliased_choice,
     flag,
     with_option_groups,
@@ -77,8 +63,8 @@ def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) ->
 @with_option_groups(log_every=10, test_size=-1)
 def gossip(
     ctx: typer.Context,
-    launch: LaunchOptions, data: DataOptions, length: LengthOptions, stragglers: StragglerOptions,
-    output: OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
+    launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
+    output: opt.OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
     method: Annotated[str, aliased_choice(
         METHODS, METHOD_ALIASES, rich_help_panel=PANEL_GOSSIP,
         help="local (one process), nocomm (average at the end), allreduce (gradients every step), elastic "
@@ -155,7 +141,6 @@ def gossip(
     experiment = EXPERIMENTS[data.dataset]
     if data.model is None and data.dataset in MODELS:
         data.model = MODELS[data.dataset]
-    model = resolve_model(data, BACKEND)
     workers = launch.workers
     exchange.check(BACKEND)
     if exchange.compressor != "none" and method != "allreduce":
@@ -178,36 +163,32 @@ def gossip(
     if use_nesterov and moment <= 0:
         raise UsageError("--nesterov needs a positive --momentum; add --no-nesterov or set --momentum")
     milestones = tuple(lr_milestones) if lr_milestones is not None else experiment.milestones
-    optimizer = OptimizerOptions(
+    optimizer = opt.OptimizerOptions(
         optimizer="sgd", learning_rate=experiment.learning_rate if learning_rate is None else learning_rate,
         weight_decay=weight_decay, lr_schedule="milestones" if milestones else "const",
         lr_milestones=list(milestones) or None,
         lr_anneal=experiment.anneal if lr_anneal is None else lr_anneal)
-    check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
-    check_devices(launch)
-    check_workers(launch, BACKEND, ranks)
-    config = common_config(launch, data, length, stragglers, optimizer, checkpoints)
-    described = check_data(data, length, workers, batch // ranks if not launch.hosts else None)
-    config.update(described)
+    config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
+                     batch=Batch(batch // ranks))
     validation = VALIDATION_SIZES.get(data.dataset, 0) if val_size is None else val_size
-    if validation >= described["train_examples"] - ranks + 1:
-        raise UsageError(f"--val-size {validation}: --dataset {data.dataset} has {described['train_examples']} "
+    if validation >= config["train_examples"] - ranks + 1:
+        raise UsageError(f"--val-size {validation}: --dataset {data.dataset} has {config['train_examples']} "
                          f"training examples; leave at least one per worker")
     epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
     config["augment"] = ("crop-flip" if data.dataset == "cifar10" else None) if augment == "auto" else \
         (None if augment == "none" else augment)
-    config.update(model=model, backend=BACKEND, method=method, agg_period=agg_period, agg_prob=agg_prob,
+    config.update(method=method, agg_period=agg_period, agg_prob=agg_prob,
                   weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=batch,
                   per_worker_batch=batch // ranks, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
     config.update(exchange.config())
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
-                          dataset=data.dataset, model=model, config=config, launch=launch, output=output,
-                          seed=stragglers.seed))
+                          dataset=data.dataset, model=config["model"], config=config, launch=launch,
+                          output=output, seed=stragglers.seed))
 
 
-def _resume(given: set[str], checkpoints: CheckpointOptions, launch: LaunchOptions, length: LengthOptions,
-            output: OutputOptions) -> int:
+def _resume(given: set[str], checkpoints: CheckpointOptions, launch: opt.LaunchOptions, length: opt.LengthOptions,
+            output: opt.OutputOptions) -> int:
     """Continue a recorded run: its options from metadata.json, a longer length if given, this job's launch."""
     refused = sorted(given - _RESUME_OPTIONS)
     if refused:
@@ -241,7 +222,8 @@ def _resume(given: set[str], checkpoints: CheckpointOptions, launch: LaunchOptio
     config.update(resume=str(run_dir), workers=launch.workers, threads=launch.threads, device=launch.device,
                   gpus_per_node=launch.gpus_per_node)
     output.out, output.name = run_dir.parent, run_dir.name
-    check_devices(launch)
+    check_devices(launch, BACKEND)
+    check_workers(launch, BACKEND, ranks)
     return run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
                        dataset=config["dataset"], model=config["model"], config=config, launch=launch, output=output,
                        seed=int(config.get("seed") or 0))

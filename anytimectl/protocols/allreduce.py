@@ -26,13 +26,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from anytimectl.errors import UsageError
+from anytimectl.comm.transport import check_transport
 from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS, ExchangeSpec, make_exchange
 from anytimectl.exchange.options import ExchangeOptions, from_config
 from anytimectl.protocols.peer import PeerProtocol, PeerStep
 from anytimectl.records import Columns, LiveColumn, RowLayout
-
-TRANSPORTS = ("mpi", "torch")
 
 
 def open_transport(context: Any, comm: Any) -> Any:
@@ -41,12 +39,9 @@ def open_transport(context: Any, comm: Any) -> Any:
     `torch` starts a torch.distributed process group over the MPI job's ranks; its byte counts go to the MPI
     layer's counter, so the tables count every byte the method moves whichever transport moved it."""
     name = context.config.get("transport") or "mpi"
-    if name not in TRANSPORTS:
-        raise UsageError(f"--transport {name!r}: choose one of {', '.join(TRANSPORTS)}")
+    check_transport(name, context.request.backend)
     if comm is None or name == "mpi":
         return comm
-    if context.request.backend != "torch":
-        raise UsageError("--transport torch needs --backend torch (TensorFlow and torch never share a process)")
     from anytimectl.backends.torch.transport import TorchTransport
 
     return TorchTransport.start(comm, context.device, counter=comm.bytes)

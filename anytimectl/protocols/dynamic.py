@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from anytimectl.batch_policies import BatchPolicy, PeriodStats, PolicyOptions, make_policy
+from anytimectl.batch_policies import BatchPolicy, PeriodStats, PolicyOptions
+from anytimectl.data import check_whole_batches
 from anytimectl.errors import UsageError
 from anytimectl.input_transform import InputTransform, TransformedEngine
 from anytimectl.protocols.allreduce import AllReduceProtocol
@@ -144,10 +145,9 @@ class DynamicProtocol(AllReduceProtocol):
         super().prepare()
         c = self.context.config
         options = PolicyOptions(**{name: c[name] for name in PolicyOptions.__dataclass_fields__ if name in c})
-        self.policy: BatchPolicy = make_policy(c["policy"], self.size, int(c["batch_size"]), options)
-        if self.size * int(c["batch_size"]) > len(self.dataset.x_train):
-            raise UsageError(f"--batch-size {c['batch_size']} x {self.size} workers is more than the "
-                             f"{len(self.dataset.x_train)} training examples; lower --batch-size")
+        self.policy: BatchPolicy = options.make(self.size, int(c["batch_size"]))
+        # under the user's mpiexec the command did not know the workers: the check `prepare` makes, made here
+        check_whole_batches(int(c["batch_size"]), self.size, len(self.dataset.x_train), c["dataset"])
         self.start_global_batch = self.policy.global_batch
         self.lr_scaling = c.get("lr_scaling") or "linear"
         lr_factor(self.lr_scaling, 1, 1)  # checks the name

@@ -45,7 +45,7 @@ def _config(**overrides) -> dict:
         "lr_decay_steps": 50, "lr_decay_rate": 0.9, "lr_staircase": True, "lr_epochs_every": 10.0,
         "lr_epochs_frac": 0.5, "lr_milestones": None, "lr_anneal": 0.1,
     }
-    config.update(vars(PolicyOptions(min_batch=4, max_batch=1024)))
+    config.update(vars(PolicyOptions(policy="increasing", min_batch=4, max_batch=1024)))
     config.update(overrides)
     return config
 
