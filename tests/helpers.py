@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -64,3 +65,32 @@ def check_a_model_handed_over_by_between_is_used(engine, x, y, atol_share: float
     expected = first[:n] + rest[:n]
     np.testing.assert_allclose(mixed[:n], expected, rtol=1e-4, atol=atol_share * np.abs(expected).max())
     assert mixed[-1] == pytest.approx(first[-1] + rest[-1], rel=1e-4)
+
+#: What a test puts in the environment of the processes it starts, to find every one of them in /proc later
+#: (mpiexec's ranks and proxies inherit it).
+PROCESS_MARKER = "ANYTIMECTL_TEST_MARKER"
+
+
+def marked_processes(marker: str) -> list[int]:
+    needle = f"{PROCESS_MARKER}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as stream:
+                    if needle in stream.read().split(b"\0"):
+                        with open(f"/proc/{entry}/stat", "rb") as stat:
+                            if stat.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                                found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def wait_for(predicate, what: str, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -8,17 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
-from helpers import REPO, metadata
+from helpers import PROCESS_MARKER as MARKER
+from helpers import REPO, marked_processes, metadata, wait_for
 
 from anytimectl.rundir import LOCK_FILE, RunDirectory, run_liveness
 from plots.rundir import Run
 from plots.style import status_suffix
-
-MARKER = "ANYTIMECTL_TEST_MARKER"
 
 
 def test_an_open_run_is_running_and_a_finished_one_its_status(tmp_path):
@@ -29,31 +27,6 @@ def test_an_open_run_is_running_and_a_finished_one_its_status(tmp_path):
     assert run_liveness(tmp_path) == "completed"
     assert not (tmp_path / LOCK_FILE).exists() and not (tmp_path / ".space-reserve").exists()
     assert run_liveness(tmp_path / "nothing") == "unknown"
-
-
-def _wait_for(predicate, what: str, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _alive(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as stream:
-                    if needle in stream.read().split(b"\0"):
-                        with open(f"/proc/{entry}/stat", "rb") as stat:
-                            if stat.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                                found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.mark.mpi
@@ -68,7 +41,7 @@ def test_kill_9_of_the_launcher_leaves_a_run_that_reads_as_dead(tmp_path):
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, MARKER: marker}, start_new_session=True)
     try:
-        _wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*/manifest.json")),
+        wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*/manifest.json")),
                   "a checkpoint")
         assert run_liveness(run) == "running"
         refused = subprocess.run([sys.executable, "-m", "anytimectl", "train", "gossip", "--resume", str(run),
@@ -76,9 +49,9 @@ def test_kill_9_of_the_launcher_leaves_a_run_that_reads_as_dead(tmp_path):
         assert refused.returncode == 2 and "still running" in refused.stderr, refused.stderr
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        _wait_for(lambda: not _alive(marker), "the job to end")
+        wait_for(lambda: not marked_processes(marker), "the job to end")
     finally:
-        for pid in _alive(marker):
+        for pid in marked_processes(marker):
             os.kill(pid, signal.SIGKILL)
     assert metadata(run)["status"] == "running"  # nobody was left to record the end
     status = run_liveness(run)

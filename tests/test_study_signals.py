@@ -8,39 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
-from helpers import REPO, metadata
+from helpers import PROCESS_MARKER as MARKER
+from helpers import REPO, marked_processes, metadata, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; Linux only")
-MARKER = "ANYTIMECTL_TEST_MARKER"
-
-
-def _marked(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as stream:
-                    if needle in stream.read().split(b"\0"):
-                        with open(f"/proc/{entry}/stat", "rb") as stat:
-                            if stat.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                                found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def _wait_for(predicate, what: str, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _signalled(args: list[str], run, sig: int, ready) -> tuple[subprocess.CompletedProcess, str]:
@@ -49,14 +23,14 @@ def _signalled(args: list[str], run, sig: int, ready) -> tuple[subprocess.Comple
                                stderr=subprocess.PIPE, text=True, env={**os.environ, MARKER: marker},
                                stdin=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: ready(marker, process.pid), "the study to be measuring")
+        wait_for(lambda: ready(marker, process.pid), "the study to be measuring")
         process.send_signal(sig)  # to the command only, as a scheduler's scancel --signal=B:TERM would
         stdout, stderr = process.communicate(timeout=120)
-        _wait_for(lambda: not _marked(marker), "every process of the study to end", seconds=30)
+        wait_for(lambda: not marked_processes(marker), "every process of the study to end", seconds=30)
     finally:
         if process.poll() is None:
             process.kill()
-        for pid in _marked(marker):
+        for pid in marked_processes(marker):
             os.kill(pid, signal.SIGKILL)
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr), marker
 
@@ -68,7 +42,7 @@ def test_sigterm_ends_a_partitions_sweep_and_its_measuring_child(tmp_path):
             "--warmup", "1", "--threads", "1", "--out", str(tmp_path), "--name", "s"]
 
     def child_running(marker: str, parent: int) -> bool:
-        return (run / "metadata.json").is_file() and any(pid != parent for pid in _marked(marker))
+        return (run / "metadata.json").is_file() and any(pid != parent for pid in marked_processes(marker))
 
     result, _ = _signalled(args, run, signal.SIGTERM, child_running)
     assert result.returncode == 130, result.stderr[-2000:]

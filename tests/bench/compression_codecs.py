@@ -65,6 +65,29 @@ def model_and_layout() -> tuple[nn.Module, list, str]:
         return model, layout, f"local ResNet9 (engine unavailable: {type(error).__name__}: {error})"
 
 
+def resnet9_gradient(batch_size: int, backward_repeats: int) -> tuple[list, str, torch.Tensor, list, list]:
+    """(layout, where the model came from, one flat gradient, backward wall seconds, backward CPU seconds): the
+    summed cross-entropy of a random batch through a freshly initialised ResNet9, its backward timed alone."""
+    model, layout, source = model_and_layout()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    x = torch.randn(batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (batch_size,))
+    backward, backward_cpu, grad = [], [], None
+    for _ in range(max(1, backward_repeats)):
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.zero_()  # in place: the engine's gradients are views of its flat buffer
+        loss = functional.cross_entropy(model(x), y, reduction="sum")
+        start, start_cpu = time.perf_counter(), time.process_time()
+        loss.backward()
+        backward.append(time.perf_counter() - start)
+        backward_cpu.append(time.process_time() - start_cpu)
+        if grad is None:
+            grad = torch.cat([p.grad.reshape(-1) for p in parameters]).clone()
+    return layout, source, grad, backward, backward_cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -83,23 +106,7 @@ def main() -> None:
 
     from anytimectl.backends.torch.compression.bench import bench_codecs
 
-    model, layout, source = model_and_layout()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    x = torch.randn(args.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch_size,))
-    backward, backward_cpu, grad = [], [], None
-    for _ in range(max(1, args.backward_repeats)):
-        for p in parameters:
-            if p.grad is not None:
-                p.grad.zero_()  # in place: the engine's gradients are views of its flat buffer
-        loss = functional.cross_entropy(model(x), y, reduction="sum")
-        start, start_cpu = time.perf_counter(), time.process_time()
-        loss.backward()
-        backward.append(time.perf_counter() - start)
-        backward_cpu.append(time.process_time() - start_cpu)
-        if grad is None:
-            grad = torch.cat([p.grad.reshape(-1) for p in parameters]).clone()
+    layout, source, grad, backward, backward_cpu = resnet9_gradient(args.batch_size, args.backward_repeats)
     backward_s, backward_cpu_s = statistics.median(backward), statistics.median(backward_cpu)
     print(f"model: {source}; {grad.numel():,} floats in {len(layout)} tensors; torch threads "
           f"{torch.get_num_threads()}; backward at batch {args.batch_size}: {backward_s:.2f} s wall, "

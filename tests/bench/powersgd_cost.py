@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compression_codecs import model_and_layout  # noqa: E402
+from compression_codecs import resnet9_gradient  # noqa: E402
 
 
 def main() -> None:
@@ -42,23 +41,7 @@ def main() -> None:
 
     from anytimectl.backends.torch.compression.powersgd import PowerSGD
 
-    model, layout, source = model_and_layout()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    x = torch.randn(args.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch_size,))
-    backward, backward_cpu, grad = [], [], None
-    for _ in range(max(1, args.backward_repeats)):
-        for p in parameters:
-            if p.grad is not None:
-                p.grad.zero_()
-        loss = functional.cross_entropy(model(x), y, reduction="sum")
-        start, start_cpu = time.perf_counter(), time.process_time()
-        loss.backward()
-        backward.append(time.perf_counter() - start)
-        backward_cpu.append(time.process_time() - start_cpu)
-        if grad is None:
-            grad = torch.cat([p.grad.reshape(-1) for p in parameters]).clone()
+    layout, source, grad, backward, backward_cpu = resnet9_gradient(args.batch_size, args.backward_repeats)
     backward_s, backward_cpu_s = statistics.median(backward), statistics.median(backward_cpu)
     print(f"model: {source}; {grad.numel():,} floats in {len(layout)} tensors; torch threads "
           f"{torch.get_num_threads()}; backward at batch {args.batch_size}: {backward_s:.2f} s wall, "
