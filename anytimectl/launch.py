@@ -169,12 +169,15 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
 class _LaunchWatcher:
     """Passes mpiexec's stderr on unchanged, chunk by chunk (the live view's escape codes included), except
     Hydra's own error dump after a proxy could not be started on a host, which `relaunch` replaces by one line.
+    An unfinished last line that may be one of Hydra's is held until it is whole, so that a message split between
+    two reads is still recognised.
 
     Hydra's lines read `[mpiexec@HOST] function (file:line): message`; once one says the launch failed, such
     lines are left out.
     """
 
     _FAILED = b"Launch proxy failed"
+    _PREFIX = b"[mpiexec@"
 
     def __init__(self) -> None:
         self.proxy_failed = False
@@ -191,6 +194,7 @@ class _LaunchWatcher:
     def _pump(self, stream: Any) -> None:
         out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
         fd = stream.fileno()
+        held = b""  # an unfinished last line that may be one of Hydra's: judged once it is whole
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -198,23 +202,33 @@ class _LaunchWatcher:
                 break
             if not chunk:
                 break
-            if self._FAILED in chunk:
-                self.proxy_failed = True
-            if self.proxy_failed:
-                chunk = b"".join(line for line in chunk.splitlines(keepends=True)
-                                 if not line.startswith(b"[mpiexec@"))
-                if not chunk:
-                    continue
-            try:
-                if out is not None:
-                    out.write(chunk)
-                    out.flush()
-                else:
-                    sys.stderr.write(chunk.decode(errors="replace"))
-                    sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+            data = held + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            if tail.startswith(self._PREFIX) or self._PREFIX.startswith(tail):
+                data, held = data[:cut], tail
+            else:
+                held = b""
+            self._write(out, data)
+        self._write(out, held)
         stream.close()
+
+    def _write(self, out: Any, data: bytes) -> None:
+        if self._FAILED in data:
+            self.proxy_failed = True
+        if self.proxy_failed:
+            data = b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(self._PREFIX))
+        if not data:
+            return
+        try:
+            if out is not None:
+                out.write(data)
+                out.flush()
+            else:
+                sys.stderr.write(data.decode(errors="replace"))
+                sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _pump_stdout(stream: Any) -> None:
