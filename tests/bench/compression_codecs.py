@@ -65,9 +65,9 @@ def model_and_layout() -> tuple[nn.Module, list, str]:
         return model, layout, f"local ResNet9 (engine unavailable: {type(error).__name__}: {error})"
 
 
-def resnet9_gradient(batch_size: int, backward_repeats: int) -> tuple[list, str, torch.Tensor, list, list]:
-    """(layout, where the model came from, one flat gradient, backward wall seconds, backward CPU seconds): the
-    summed cross-entropy of a random batch through a freshly initialised ResNet9, its backward timed alone."""
+def resnet9_gradient(batch_size: int, backward_repeats: int) -> tuple[list, str, torch.Tensor, float, float]:
+    """(layout, where the model came from, one flat gradient, median backward wall and CPU seconds): the summed
+    cross-entropy of a random batch through a freshly initialised ResNet9, its backward timed alone; printed."""
     model, layout, source = model_and_layout()
     parameters = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -85,7 +85,12 @@ def resnet9_gradient(batch_size: int, backward_repeats: int) -> tuple[list, str,
         backward_cpu.append(time.process_time() - start_cpu)
         if grad is None:
             grad = torch.cat([p.grad.reshape(-1) for p in parameters]).clone()
-    return layout, source, grad, backward, backward_cpu
+    backward_s, backward_cpu_s = statistics.median(backward), statistics.median(backward_cpu)
+    print(f"model: {source}; {grad.numel():,} floats in {len(layout)} tensors; torch threads "
+          f"{torch.get_num_threads()}; backward at batch {batch_size}: {backward_s:.2f} s wall, "
+          f"{backward_cpu_s:.2f} s CPU (medians of {len(backward)}: {', '.join(f'{t:.2f}' for t in backward)} s); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    return layout, source, grad, backward_s, backward_cpu_s
 
 
 def main() -> None:
@@ -106,12 +111,7 @@ def main() -> None:
 
     from anytimectl.backends.torch.compression.bench import bench_codecs
 
-    layout, source, grad, backward, backward_cpu = resnet9_gradient(args.batch_size, args.backward_repeats)
-    backward_s, backward_cpu_s = statistics.median(backward), statistics.median(backward_cpu)
-    print(f"model: {source}; {grad.numel():,} floats in {len(layout)} tensors; torch threads "
-          f"{torch.get_num_threads()}; backward at batch {args.batch_size}: {backward_s:.2f} s wall, "
-          f"{backward_cpu_s:.2f} s CPU (medians of {len(backward)}: {', '.join(f'{t:.2f}' for t in backward)} s); "
-          f"load average before the codecs {os.getloadavg()[0]:.1f}")
+    layout, source, grad, backward_s, backward_cpu_s = resnet9_gradient(args.batch_size, args.backward_repeats)
 
     rows = bench_codecs(grad, layout, ratio=args.ratio, levels=args.levels, value_dtype=args.value_dtype,
                         repeats=args.repeats, world=args.world)

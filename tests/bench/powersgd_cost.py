@@ -41,12 +41,7 @@ def main() -> None:
 
     from anytimectl.backends.torch.compression.powersgd import PowerSGD
 
-    layout, source, grad, backward, backward_cpu = resnet9_gradient(args.batch_size, args.backward_repeats)
-    backward_s, backward_cpu_s = statistics.median(backward), statistics.median(backward_cpu)
-    print(f"model: {source}; {grad.numel():,} floats in {len(layout)} tensors; torch threads "
-          f"{torch.get_num_threads()}; backward at batch {args.batch_size}: {backward_s:.2f} s wall, "
-          f"{backward_cpu_s:.2f} s CPU (medians of {len(backward)}: {', '.join(f'{t:.2f}' for t in backward)} s); "
-          f"load average {os.getloadavg()[0]:.1f}")
+    layout, source, grad, backward_s, backward_cpu_s = resnet9_gradient(args.batch_size, args.backward_repeats)
     print(f"{'rank':>4}{'compressed':>11}{'floats/step':>13}{'ratio':>8}{'rel.err':>9}{'step ms':>9}{'cpu ms':>8}"
           f"{'/bwd':>7}{'cpu/bwd':>8}")
     verdict = None
