@@ -62,13 +62,17 @@ def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
+#: The run directories a listing or an export reads (declared once for both commands).
+RunPaths = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Run directories, or folders searched recursively for them. Default: ./runs.",
+                   show_default=False),
+]
+
+
 @runs_app.command("list")
 def list_runs(
-    paths: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Run directories, or folders searched recursively for them. Default: ./runs.",
-                       show_default=False),
-    ] = None,
+    paths: RunPaths = None,
     where: Annotated[
         list[str] | None,
         typer.Option("--where", "-w", metavar="KEY=VALUE",
@@ -283,11 +287,7 @@ def show(
 
 @runs_app.command("export")
 def export(
-    paths: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Run directories, or folders searched recursively for them. Default: ./runs.",
-                       show_default=False),
-    ] = None,
+    paths: RunPaths = None,
     tensorboard: Annotated[
         Path | None,
         typer.Option("--tensorboard", metavar="DIR",
