@@ -54,6 +54,56 @@ def _flags_without_metavar() -> None:
 
 _flags_without_metavar()
 
+#: the section of the options no panel names (`--help`, a command without panels), printed after the panels
+PANEL_OTHER = "Options"
+
+
+def format_options_in_panels(command: Any, ctx: Any, formatter: Any) -> None:
+    """`--help`'s options grouped under their `rich_help_panel` headings, in the order the command declares them.
+
+    Typer draws panels only through rich (`rich_markup_mode`), which costs a second or more of imports on every
+    `--help` here and squeezes the help column to a few words at 80 columns. This keeps Click's plain layout
+    (paragraphs re-flowed to the terminal, `\\b` blocks kept, options and help side by side) and prints one section
+    per panel instead of one "Options" section."""
+    arguments: list[tuple[str, str]] = []
+    panels: dict[str, list[tuple[str, str]]] = {}
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        if param.param_type_name == "argument":
+            arguments.append(record)
+        else:
+            panels.setdefault(getattr(param, "rich_help_panel", None) or PANEL_OTHER, []).append(record)
+    if arguments:
+        with formatter.section("Arguments"):
+            formatter.write_dl(arguments)
+    other = panels.pop(PANEL_OTHER, [])
+    for name, records in [*panels.items(), *([(PANEL_OTHER, other)] if other else [])]:
+        with formatter.section(name):
+            formatter.write_dl(records)
+
+
+def _panels_in_plain_help() -> None:
+    """Every Typer command and group formats its options with `format_options_in_panels`."""
+    command, group = typer.core.TyperCommand, typer.core.TyperGroup
+    if getattr(command.format_options, "_anytimectl", False):
+        return
+
+    def command_options(self: Any, ctx: Any, formatter: Any) -> None:
+        format_options_in_panels(self, ctx, formatter)
+
+    def group_options(self: Any, ctx: Any, formatter: Any) -> None:
+        format_options_in_panels(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+    command_options._anytimectl = group_options._anytimectl = True  # type: ignore[attr-defined]
+    command.format_options = command_options  # type: ignore[method-assign]
+    group.format_options = group_options  # type: ignore[method-assign]
+
+
+_panels_in_plain_help()
+
 
 def aliased_choice(choices: Iterable[str], aliases: dict[str, str] | None = None, **option: Any) -> Any:
     """A `typer.Option` taking one of `choices`, or an alias of one (case-insensitive), as its canonical name."""
