@@ -304,7 +304,9 @@ assert get_args(Policy) == POLICIES
 
 
 def _knob(text: str, metavar: str = "N", **extra: Any) -> Any:
-    return typer.Option(metavar=metavar, rich_help_panel=PANEL_POLICY, help=text, **extra)
+    from anytimectl.options import option
+
+    return option(text, metavar=metavar, panel=PANEL_POLICY, **extra)
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,8 @@ class PolicyOptions:
     progress_k: Annotated[int, _knob("progress: epochs in Prechelt's strip.", "K", min=1)] = 5
     progress_threshold: Annotated[float, _knob("progress: double when P_k (per mille) is below this.", "P",
                                                min=0)] = 10.0
-    target_epoch_time: Annotated[float, _knob("progress: double when an epoch takes longer (s).", "S")] = 60.0
+    target_epoch_time: Annotated[float, _knob("progress: double when an epoch takes longer (s).", "S",
+                                              above=0)] = 60.0
     probe_sizes: Annotated[int, _knob("probe: sizes to try (b, 2b, 4b, ...).", min=1)] = 4
     window: Annotated[int | None, _knob("dbs: re-balance every N steps (default: every epoch).", min=1,
                                         show_default=False)] = None

@@ -126,7 +126,7 @@ def _bad_value_message(error: TyperException, argv: list[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     value = None
     for index, arg in enumerate(args):
-        for name in names:
+        for name in getattr(param, "opts", []):  # short spellings too (-K 1.5 is --ratio 1.5)
             if arg == name and index + 1 < len(args):
                 value = args[index + 1]
             elif arg.startswith(name + "="):

@@ -65,7 +65,8 @@ def test_holdout_is_fixed_and_disjoint():
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "local", "--workers", "3"], "--method local runs one process"),
-    (["--workers", "4", "--batch-size", "3"], "aggregate batch"),
+    (["--workers", "4", "--global-batch-size", "3"], "--global-batch-size 3 is split over 4 workers"),
+    (["--batch-size", "8", "--global-batch-size", "32"], "give one"),
     (["--momentum", "0", "--nesterov"], "--nesterov needs a positive --momentum"),
     (["--agg-prob", "1.5"], "1.5"),
     (["--method", "elasticgossip2"], "elasticgossip2"),

@@ -75,7 +75,7 @@ def _sections(text: str) -> dict[str, list[str]]:
 def _lists(line: str, flag: str) -> bool:
     """The line is the entry of `flag` (its names start the line), not a mention in another option's help."""
     names = line.strip().split("  ")[0]
-    return line.startswith("  ") and not line.startswith("   ") and flag in names.replace(",", " ").split()
+    return line.startswith("  -") and flag in names.replace(",", " ").split()
 
 
 def test_training_commands_share_their_panels(monkeypatch):
@@ -93,6 +93,33 @@ def test_every_command_shows_examples(path, command, monkeypatch):
     assert "Examples:" in text, f"{' '.join(path)} --help has no examples"
     examples = text.split("Examples:", 1)[1]
     assert f"anytimectl {' '.join(path)}" in examples or path[0] == "runs" and "anytimectl runs" in examples
+
+
+def test_no_range_shown_that_refuses_its_bound(monkeypatch):
+    """Help never shows `x>=0` for an option whose 0 is refused: such ranges show as `x>0` (and are refused by
+    the parser, one line, exit 2: tests/test_cli_errors.py)."""
+    for path in (("train", "amb"), ("train", "gossip"), ("train", "dynamic"), ("compress", "train")):
+        text = help_text(path, monkeypatch)
+        for flag, shown in (("--epochs", "x>0"), ("--target-accuracy", "0<x<=1"), ("--learning-rate", "x>0"),
+                            ("--test-size", "-1 or x>=1")):
+            entry = _entry(text, flag)
+            assert shown in entry and "x>=0" not in entry and "0<=x" not in entry, f"{' '.join(path)}: {entry}"
+    for path in (("train", "dynamic"), ("compress", "train"), ("compress", "bench")):
+        assert "0<x<=1" in _entry(help_text(path, monkeypatch), "--ratio")
+    assert "x>0" in _entry(help_text(("train", "amb"), monkeypatch), "--time-limit")
+    assert "1 or 3" in _entry(help_text(("train", "dynamic"), monkeypatch), "--channels")
+
+
+def _entry(text: str, flag: str) -> str:
+    """The help entry of `flag`: its line and the more indented lines that continue it, joined."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if _lists(line, flag))
+    entry = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("   "):
+            break
+        entry.append(line.strip())
+    return " ".join(entry)
 
 
 def test_help_imports_no_framework():
