@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -64,8 +65,7 @@ RECIPES = {
 }
 
 
-def _option(text: str, *names: str, panel: str = PANEL_COMPRESSION, **extra: Any) -> Any:
-    return opt.option(text, *names, panel=panel, **extra)
+_option = partial(opt.option, panel=PANEL_COMPRESSION)
 
 
 _Ratio = Annotated[float, RATIO]

@@ -4,8 +4,9 @@ PyTorch, the thesis code's methods and settings (protocols/gossip.py has the exa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -56,8 +57,7 @@ _RESUME_OPTIONS = {"workers", "threads", "device", "gpus_per_node", "mpiexec", "
                    "steps", "epochs", "target_accuracy", "resume"}
 
 
-def _option(text: str, *names: str, **extra: Any) -> Any:
-    return opt.option(text, *names, panel=PANEL_GOSSIP, **extra)
+_option = partial(opt.option, panel=PANEL_GOSSIP)
 
 
 @with_option_groups(log_every=10, test_size=-1, learning_rate=None, weight_decay=0.0)

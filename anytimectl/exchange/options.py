@@ -6,6 +6,7 @@ every method. Choices come from the exchange registry (`anytimectl.exchange`); i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from anytimectl import exchange as registry
@@ -17,8 +18,7 @@ PANEL_COMPRESSION = "Compression"
 MAX_LEVELS = 1 << 30
 
 
-def _option(text: str, *names: str, **extra: Any) -> Any:
-    return option(text, *names, panel=PANEL_COMPRESSION, **extra)
+_option = partial(option, panel=PANEL_COMPRESSION)
 
 
 def _compressor_option() -> Any:
