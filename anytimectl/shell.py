@@ -503,6 +503,9 @@ def _finish(request: RunRequest, context: RunContext, outcome: RunOutcome) -> in
         rank0 = context.recorder.rank0_name
         summary.update({f"{rank0}_bytes_sent": context.rank.comm.bytes.sent,
                         f"{rank0}_bytes_received": context.rank.comm.bytes.received})
+        if getattr(context.rank.comm, "spans_hosts", False):  # what rank 0's host link carried for the steps
+            summary.update({f"{rank0}_bytes_sent_across_hosts": context.rank.comm.bytes.across_sent,
+                            f"{rank0}_bytes_received_across_hosts": context.rank.comm.bytes.across_received})
     context.run_dir.finish(status, stopper.reason, summary)
     _report(request, context.run_dir, summary, status)
     return 130 if status == "interrupted" else 0
