@@ -109,3 +109,16 @@ def test_every_method_has_its_own_colour():
     from anytimectl.plots.fig_compress import METHOD_ORDER, method_color
 
     assert len({method_color(method) for method in METHOD_ORDER}) == len(METHOD_ORDER)
+
+
+def test_compress_bench_draws_a_cast_as_cast_not_as_uncompressed(tmp_path):
+    anytimectl("compress", "bench", "--model", "digits-cnn", "--dataset", "digits", "--batch-size", "16",
+               "--methods", "none,bf16,ef-signsgd", "--modes", "layerwise", "--repeats", "1", "--out", str(tmp_path),
+               "--name", "b")
+    bench = table(tmp_path / "b", "compress_bench")
+    assert set(zip(bench.method, bench["mode"], strict=True)) == {("none", "layerwise"), ("bf16", "dense"),
+                                                                  ("ef-signsgd", "layerwise")}
+    _, written = plot(tmp_path / "b", tmp_path, "compress_bench", "--ext", "svg")
+    # svg.fonttype none: the text stays text; each of the three axes has the legend of its modes
+    legend = re.findall(r">(layerwise|entire|dense|cast)</text>", open(written[0], encoding="utf-8").read())
+    assert sorted(legend) == ["cast"] * 3 + ["layerwise"] * 3
