@@ -590,22 +590,19 @@ def end_rank() -> None:
         mpi.Finalize()
 
 
-#: Modules whose interpreter teardown is slow: after a finished run, TensorFlow's took 4-6 s per process on a busy
-#: 2-core machine (README, "Running on a cluster": measured with tests/cluster), and a job's ranks end only when
-#: the last one has torn down.
-_SLOW_TEARDOWN = ("tensorflow", "torch")
-
-
 def leave_process(code: int) -> NoReturn:
-    """End this process with `code` as soon as its work is recorded, skipping a framework's slow teardown.
+    """End this process with `code` as soon as its work is recorded, skipping the interpreter's slow teardown.
 
-    A process that loaded TensorFlow or torch flushes its output, runs the atexit handlers, finalizes MPI (with
-    code 0 every rank of a job arrives here together, after its last collective; a non-zero code must come after
-    `end_rank`, or the process exits normally) and leaves with `os._exit`: nothing of ours
-    is left to do (the run directory's files are closed by then), and the framework's C++ teardown, which made
-    finished jobs linger for seconds (once for minutes), is skipped. Other processes exit normally.
+    The process flushes its output, runs the atexit handlers, finalizes MPI (with code 0 every rank of a job
+    arrives here together, after its last collective; a non-zero code must come after `end_rank`, or the process
+    exits normally) and leaves with `os._exit`: nothing of ours is left to do (the run directory's files are closed
+    by then), and tearing down the modules is skipped: TensorFlow's and torch's C++ teardown, which made finished
+    jobs linger for seconds (once for minutes), and also the plain interpreter's, which took 1-2.4 s on a busy
+    2-core machine for the launching process (scipy, pandas and scikit-learn come in with the data checks) and
+    about 1 s for a simulated rank (README, "How runs end": tests/bench/teardown.py). A job ends only when its
+    last process has.
     """
-    if not any(name in sys.modules for name in _SLOW_TEARDOWN) or (code and _mpi_running()):
+    if code and _mpi_running():
         # A non-zero exit with MPI still running is one rank leaving alone: the normal exit (MPI_Abort under
         # `python -m mpi4py`) must end the job.
         sys.exit(code)

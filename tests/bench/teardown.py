@@ -2,7 +2,12 @@
 the launching process, which is what a terminal's Ctrl-C reaches), on one host and across 2 emulated hosts.
 
     .venv/bin/python tests/bench/teardown.py [--backend sim] [--protocols sync,async] [--stops finish,SIGTERM,SIGINT]
-        [--where one-host,2-hosts] [--repeats 1]
+        [--where one-host,2-hosts] [--repeats 1] [--baseline DIR]
+
+`--baseline DIR` runs every case first with an earlier version of anytimectl (PYTHONPATH=DIR, a folder holding an
+`anytimectl` package with its `backends` and `plots` inside, as made by
+`git archive REV anytimectl | tar -x -C DIR && git archive REV backends plots | tar -x -C DIR/anytimectl`), then
+with this one, so the two are compared under the same load.
 
 Each line: the stop signal to the last step, the last step to the end rank 0 records (events.jsonl), and the
 recorded end to the launching process's exit and to the moment no process of the job is left (mpiexec, Hydra's
@@ -18,6 +23,7 @@ import os
 import signal
 import sys
 import tempfile
+from itertools import product
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,8 +52,10 @@ def main() -> None:
     parser.add_argument("--stops", default="finish,SIGTERM,SIGINT")
     parser.add_argument("--where", default="one-host,2-hosts")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--baseline", default=None, help="PYTHONPATH of an earlier anytimectl to compare with")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.1f}", flush=True)
+    versions = ["before", "after"] if args.baseline else ["this"]
     with tempfile.TemporaryDirectory(prefix="teardown-") as folder:
         out = Path(folder)
         for where in args.where.split(","):
@@ -60,17 +68,21 @@ def main() -> None:
                     cluster.__enter__()
                 for protocol in args.protocols.split(","):
                     for stop in args.stops.split(","):
-                        for repeat in range(args.repeats):
-                            name = f"{where}-{protocol}-{stop}-{repeat}"
+                        for repeat, version in product(range(args.repeats), versions):
+                            name = f"{where}-{protocol}-{stop}-{repeat}-{version}"
                             hosts = f"{cluster.hosts[0]}:2,{cluster.hosts[1]}:1" if cluster else None
                             run = command(args.backend, protocol, stop, out, name, hosts)
                             env = dict(os.environ)
+                            if version == "before":
+                                env["PYTHONPATH"] = str(Path(args.baseline).resolve())
                             if cluster is not None:
                                 run = cluster.in_host(0, run)
                                 env.update({"HYDRA_LAUNCHER": "ssh", "HYDRA_LAUNCHER_EXEC": cluster.launcher,
                                             "HYDRA_IFACE": IFACE, **NETWORK_ENV})
                             times = watch_job(run, out / name, STOPS[stop], rows_before_stop=4, env=env)
-                            print(f"{where:8s} {args.backend} {protocol:5s} {stop:7s} {times.line()}", flush=True)
+                            label = f" {version:6s}" if args.baseline else ""
+                            print(f"{where:8s} {args.backend} {protocol:5s} {stop:7s}{label} {times.line()}",
+                                  flush=True)
             finally:
                 if cluster is not None:
                     cluster.close()
