@@ -46,7 +46,15 @@ from anytimectl.launch import (
     start_rank,
 )
 from anytimectl.protocols.base import RunOutcome, RunRequest, TrainingProtocol
-from anytimectl.rundir import EVALUATED_MASTER_VIEW, RunDirectory, mark_if_unfinished, release, reserve, update_metadata
+from anytimectl.rundir import (
+    EVALUATED_MASTER_VIEW,
+    RunDirectory,
+    mark_if_unfinished,
+    release,
+    reserve,
+    trim_to_complete_step,
+    update_metadata,
+)
 
 #: Bytes per rank in the start-up agreement: status, host, device and the first line of an error.
 _AGREEMENT_BYTES = 1024
@@ -186,11 +194,14 @@ def _relaunch_as_job(request: RunRequest, ranks: int, has_master: bool) -> int:
         _release(run_dir)
         raise
     code, forwarded = _job_end(end)
+    trimmed = None
     if code != 0:
         from anytimectl.checkpoints import remove_temporary
 
         remove_temporary(run_dir)  # a rank stopped while writing a checkpoint leaves no partial file
         leftovers.clean(before)  # killed ranks' MPICH segments and autograph files
+        if _recorded_status(run_dir) == "running":  # rank 0 did not close its tables: it may have been mid-step
+            trimmed = trim_to_complete_step(run_dir)
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
         words = f"interrupted by {signal_words(forwarded)}"
@@ -200,6 +211,8 @@ def _relaunch_as_job(request: RunRequest, ranks: int, has_master: bool) -> int:
         code = 130
     elif code != 0:
         _record_failure(run_dir, code, getattr(end, "first_ended", ()), has_master)
+    if code != 0 and trimmed is not None:
+        update_metadata(run_dir, tables_trimmed=trimmed)
     _release(run_dir)
     return code
 
@@ -241,6 +254,13 @@ def _blame(first_ended: Any, has_master: bool) -> tuple[int, str] | None:
     rank, pid = first_ended[0]
     role = ("the master" if rank == 0 else f"worker {rank}") if has_master else f"worker {rank + 1}"
     return rank, f"rank {rank} ({role}, pid {pid}) ended first, killed or crashed"
+
+
+def _recorded_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "metadata.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _job_end(end: Any) -> tuple[int, int | None]:

@@ -14,10 +14,11 @@ import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import PROCESS_MARKER, marked_processes, metadata
 
-from anytimectl.rundir import RunDirectory
+from anytimectl.rundir import STEP_TABLES, RunDirectory, trim_to_complete_step
 from anytimectl.shell import _record_failure
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks in /proc")
@@ -69,6 +70,10 @@ def test_kill_9_of_a_worker_is_blamed_on_it(tmp_path, protocol, victim):
     assert meta["reason"].startswith(f"rank {victim} (worker {victim}, pid {pid}) ended first"), meta["reason"]
     assert stderr.count(f"anytimectl: error: {meta['reason']}") == 1, stderr[-2000:]
     assert meta["pids"][victim] == pid  # every rank's pid is recorded, to match what a launcher reports
+    # the tables end at the same step (a step rank 0 was writing when the job ended is dropped)
+    master, workers, collect = (pd.read_csv(run / f"{name}.csv") for name in STEP_TABLES)
+    assert len(master) >= 4 and list(master.step) == list(range(1, len(master) + 1))
+    assert workers.master_step.max() == master.step.max() == collect.step.max()
 
 
 def _failed_run(path: Path, reason: str) -> Path:
@@ -104,3 +109,20 @@ def test_ranks_seen_ending_together_or_none_blame_nobody(tmp_path):
         _record_failure(run, 9, first, has_master=False)
         reason = json.loads((run / "metadata.json").read_text())["reason"]
         assert reason.startswith("the MPI job ended with exit code 9") and "(a rank crashed or was killed)" in reason
+
+
+def test_the_tables_are_trimmed_to_the_last_step_they_all_hold(tmp_path):
+    """Rank 0 writes a step's master row first, then its worker and collect rows: killed in between (the job
+    ended by a killed worker), master_stats.csv held one step more. The launching parent trims it."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "master_stats.csv").write_text("time,step,loss,accuracy\n0.1,1,2.3,0.5\n0.2,2,2.2,\n0.3,3,2.1,0.6\n")
+    (run / "master_stats_eval.csv").write_text("time,step,loss,accuracy\n0.1,1,2.3,0.5\n0.3,3,2.1,0.6\n")
+    (run / "worker_stats.csv").write_text("time,master_step,rank\n0.1,1,1\n0.1,1,2\n0.2,2,1\n0.2,2,2\n0.3,3,")
+    (run / "collect_stats.csv").write_text("step,worker_count\n1,2\n2,2\n")
+    assert trim_to_complete_step(run) == {"to_step": 2, "rows_removed": {
+        "master_stats": 1, "worker_stats": 1, "master_stats_eval": 1}}  # worker_stats: its cut-short line
+    assert list(pd.read_csv(run / "master_stats.csv").step) == [1, 2]
+    assert list(pd.read_csv(run / "master_stats_eval.csv").step) == [1]
+    assert (run / "worker_stats.csv").read_text().endswith("0.2,2,2\n")  # the cut-short line goes too
+    assert trim_to_complete_step(run) is None  # consistent now: nothing to do
