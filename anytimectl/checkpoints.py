@@ -62,10 +62,34 @@ class CheckpointOptions:
     keep_checkpoints: Annotated[int, typer.Option(
         metavar="K", min=1, rich_help_panel=PANEL_CHECKPOINTS,
         help="Keep the K latest complete checkpoints; older ones are removed.")] = 2
+    checkpoint_on_signal: Annotated[str, typer.Option(
+        metavar="SIG", rich_help_panel=PANEL_CHECKPOINTS,
+        help="This signal (USR1, USR2, TERM, INT or HUP) writes a checkpoint at the end of the current step and "
+             "ends the run 'interrupted', exit 130, even without --checkpoint-every: a scheduler's warning before "
+             "it kills the job (Slurm: --signal=B:USR1@120, or TERM at preemption). Ctrl-C, SIGTERM and SIGHUP "
+             "still stop a run (and checkpoint it when --checkpoint-every is given).")] = "USR1"
     resume: Annotated[Path | None, typer.Option(
         metavar="RUN_DIR", rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
         help="Continue this run from its latest checkpoint, with its recorded options, in the same run "
              "directory (the original's --from-checkpoint). --steps/--epochs may extend it.")] = None
+
+
+#: What --checkpoint-on-signal accepts (with or without the SIG prefix).
+CHECKPOINT_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP")
+
+
+def checkpoint_signal(name: str | None) -> int | None:
+    """The signal number --checkpoint-on-signal names (None: none given), or a one-line error."""
+    import signal
+
+    if name is None:
+        return None
+    text = str(name).strip().upper()
+    text = text[3:] if text.startswith("SIG") else text
+    if text not in CHECKPOINT_SIGNALS:
+        raise UsageError(f"--checkpoint-on-signal {name}: use one of {', '.join(CHECKPOINT_SIGNALS)} (SIGUSR1 is "
+                         "the default; TERM for a scheduler's preemption)")
+    return int(getattr(signal, f"SIG{text}"))
 
 
 @dataclass(frozen=True)
@@ -429,7 +453,13 @@ class Checkpointer:
 
     @property
     def enabled(self) -> bool:
+        """Checkpoints every N steps (and at the end of a run that stopped)."""
         return self.every is not None and self.run_dir is not None
+
+    @property
+    def can_write(self) -> bool:
+        """A checkpoint can be written (the run directory is known): a --checkpoint-on-signal stop writes one."""
+        return self.run_dir is not None
 
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0

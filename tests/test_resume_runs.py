@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import REPO, anytimectl, metadata, table
-from test_train_runs import _ranks_of
 
 from anytimectl import checkpoints
 
@@ -91,9 +90,26 @@ def test_dynamic_dbs_resumes_exactly_with_its_decided_batches_and_history(tmp_pa
     _compare(straight, resumed)
 
 
+def _ranks_of(marker: str) -> dict[int, int]:
+    """rank -> pid of the MPI ranks started with ANYTIMECTL_TEST_PARENT=marker (other helpers' markers may be
+    any text: compared as text)."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if variables.get(b"ANYTIMECTL_TEST_PARENT") == marker.encode() and b"PMI_RANK" in variables:
+            ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
+    return ranks
+
+
 def _run_and_kill_after_checkpoint(args: tuple[str, ...], out: Path, name: str) -> Path:
     """Start the run, wait for the checkpoint of step N to be complete, kill -9 rank 1; the job ends failed."""
-    marker = str(os.getpid() + 2_000_000 + len(name))
+    marker = f"i18-resume-{os.getpid()}-{name}-{time.monotonic_ns()}"
     run = out / name
     process = subprocess.Popen(
         [sys.executable, "-m", "anytimectl", *args, "--out", str(out), "--name", name],
@@ -105,7 +121,7 @@ def _run_and_kill_after_checkpoint(args: tuple[str, ...], out: Path, name: str) 
             assert process.poll() is None, f"the run ended before its checkpoint: {process.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint of step N"
             time.sleep(0.02)
-        ranks = _ranks_of(int(marker))
+        ranks = _ranks_of(marker)
         os.kill(ranks[1], signal.SIGKILL)
         process.wait(timeout=60)
     finally:
@@ -146,3 +162,36 @@ def test_resume_refuses_changed_options_naming_each_and_accepts_a_repeated_comma
     anytimectl(*args, "--out", str(tmp_path), "--name", "c", "--resume", str(run))
     assert metadata(run)["status"] == "completed" and table(run, "master_stats")["step"].tolist() == [
         *range(1, 2 * N + 1)]
+
+
+@pytest.mark.parametrize("sig", ["USR1", "TERM"])
+def test_the_checkpoint_signal_to_the_launcher_checkpoints_the_step_and_exits_130(tmp_path, sig):
+    """A scheduler's signal (SIGUSR1 by default, SIGTERM when asked) sent to the command the user started: the run
+    ends `interrupted` with exit 130 and a checkpoint of its last step although it has no --checkpoint-every;
+    resumed, it completes with every step once."""
+    chosen = () if sig == "USR1" else ("--checkpoint-on-signal", sig)
+    args = ["train", "dynamic", "--policy", "static", "--batch-size", "16", "--steps", "100000", *COMMON, *chosen]
+    process = subprocess.Popen([sys.executable, "-m", "anytimectl", *args, "--out", str(tmp_path), "--name", "s"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    run = tmp_path / "s"
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "master_stats.csv").is_file() and len((run / "master_stats.csv").read_text().splitlines())
+                   > 6):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+            time.sleep(0.1)
+        process.send_signal(getattr(signal, f"SIG{sig}"))
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr[-2000:]
+    meta = metadata(run)
+    stopped = meta["summary"]["steps"]
+    assert meta["status"] == "interrupted" and f"SIG{sig}" in meta["reason"]
+    assert checkpoints.latest(run).step == stopped
+    anytimectl("train", "dynamic", "--resume", str(run), "--steps", str(stopped + 3), "--quiet")
+    assert table(run, "master_stats")["step"].tolist() == list(range(1, stopped + 4))
+    assert metadata(run)["status"] == "completed"
