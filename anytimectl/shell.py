@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from anytimectl import __version__
+from anytimectl.checkpoints import checkpoint_signal
 from anytimectl.errors import OutputError, UsageError
 from anytimectl.launch import (
     RUN_DIR_VARIABLE,
@@ -67,8 +68,12 @@ class Stopper:
     stops at once (KeyboardInterrupt, recorded as `interrupted`). With `at_once` (the studies, which have no
     steps to agree on: anytimectl.studies) every signal stops at once."""
 
-    def __init__(self, at_once: bool = False) -> None:
+    def __init__(self, at_once: bool = False, checkpoint_signal: int | None = None) -> None:
         self.reason: str | None = None
+        #: --checkpoint-on-signal: this signal stops the run like the others and asks for a checkpoint of the
+        #: last step (`checkpoint_requested`).
+        self.checkpoint_signal = checkpoint_signal
+        self.checkpoint_requested = False
         #: The last signal received (None: none yet).
         self.signum: int | None = None
         #: Before the run starts there is no step to finish: a signal then ends the start-up at once.
@@ -83,7 +88,7 @@ class Stopper:
 
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in heeded_signals():
+        for sig in heeded_signals(self.checkpoint_signal):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -93,6 +98,8 @@ class Stopper:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        if signum == self.checkpoint_signal:
+            self.checkpoint_requested = True
         if self.at_once:
             self.reason = f"interrupted by {signal_words(signum)}"
             raise KeyboardInterrupt(self.reason)
@@ -154,10 +161,14 @@ def ranks_for(workers: int, has_master: bool) -> int:
 def run(request: RunRequest) -> int:
     """Entry point on every process of a run; returns the exit code."""
     protocol_class = load_protocol(request.protocol)
+    asked = [name for name in ("checkpoint_every", "resume") if request.config.get(name) is not None]
+    if asked and not protocol_class.supports_checkpoints:  # the contract: anytimectl/commands/resume.py
+        raise UsageError(f"--{asked[0].replace('_', '-')}: {request.command} {request.method} does not write "
+                         "checkpoints yet")
     workers = request.launch.workers
     if not in_mpi_job() and workers:
         return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master), protocol_class.has_master)
-    stopper = Stopper()
+    stopper = Stopper(checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
     stopper.install()  # first: the re-launching parent holds a stop signal until every rank can take it
     rank = start_rank(request.launch.threads)
     _check_world(rank, workers, protocol_class.has_master)
@@ -189,7 +200,8 @@ def _relaunch_as_job(request: RunRequest, ranks: int, has_master: bool) -> int:
     before = leftovers.snapshot()
     try:
         end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
-                       {RUN_DIR_VARIABLE: str(run_dir)})
+                       {RUN_DIR_VARIABLE: str(run_dir)},
+                       checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
     except BaseException:
         _release(run_dir)
         raise

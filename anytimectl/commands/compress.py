@@ -22,7 +22,9 @@ import typer
 
 from anytimectl import exchange as registry
 from anytimectl import options as opt
+from anytimectl.checkpoints import CheckpointOptions
 from anytimectl.commands.common import Batch, exit_with, prepare, resolve_model, run_request
+from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange import MODE_ALIASES, MODES
 from anytimectl.exchange.options import LEVELS, RATIO, ExchangeOptions
@@ -37,6 +39,11 @@ from anytimectl.options import (
 )
 
 BACKEND = "torch"
+#: --resume (commands/resume.py): the exchange's state (error-feedback memory, PowerSGD's Q, codec random
+#: streams) is in the checkpoint; the length is fixed because the recipe's rate falls to 0 at the run's end.
+RESUME = ResumeRules(command="compress", method="compress", protocol="compressed", extendable=(),
+                     fixed_length="the recipe's learning rate falls to 0 at the run's end, so a longer run would "
+                                  "be another schedule")
 PANEL_COMPRESSION = "Compression"
 #: the codecs' names (the exchange registry's, as backends/torch/compression/compressors.py names them), and the
 #: original's spellings
@@ -82,8 +89,10 @@ _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/
 # a summed loss), the weight decay on the per-example gradient (the original's 5e-4 x 512 on a summed loss of 512)
 @with_option_groups(test_size=-1, log_every=None, compressor="topk", learning_rate=0.4, weight_decay=5e-4)
 def train(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
     output: opt.OutputOptions, exchange: ExchangeOptions, rates: opt.RateOptions,
+    checkpoints: CheckpointOptions,
     method: Annotated[str | None, aliased_choice(
         registry.names(), registry.aliases(), hidden=True,
         help="The compressor's former name: --compressor.")] = None,
@@ -123,7 +132,12 @@ def train(
           --data-dir ~/data --model resnet9 --compressor terngrad --epochs 24
       anytimectl compress train --workers 2 --compressor Thresholdv -V 0.01
       anytimectl plot runs/compress-* --type accuracy_vs_bytes
+      anytimectl compress train --workers 2 --checkpoint-every 100 --name c1
+      anytimectl compress train --resume runs/c1
     """
+    if checkpoints.resume is not None:
+        exit_with(resume_run(RESUME, given_options(ctx), ctx.params, checkpoints, launch, length, output))
+        return
     if method is not None:
         if exchange.compressor not in ("topk", method):  # --compressor given too, and different
             raise UsageError(f"--method {method} and --compressor {exchange.compressor} disagree; give one "
@@ -138,7 +152,7 @@ def train(
     batch = batch_size if batch_size is not None else recipe.batch_size
     optimizer = opt.OptimizerOptions(optimizer="sgd", learning_rate=rates.learning_rate,
                                      weight_decay=rates.weight_decay)
-    config = prepare(launch, data, length, stragglers, optimizer, backend=BACKEND, has_master=False,
+    config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
                      batch=Batch(batch, distinct=True))
     chosen = opt.resolve_augment(augment, data.dataset, auto="crop-flip-cutout") or "none"
     if chosen != "none":
