@@ -111,7 +111,8 @@ def _encode(value: Any, arrays: list[tuple[np.ndarray, str | None]]) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("a checkpoint cannot hold an array of Python objects")
-        arrays.append((np.ascontiguousarray(value), None))
+        # np.ascontiguousarray would turn a 0-d array into a 1-d one (TensorFlow's optimizer step count is 0-d)
+        arrays.append((value if value.flags.c_contiguous else value.copy(order="C"), None))
         return {_TAG + "array": len(arrays) - 1}
     if type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter"):
         tensor = value.detach().cpu()

@@ -172,3 +172,24 @@ def test_bad_sim_and_protocol_options_are_one_line_errors(tmp_path, args, messag
     result = anytimectl("train", "fmb", "--out", str(tmp_path), *args, check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_state_round_trip_continues_exactly_and_another_size_is_refused():
+    engine = SimEngine(64, 0.0, 0.1, 0.01, seed=3)
+    x = np.arange(16, dtype=np.float32).reshape(16, 1)
+    y = np.zeros(16, dtype=np.int64)
+
+    def step(e: SimEngine) -> tuple[np.ndarray, float]:
+        flat, _, _ = e.compute(x, y, 2, math.inf)
+        return e.get_params(), e.apply(flat, 0.1)
+
+    step(engine)
+    saved = engine.state()
+    expected = step(engine)
+    other = SimEngine(64, 0.0, 0.1, 0.01, seed=3)
+    other.load_state(saved)
+    got = step(other)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1] == expected[1]
+    with pytest.raises(ValueError, match="--sim-params"):
+        SimEngine(65, 0.0, 0.1, 0.01).load_state(saved)
