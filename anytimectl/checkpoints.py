@@ -452,3 +452,49 @@ class Checkpointer:
         write_manifest(self.run_dir, step, self.size, info)
         removed = prune(self.run_dir, self.keep)
         self.log("checkpoint written", step=step, folder=str(step_dir(self.run_dir, step)), removed=removed)
+
+
+class CheckpointingMixin:
+    """The protocol side of checkpoints, for any protocol class (the contract: anytimectl/commands/resume.py).
+
+    The protocol defines `checkpoint_state()` / `load_checkpoint_state(state)` and has `context`, `rank`, `size`
+    and `examples`; this mixin gives it `make_checkpointer()`, `save_checkpoint(checkpointer, step, epoch)` and
+    `restore_checkpoint(resume)`, which sets `start_step`, `start_examples` and `start_elapsed` (the step and the
+    clock the rows continue from)."""
+
+    start_step: int = 0
+    start_examples: float = 0.0
+    start_elapsed: float = 0.0
+
+    def make_checkpointer(self) -> Checkpointer:
+        c = self.context.config  # type: ignore[attr-defined]
+        return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),  # type: ignore
+                            int(c.get("keep_checkpoints") or 2), self.rank, self.size,  # type: ignore[attr-defined]
+                            self.context.request.backend, self.context.log,  # type: ignore[attr-defined]
+                            identity(self.context.request))  # type: ignore[attr-defined]
+
+    def save_checkpoint(self, checkpointer: Checkpointer, step: int, epoch: float, **info: Any) -> None:
+        """This rank's file of `step` (its state now); rank 0's manifest will record the counters and the run's
+        elapsed time, where a resumed run's clock continues."""
+        recorder = self.context.recorder  # type: ignore[attr-defined]
+        elapsed = time.time() - recorder.origin if recorder is not None else 0.0
+        checkpointer.save(step, self.checkpoint_state(),  # type: ignore[attr-defined]
+                          {"examples": self.examples, "epoch": epoch, "elapsed": elapsed, **info})  # type: ignore
+
+    def restore_checkpoint(self, resume: ResumePoint) -> dict[str, Any]:
+        """Load this rank's state of `resume` (one line for a checkpoint of another size or model); returns it."""
+        ranks = int(resume.manifest.get("ranks", -1))
+        if ranks != self.size:  # type: ignore[attr-defined]
+            raise UsageError(f"--resume: the checkpoint of step {resume.step} was written by {ranks} ranks, this job "
+                             f"has {self.size}; resume with the same number of workers")  # type: ignore
+        state = load_rank(resume, self.rank, self.context.request.backend)  # type: ignore[attr-defined]
+        try:
+            self.load_checkpoint_state(state)  # type: ignore[attr-defined]
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:  # another model, a missing part
+            raise UsageError(f"--resume: the checkpoint of step {resume.step} does not fit this run's "
+                             f"{self.context.request.model} model: {type(error).__name__}: {error}"  # type: ignore
+                             .splitlines()[0][:300]) from None
+        self.start_step = resume.step
+        self.start_examples = float(state.get("examples", 0.0))
+        self.start_elapsed = float(resume.manifest.get("elapsed", 0.0))
+        return state

@@ -145,6 +145,10 @@ def ranks_for(workers: int, has_master: bool) -> int:
 def run(request: RunRequest) -> int:
     """Entry point on every process of a run; returns the exit code."""
     protocol_class = load_protocol(request.protocol)
+    asked = [name for name in ("checkpoint_every", "resume") if request.config.get(name) is not None]
+    if asked and not protocol_class.supports_checkpoints:  # the contract: anytimectl/commands/resume.py
+        raise UsageError(f"--{asked[0].replace('_', '-')}: {request.command} {request.method} does not write "
+                         "checkpoints yet")
     workers = request.launch.workers
     if not in_mpi_job() and workers:
         return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master))

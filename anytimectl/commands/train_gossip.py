@@ -4,14 +4,14 @@ PyTorch, the thesis code's methods and settings (protocols/gossip.py has the exa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from anytimectl import options as opt
-from anytimectl.checkpoints import CheckpointOptions, read_metadata, resume_point
-from anytimectl.commands.common import Batch, check_devices, check_workers, exit_with, prepare, run_request
+from anytimectl.checkpoints import CheckpointOptions
+from anytimectl.commands.common import Batch, exit_with, prepare, run_request
+from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
@@ -51,9 +51,8 @@ EXPERIMENTS = {
 }
 #: The original's networks (the torch backend's names); other datasets get the backend's default model.
 MODELS = {"iris": "iris-mlp", "mnist": "mnist-mlp", "fashion-mnist": "mnist-mlp", "cifar10": "preact-resnet18"}
-#: Options that may accompany --resume: how to start the job, what to print, and a longer run.
-_RESUME_OPTIONS = {"workers", "threads", "device", "gpus_per_node", "mpiexec", "hosts", "live", "quiet", "json",
-                   "steps", "epochs", "target_accuracy", "resume"}
+#: --resume (commands/resume.py): a gossip run may be extended with --steps, --epochs, --target-accuracy.
+RESUME = ResumeRules(command="train", method="gossip", protocol="gossip")
 
 
 def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) -> Any:
@@ -136,7 +135,7 @@ def gossip(
       mpiexec -n 4 anytimectl train gossip --dataset cifar10 --data-dir ~/data
     """
     if checkpoints.resume is not None:
-        exit_with(_resume(_given_options(ctx), checkpoints, launch, length, output))
+        exit_with(resume_run(RESUME, given_options(ctx), ctx.params, checkpoints, launch, length, output))
         return
     experiment = EXPERIMENTS[data.dataset]
     if data.model is None and data.dataset in MODELS:
@@ -185,58 +184,6 @@ def gossip(
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
                           dataset=data.dataset, model=config["model"], config=config, launch=launch,
                           output=output, seed=stragglers.seed))
-
-
-def _resume(given: set[str], checkpoints: CheckpointOptions, launch: opt.LaunchOptions, length: opt.LengthOptions,
-            output: opt.OutputOptions) -> int:
-    """Continue a recorded run: its options from metadata.json, a longer length if given, this job's launch."""
-    refused = sorted(given - _RESUME_OPTIONS)
-    if refused:
-        raise UsageError(f"--resume continues the run with its recorded options; {flag(refused[0])} cannot change "
-                         "them (only --steps, --epochs, --target-accuracy, the launch options, --quiet/--json/--live "
-                         "may be given; the run keeps its directory)")
-    run_dir = Path(checkpoints.resume).expanduser()
-    metadata = read_metadata(run_dir)
-    point = resume_point(run_dir, metadata)
-    if metadata.get("command") != "train" or metadata.get("protocol") != "gossip":
-        raise UsageError(f"--resume {run_dir}: not a train gossip run (it is {metadata.get('command')} "
-                         f"{metadata.get('method')})")
-    config = dict(metadata["config"])
-    ranks = int(point.manifest["ranks"])
-    if launch.workers is None and ranks > 1:
-        from anytimectl.launch import in_mpi_job
-
-        if not in_mpi_job():
-            launch.workers = ranks
-    if launch.workers not in (None, 0) and launch.workers != ranks or launch.workers == 0 and ranks > 1:
-        raise UsageError(f"--workers {launch.workers}: the checkpoint of step {point.step} holds {ranks} workers; "
-                         f"resume with --workers {ranks}")
-    for name in ("steps", "epochs", "target_accuracy"):
-        if name in given:
-            config[name] = getattr(length, name)
-    steps, epochs = config.get("steps"), config.get("epochs")
-    reached = float(point.manifest.get("epoch", 0.0))
-    if steps is not None and point.step >= steps or epochs is not None and reached >= epochs - 1e-9:
-        raise UsageError(f"--resume {run_dir}: its checkpoint is at step {point.step} (epoch {reached:.3g}), where "
-                         f"the run ends; give a larger --steps or --epochs to train on")
-    config.update(resume=str(run_dir), workers=launch.workers, threads=launch.threads, device=launch.device,
-                  gpus_per_node=launch.gpus_per_node)
-    output.out, output.name = run_dir.parent, run_dir.name
-    check_devices(launch, BACKEND)
-    check_workers(launch, BACKEND, ranks)
-    return run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
-                       dataset=config["dataset"], model=config["model"], config=config, launch=launch, output=output,
-                       seed=int(config.get("seed") or 0))
-
-
-def _given_options(ctx: typer.Context) -> set[str]:
-    """The options this command line (or the environment) sets, as opposed to their defaults."""
-    given = set()
-    for name in ctx.params:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given.add(name)
-    return given
 
 
 __all__ = ["EXPERIMENTS", "MODELS", "gossip"]
