@@ -435,6 +435,20 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
 
+    def pending(self) -> list[int]:
+        """Rank 0: steps it saved whose checkpoint is not complete yet, ascending."""
+        return sorted(self._unconfirmed)
+
+    def confirm_written(self, up_to: int | None = None) -> list[int]:
+        """Rank 0, where no message says that the others have saved (the asynchronous master-worker protocol):
+        complete each pending checkpoint (of a step up to `up_to`, where given) whose files every rank has
+        written (a file exists only once whole)."""
+        done = [step for step in self.pending() if (up_to is None or step <= up_to)
+                and all(rank_path(self.run_dir, step, r).is_file() for r in range(self.size))]
+        for step in done:
+            self.confirmed(step)
+        return done
+
     def save(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
         """This rank's file of `step`; on rank 0, `info` (counters, elapsed time) waits for the manifest."""
         started = time.perf_counter()
