@@ -198,3 +198,42 @@ def test_resume_refuses_another_method_protocol_worker_count_and_model_in_one_li
     shutil.rmtree(tmp_path / "small" / "checkpoints")
     shutil.copytree(tmp_path / "fmb" / "checkpoints", tmp_path / "small" / "checkpoints")
     assert "--sim-params" in refused("train", "fmb", "--resume", str(tmp_path / "small"), "--steps", "8")
+
+
+def framework_straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int) -> tuple[Path, Path]:
+    """As `straight_and_resumed` for a framework backend, whose steps are too fast to kill a worker between two
+    given checkpoints: the killed run is open-ended and the resumed one ends at `steps` (--steps may change on
+    resume; the constant learning rate does not depend on it), so the checkpoint it continues from is whichever
+    was the latest when the worker died."""
+    out = str(tmp_path)
+    anytimectl(*command, "--steps", str(steps), "--checkpoint-every", str(steps), "--out", out, "--name", "straight")
+    resumed = tmp_path / "resumed"
+    start = kill_after_checkpoint([*command, "--steps", "100000", "--checkpoint-every", str(every), "--out", out,
+                                   "--name", "resumed"], resumed, every)
+    assert every <= start < steps, start
+    anytimectl(*command[:2], "--resume", str(resumed), "--steps", str(steps), "--quiet")
+    meta = metadata(resumed)
+    assert meta["status"] == "completed" and meta["summary"]["steps"] == steps
+    assert [r["from_step"] for r in meta["resumes"]] == [start]
+    return tmp_path / "straight", resumed
+
+
+@pytest.mark.torch
+def test_torch_fmb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
+    """PyTorch: model, momentum and the generators (the digits CNN has dropout) of every rank."""
+    command = ["train", "fmb", "--backend", "torch", "--workers", "2", "--optimizer", "momentum", "--batch-size",
+               "32", "--seed", "5", "--test-size", "50", "--log-every", "5", "--quiet"]
+    straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
+    assert_same_tables(straight, resumed, 40, 2)
+    assert_same_final_state(straight, resumed, 40, 3)
+
+
+def test_tensorflow_amb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
+    """TensorFlow: every model and optimizer variable (Adam's moments and step count) of every rank; AMB with a
+    limit no round reaches (see the sim test)."""
+    command = ["train", "amb", "--backend", "tensorflow", "--workers", "2", "--optimizer", "adam", "--batch-size",
+               "32", "--partitions", "4", "--time-limit", "30", "--seed", "5", "--test-size", "50", "--log-every",
+               "5", "--quiet"]
+    straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
+    assert_same_tables(straight, resumed, 40, 2)
+    assert_same_final_state(straight, resumed, 40, 3)
