@@ -110,28 +110,42 @@ def assert_same_tables(straight: Path, resumed: Path, steps: int, workers: int) 
     assert metadata(resumed)["summary"]["examples"] == metadata(straight)["summary"]["examples"]
 
 
+def same(a, b) -> bool:
+    """Equal to the bit: nested dicts, lists and tuples of numbers, numpy arrays and torch tensors."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "numpy") and type(a).__module__.startswith("torch"):
+        a, b = a.numpy(), b.numpy()
+    if isinstance(a, (np.ndarray, np.generic)):
+        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    return a == b
+
+
 def assert_same_final_state(straight: Path, resumed: Path, steps: int, ranks: int) -> None:
-    """The last checkpoint of each run (written after the last step) holds the same model and optimizer, bit for
-    bit, on every rank, and every worker the same data position."""
+    """The last checkpoint of each run (written after the last step) holds the same model, optimizer and
+    generators, bit for bit, on every rank, and every worker the same data position."""
     for rank in range(ranks):
         a, b = engine_state(straight, steps, rank), engine_state(resumed, steps, rank)
-        for key, value in a["engine"].items():
-            values = value if isinstance(value, list) else [value]
-            others = b["engine"][key] if isinstance(value, list) else [b["engine"][key]]
-            for x, y in zip(values, others, strict=True):
-                assert np.array_equal(np.asarray(x), np.asarray(y)), (rank, key)
+        for key in a["engine"]:
+            assert same(a["engine"][key], b["engine"][key]), (rank, key)
         assert a.get("worker") == b.get("worker")
         if rank == 0:
             assert a["master"] == b["master"]
 
 
-@pytest.mark.parametrize("method", ["fmb", "amb"])
-def test_sync_resume_after_kill_9_continues_bit_for_bit(tmp_path, method):
+@pytest.mark.parametrize("method, replicated", [("fmb", True), ("amb", True), ("fmb", False)])
+def test_sync_resume_after_kill_9_continues_bit_for_bit(tmp_path, monkeypatch, method, replicated):
+    """Replicated updates (every rank applies them: one host, CPU) and the master's broadcast of parameters."""
+    if not replicated:
+        monkeypatch.setenv("ANYTIMECTL_REPLICATED", "0")
     # amb: a time limit no round reaches, so every worker finishes all its micro-batches and the run repeats
     # (with a limit that cuts rounds short, the batch is whatever the clock allowed: no two runs are equal)
     extra = ["--partitions", "4", "--time-limit", "30"] if method == "amb" else []
     command = ["train", method, "--workers", "2", *SIM, *extra]
     straight, resumed, start = straight_and_resumed(tmp_path, command, 16, 6)
+    assert metadata(resumed)["summary"]["replicated_updates"] is replicated
     assert_same_tables(straight, resumed, 16, 2)
     assert_same_final_state(straight, resumed, 16, 3)
 
