@@ -387,6 +387,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         worker.clock.received()
         header = header_in
         stop = header[HEADER_STOP] != STOP_NONE
+        worker.update_step = int(header[HEADER_STEP])
         if stop and reduced is None:
             return steps
         if reduced is None or steps == 0 or header[HEADER_RESYNC]:
@@ -396,7 +397,6 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         if reduced is not None and steps > 0:  # also the last update: every copy ends as the master's
             worker.engine.apply(reduced_in, float(header[HEADER_RATE]))
             comm.acknowledge()  # the master makes its own update only now, off the workers' critical path
-        worker.update_step = step - 1
         if stop:
             return steps
         if after_update is not None and steps > 0:
