@@ -135,7 +135,8 @@ def _encode(value: Any, arrays: list[tuple[np.ndarray, str | None]]) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("a checkpoint cannot hold an array of Python objects")
-        arrays.append((np.ascontiguousarray(value), None))
+        # np.ascontiguousarray would turn a 0-d array into a 1-d one (TensorFlow's optimizer step count is 0-d)
+        arrays.append((value if value.flags.c_contiguous else value.copy(order="C"), None))
         return {_TAG + "array": len(arrays) - 1}
     if type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter"):
         tensor = value.detach().cpu()
@@ -463,6 +464,20 @@ class Checkpointer:
 
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
+
+    def pending(self) -> list[int]:
+        """Rank 0: steps it saved whose checkpoint is not complete yet, ascending."""
+        return sorted(self._unconfirmed)
+
+    def confirm_written(self, up_to: int | None = None) -> list[int]:
+        """Rank 0, where no message says that the others have saved (the asynchronous master-worker protocol):
+        complete each pending checkpoint (of a step up to `up_to`, where given) whose files every rank has
+        written (a file exists only once whole)."""
+        done = [step for step in self.pending() if (up_to is None or step <= up_to)
+                and all(rank_path(self.run_dir, step, r).is_file() for r in range(self.size))]
+        for step in done:
+            self.confirmed(step)
+        return done
 
     def save(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
         """This rank's file of `step`; on rank 0, `info` (counters, elapsed time) waits for the manifest."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anytimectl import options as opt
+from anytimectl.checkpoints import CheckpointOptions
 from anytimectl.commands.common import Batch, default_steps, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.options import (
@@ -116,8 +117,10 @@ def _batch_option(text: str) -> Any:
 
 @with_option_groups()
 def amb(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    checkpoints: CheckpointOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("The most examples a worker may process in one round.")] = 192,
     partitions: Annotated[int, typer.Option(
@@ -146,7 +149,12 @@ def amb(
       anytimectl train amb --backend torch --workers 4 --induce niagara:0.03
       mpiexec -n 5 anytimectl train amb --dataset mnist --data-dir ~/data/mnist \\
           --batch-size 256 --time-limit 2.5 --partitions 8 --test-size 100
+      anytimectl train amb --workers 4 --checkpoint-every 100 --name a1
+      anytimectl train amb --resume runs/a1 --steps 2000
     """
+    if checkpoints.resume is not None:
+        exit_with(_resume("amb", ctx, checkpoints, launch, length, output))
+        return
     if partitions > batch_size:
         raise UsageError(f"--partitions {partitions} exceeds --batch-size {batch_size}: a micro-batch needs at least "
                          "one example; lower --partitions or raise --batch-size")
@@ -154,15 +162,18 @@ def amb(
     match = match_batch or max(1, round(batch_size * 2 / 3))
     if match > batch_size:
         raise UsageError(f"--match-batch {match}: must be between 1 and --batch-size {batch_size}")
-    exit_with(_train("amb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
+    exit_with(_train("amb", launch, data, optimizer, length, stragglers, output, protocol, sim, checkpoints, backend,
+                     batch_size,
                      {"partitions": partitions, "time_limit": limit, "time_limit_requested": time_limit,
                       "match_batch": match}))
 
 
 @with_option_groups()
 def fmb(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    checkpoints: CheckpointOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("Examples every worker processes per step.")] = 128,
 ) -> None:
@@ -176,18 +187,24 @@ def fmb(
           --learning-rate 0.05
       mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data \\
           --batch-size 242
+      anytimectl train fmb --resume runs/f1 --steps 2000
     """
-    exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
+    if checkpoints.resume is not None:
+        exit_with(_resume("fmb", ctx, checkpoints, launch, length, output))
+        return
+    exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, checkpoints, backend,
+                     batch_size,
                      {"partitions": 1, "time_limit": None, "time_limit_requested": None, "match_batch": None}))
 
 
 def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions,
            length: opt.LengthOptions, stragglers: opt.StragglerOptions, output: opt.OutputOptions,
-           protocol: ProtocolOptions, sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
+           protocol: ProtocolOptions, sim: SimOptions, checkpoints: CheckpointOptions, backend: str, batch_size: int,
+           amb: dict[str, Any]) -> int:
     sim_config = sim.resolve(backend, data)
     protocol_config = protocol.resolve(launch.workers)
     # the simulated backend allocates no inputs: no batch to guard
-    config = prepare(launch, data, length, stragglers, optimizer, backend=backend, has_master=True,
+    config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=backend, has_master=True,
                      batch=None if sim_config else Batch(batch_size),
                      simulated=_sim_examples(sim_config) if sim_config else None)
     config.update(batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS), **amb, **sim_config,
@@ -196,6 +213,22 @@ def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimi
                        protocol="async_master_worker" if protocol.protocol == "async" else "master_worker",
                        backend=backend, dataset=config["dataset"], model=config["model"], config=config,
                        launch=launch, output=output, seed=stragglers.seed)
+
+
+def _resume(method: str, ctx: typer.Context, checkpoints: CheckpointOptions, launch: opt.LaunchOptions,
+            length: opt.LengthOptions, output: opt.OutputOptions) -> int:
+    """Continue a recorded run through the one resume path (commands/resume.py), with the protocol it ran."""
+    from anytimectl.checkpoints import read_metadata
+    from anytimectl.commands.resume import ResumeRules, given_options, resume_run
+
+    recorded = read_metadata(checkpoints.resume)["config"]
+    values = dict(ctx.params)
+    # --time-limit auto is recorded as the limit it calibrated to: the same request repeated is no change
+    if values.get("time_limit") is not None and values["time_limit"] == recorded.get("time_limit_requested"):
+        values["time_limit"] = recorded.get("time_limit")
+    protocol = "async_master_worker" if recorded.get("protocol") == "async" else "master_worker"
+    return resume_run(ResumeRules(command="train", method=method, protocol=protocol), given_options(ctx), values,
+                      checkpoints, launch, length, output)
 
 
 def _sim_examples(sim_config: dict[str, Any]) -> Any:
