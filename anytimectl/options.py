@@ -368,7 +368,8 @@ class RateOptions:
     change their defaults: `with_option_groups(learning_rate=...)`; None: the command's own, e.g. the dataset's)."""
 
     learning_rate: Annotated[float, option(
-        "Base learning rate, which the command's schedule scales (train gossip: the dataset's by default).",
+        "The base rate the schedule scales (compress train: the peak of 0 -> LR -> 0, per example; train "
+        "gossip: the dataset's by default).",
         metavar="LR", panel=PANEL_TRAINING, above=0)] = 1e-3
     weight_decay: Annotated[float, option(
         "L2 weight decay, applied once per update.", metavar="WD", panel=PANEL_TRAINING, min=0)] = 5e-4

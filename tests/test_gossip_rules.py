@@ -67,6 +67,7 @@ def test_holdout_is_fixed_and_disjoint():
     (["--method", "local", "--workers", "3"], "--method local runs one process"),
     (["--workers", "4", "--global-batch-size", "3"], "--global-batch-size 3 is split over 4 workers"),
     (["--batch-size", "8", "--global-batch-size", "32"], "give one"),
+    (["--augment", "crop-flip-cutout"], "8x8 cutout"),  # digits are 8x8: refused before launching
     (["--momentum", "0", "--nesterov"], "--nesterov needs a positive --momentum"),
     (["--agg-prob", "1.5"], "1.5"),
     (["--method", "elasticgossip2"], "elasticgossip2"),

@@ -198,6 +198,15 @@ def common_config(launch: LaunchOptions, data: DataOptions, length: LengthOption
     return config
 
 
+def check_augment(augment: str | None, input_shape: Any) -> None:
+    """The training-batch augmentation (`--augment`, resolved) fits the data's examples: one line otherwise, before
+    any rank starts."""
+    if augment and augment != "none":
+        from anytimectl.protocols.peer import augmentation
+
+        augmentation(augment, tuple(input_shape))
+
+
 def run_request(**fields: Any) -> int:
     """Hand the request to the run shell (imported only now: it pulls in numpy and the runtime)."""
     from anytimectl import shell

@@ -23,7 +23,7 @@ import typer
 from anytimectl import exchange as registry
 from anytimectl import options as opt
 from anytimectl.checkpoints import CheckpointOptions
-from anytimectl.commands.common import Batch, exit_with, prepare, resolve_model, run_request
+from anytimectl.commands.common import Batch, check_augment, exit_with, prepare, resolve_model, run_request
 from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange import MODE_ALIASES, MODES
@@ -155,10 +155,7 @@ def train(
     config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
                      batch=Batch(batch, distinct=True))
     chosen = opt.resolve_augment(augment, data.dataset, auto="crop-flip-cutout") or "none"
-    if chosen != "none":
-        from anytimectl.protocols.peer import augmentation
-
-        augmentation(chosen, tuple(config["input_shape"]))  # checks that the images can take it
+    check_augment(chosen, config["input_shape"])
     epochs = length.epochs
     if length.steps is None and length.epochs is None:
         epochs = recipe.epochs

@@ -11,7 +11,7 @@ import typer
 
 from anytimectl import options as opt
 from anytimectl.checkpoints import CheckpointOptions
-from anytimectl.commands.common import Batch, exit_with, prepare, run_request
+from anytimectl.commands.common import Batch, check_augment, exit_with, prepare, run_request
 from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
@@ -166,6 +166,7 @@ def gossip(
                          f"training examples; leave at least one per worker")
     epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
     config["augment"] = opt.resolve_augment(augment, data.dataset, auto="crop-flip")
+    check_augment(config["augment"], config["input_shape"])
     config.update(method=method, agg_period=agg_period, agg_prob=agg_prob,
                   weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=per_worker,
                   global_batch_size=total, momentum=moment, nesterov=use_nesterov, val_size=validation,
