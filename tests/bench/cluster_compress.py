@@ -8,7 +8,8 @@ One rank per emulated host (tests/cluster/emulated.py), `--threads cores // all 
 seed for every method; each rate is its own cluster (`unshaped` for no tc limit). `--model resnet9` trains on
 generated CIFAR-10-format files (random pixels and labels, 1000 training images: a timing run, not a learning
 one). Per method it prints the median step time (worker 1, from one round's start to the next, steps after the
-first 3), its compute and send (transfer) parts from the rows, the smallest share of a step the timing words
+first 3), its compute and send (transfer) parts from the rows (and the codec's encode time, inside compute, and
+decode time, inside exit), the smallest share of a step the timing words
 account for, the bytes all links carried per step, the step against dense (`none`) at the same rate, and
 step / compute: the limit is 1 (communication wholly hidden behind compute); top-k's target is <= 1.2. Needs
 root.
@@ -45,10 +46,14 @@ def step_parts(path: Path) -> dict[str, float]:
     wall = rows.round_start.diff().shift(-1)  # round n's length: the next round's start minus its own
     words = (rows.compute_time + rows.last_send.shift(-1) + rows.last_recv.shift(-1) + rows.last_exit.shift(-1))
     keep = slice(SKIP, len(rows) - 1)
-    return {"step_s": float(np.median(wall[keep])), "compute_s": float(np.median(rows.compute_time[keep])),
-            "send_s": float(np.median(rows.last_send.shift(-1)[keep])),
-            "exit_s": float(np.median(rows.last_exit.shift(-1)[keep])),
-            "accounted": float(np.min((words / wall)[keep]))}
+    parts = {"step_s": float(np.median(wall[keep])), "compute_s": float(np.median(rows.compute_time[keep])),
+             "send_s": float(np.median(rows.last_send.shift(-1)[keep])),
+             "exit_s": float(np.median(rows.last_exit.shift(-1)[keep])),
+             "accounted": float(np.min((words / wall)[keep]))}
+    for column in ("encode_time", "decode_time"):  # inside compute / inside exit (protocols/compressed.py)
+        if column in rows:
+            parts[column.replace("_time", "_s")] = float(np.median(rows[column][keep]))
+    return parts
 
 
 def write_cifar(folder: Path, train: int = 1000, test: int = 100) -> None:
