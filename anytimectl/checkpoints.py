@@ -62,10 +62,34 @@ class CheckpointOptions:
     keep_checkpoints: Annotated[int, typer.Option(
         metavar="K", min=1, rich_help_panel=PANEL_CHECKPOINTS,
         help="Keep the K latest complete checkpoints; older ones are removed.")] = 2
+    checkpoint_on_signal: Annotated[str, typer.Option(
+        metavar="SIG", rich_help_panel=PANEL_CHECKPOINTS,
+        help="This signal (USR1, USR2, TERM, INT or HUP) writes a checkpoint at the end of the current step and "
+             "ends the run 'interrupted', exit 130, even without --checkpoint-every: a scheduler's warning before "
+             "it kills the job (Slurm: --signal=B:USR1@120, or TERM at preemption). Ctrl-C, SIGTERM and SIGHUP "
+             "still stop a run (and checkpoint it when --checkpoint-every is given).")] = "USR1"
     resume: Annotated[Path | None, typer.Option(
         metavar="RUN_DIR", rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
         help="Continue this run from its latest checkpoint, with its recorded options, in the same run "
              "directory (the original's --from-checkpoint). --steps/--epochs may extend it.")] = None
+
+
+#: What --checkpoint-on-signal accepts (with or without the SIG prefix).
+CHECKPOINT_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP")
+
+
+def checkpoint_signal(name: str | None) -> int | None:
+    """The signal number --checkpoint-on-signal names (None: none given), or a one-line error."""
+    import signal
+
+    if name is None:
+        return None
+    text = str(name).strip().upper()
+    text = text[3:] if text.startswith("SIG") else text
+    if text not in CHECKPOINT_SIGNALS:
+        raise UsageError(f"--checkpoint-on-signal {name}: use one of {', '.join(CHECKPOINT_SIGNALS)} (SIGUSR1 is "
+                         "the default; TERM for a scheduler's preemption)")
+    return int(getattr(signal, f"SIG{text}"))
 
 
 @dataclass(frozen=True)
@@ -111,7 +135,8 @@ def _encode(value: Any, arrays: list[tuple[np.ndarray, str | None]]) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("a checkpoint cannot hold an array of Python objects")
-        arrays.append((np.ascontiguousarray(value), None))
+        # np.ascontiguousarray would turn a 0-d array into a 1-d one (TensorFlow's optimizer step count is 0-d)
+        arrays.append((value if value.flags.c_contiguous else value.copy(order="C"), None))
         return {_TAG + "array": len(arrays) - 1}
     if type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter"):
         tensor = value.detach().cpu()
@@ -429,10 +454,30 @@ class Checkpointer:
 
     @property
     def enabled(self) -> bool:
+        """Checkpoints every N steps (and at the end of a run that stopped)."""
         return self.every is not None and self.run_dir is not None
+
+    @property
+    def can_write(self) -> bool:
+        """A checkpoint can be written (the run directory is known): a --checkpoint-on-signal stop writes one."""
+        return self.run_dir is not None
 
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
+
+    def pending(self) -> list[int]:
+        """Rank 0: steps it saved whose checkpoint is not complete yet, ascending."""
+        return sorted(self._unconfirmed)
+
+    def confirm_written(self, up_to: int | None = None) -> list[int]:
+        """Rank 0, where no message says that the others have saved (the asynchronous master-worker protocol):
+        complete each pending checkpoint (of a step up to `up_to`, where given) whose files every rank has
+        written (a file exists only once whole)."""
+        done = [step for step in self.pending() if (up_to is None or step <= up_to)
+                and all(rank_path(self.run_dir, step, r).is_file() for r in range(self.size))]
+        for step in done:
+            self.confirmed(step)
+        return done
 
     def save(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
         """This rank's file of `step`; on rank 0, `info` (counters, elapsed time) waits for the manifest."""
@@ -451,3 +496,49 @@ class Checkpointer:
         write_manifest(self.run_dir, step, self.size, info)
         removed = prune(self.run_dir, self.keep)
         self.log("checkpoint written", step=step, folder=str(step_dir(self.run_dir, step)), removed=removed)
+
+
+class CheckpointingMixin:
+    """The protocol side of checkpoints, for any protocol class (the contract: anytimectl/commands/resume.py).
+
+    The protocol defines `checkpoint_state()` / `load_checkpoint_state(state)` and has `context`, `rank`, `size`
+    and `examples`; this mixin gives it `make_checkpointer()`, `save_checkpoint(checkpointer, step, epoch)` and
+    `restore_checkpoint(resume)`, which sets `start_step`, `start_examples` and `start_elapsed` (the step and the
+    clock the rows continue from)."""
+
+    start_step: int = 0
+    start_examples: float = 0.0
+    start_elapsed: float = 0.0
+
+    def make_checkpointer(self) -> Checkpointer:
+        c = self.context.config  # type: ignore[attr-defined]
+        return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),  # type: ignore
+                            int(c.get("keep_checkpoints") or 2), self.rank, self.size,  # type: ignore[attr-defined]
+                            self.context.request.backend, self.context.log,  # type: ignore[attr-defined]
+                            identity(self.context.request))  # type: ignore[attr-defined]
+
+    def save_checkpoint(self, checkpointer: Checkpointer, step: int, epoch: float, **info: Any) -> None:
+        """This rank's file of `step` (its state now); rank 0's manifest will record the counters and the run's
+        elapsed time, where a resumed run's clock continues."""
+        recorder = self.context.recorder  # type: ignore[attr-defined]
+        elapsed = time.time() - recorder.origin if recorder is not None else 0.0
+        checkpointer.save(step, self.checkpoint_state(),  # type: ignore[attr-defined]
+                          {"examples": self.examples, "epoch": epoch, "elapsed": elapsed, **info})  # type: ignore
+
+    def restore_checkpoint(self, resume: ResumePoint) -> dict[str, Any]:
+        """Load this rank's state of `resume` (one line for a checkpoint of another size or model); returns it."""
+        ranks = int(resume.manifest.get("ranks", -1))
+        if ranks != self.size:  # type: ignore[attr-defined]
+            raise UsageError(f"--resume: the checkpoint of step {resume.step} was written by {ranks} ranks, this job "
+                             f"has {self.size}; resume with the same number of workers")  # type: ignore
+        state = load_rank(resume, self.rank, self.context.request.backend)  # type: ignore[attr-defined]
+        try:
+            self.load_checkpoint_state(state)  # type: ignore[attr-defined]
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:  # another model, a missing part
+            raise UsageError(f"--resume: the checkpoint of step {resume.step} does not fit this run's "
+                             f"{self.context.request.model} model: {type(error).__name__}: {error}"  # type: ignore
+                             .splitlines()[0][:300]) from None
+        self.start_step = resume.step
+        self.start_examples = float(state.get("examples", 0.0))
+        self.start_elapsed = float(resume.manifest.get("elapsed", 0.0))
+        return state

@@ -210,3 +210,15 @@ def test_every_batch_policy_survives_the_data_only_format(tmp_path, name):
     vars(fresh).update(loaded)
     assert vars(fresh) == vars(policy)
     assert {k: type(v) for k, v in vars(fresh).items()} == {k: type(v) for k, v in vars(policy).items()}
+
+
+def test_a_zero_dimensional_array_keeps_its_shape():
+    import io
+
+    from anytimectl.checkpoints import dump_state, load_state
+
+    stream = io.BytesIO()
+    dump_state({"count": np.array(7, dtype=np.int64), "v": np.arange(6.0).reshape(2, 3).T}, stream)
+    state = load_state(io.BytesIO(stream.getvalue()))
+    assert state["count"].shape == () and int(state["count"]) == 7
+    np.testing.assert_array_equal(state["v"], np.arange(6.0).reshape(2, 3).T)

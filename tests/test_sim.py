@@ -172,3 +172,49 @@ def test_bad_sim_and_protocol_options_are_one_line_errors(tmp_path, args, messag
     result = anytimectl("train", "fmb", "--out", str(tmp_path), *args, check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_state_round_trip_continues_exactly_and_another_size_is_refused():
+    engine = SimEngine(64, 0.0, 0.1, 0.01, seed=3)
+    x = np.arange(16, dtype=np.float32).reshape(16, 1)
+    y = np.zeros(16, dtype=np.int64)
+
+    def step(e: SimEngine) -> tuple[np.ndarray, float]:
+        flat, _, _ = e.compute(x, y, 2, math.inf)
+        return e.get_params(), e.apply(flat, 0.1)
+
+    step(engine)
+    saved = engine.state()
+    expected = step(engine)
+    other = SimEngine(64, 0.0, 0.1, 0.01, seed=3)
+    other.load_state(saved)
+    got = step(other)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1] == expected[1]
+    with pytest.raises(ValueError, match="--sim-params"):
+        SimEngine(65, 0.0, 0.1, 0.01).load_state(saved)
+
+
+def test_one_process_run_resumes_exactly_from_its_checkpoint(tmp_path):
+    """`--workers 0` (master and worker in one process): a run of 6 steps with a checkpoint at 3, continued to 10
+    with --resume, has the losses and the final model of a straight run of 10 (tests/test_amb_fmb_checkpoints.py
+    has the MPI jobs, the kill -9 and the asynchronous protocol)."""
+    from anytimectl import checkpoints
+
+    common = ["train", "fmb", "--backend", "sim", "--workers", "0", "--seed", "3", "--batch-size", "16",
+              "--sim-example-time", "0", "--sim-half-examples", "100", "--out", str(tmp_path), "--quiet"]
+    anytimectl(*common, "--steps", "10", "--checkpoint-every", "10", "--name", "straight")
+    anytimectl(*common, "--steps", "6", "--checkpoint-every", "3", "--name", "resumed")
+    anytimectl("train", "fmb", "--resume", str(tmp_path / "resumed"), "--steps", "10", "--quiet")
+    a, b = table(tmp_path / "straight", "master_stats"), table(tmp_path / "resumed", "master_stats")
+    assert b["step"].tolist() == list(range(1, 11)) and a["loss"].tolist() == b["loss"].tolist()
+    assert metadata(tmp_path / "resumed")["resumes"][0]["from_step"] == 6
+
+    def final(run):
+        point = checkpoints.latest(tmp_path / run)
+        assert point.step == 10
+        return checkpoints.load_rank(point, 0)
+
+    x, y = final("straight"), final("resumed")
+    assert np.array_equal(x["engine"]["params"], y["engine"]["params"])
+    assert x["worker"] == y["worker"] and x["master"] == y["master"]

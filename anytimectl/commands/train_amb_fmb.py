@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anytimectl import options as opt
+from anytimectl.checkpoints import CheckpointOptions
 from anytimectl.commands.common import Batch, default_steps, exit_with, prepare, run_request
 from anytimectl.errors import UsageError
 from anytimectl.options import (
@@ -27,6 +28,19 @@ ASYNC_DEFAULTS = {"async_master": "batch", "async_batch_min": 4, "async_time_lim
 SIM_DEFAULTS = {"sim_example_time": 1e-3, "sim_params": 1 << 16, "sim_examples": 60_000, "sim_half_examples": 20_000}
 
 
+def _seconds_or_auto(value: str) -> str:
+    """--time-limit: `auto`, or a positive number of seconds (kept as given, for metadata's time_limit_requested)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither seconds (e.g. 0.5) nor auto") from None
+    if not (0 < seconds < float("inf")):
+        raise typer.BadParameter("must be a positive number of seconds, or auto")
+    return value
+
+
 @dataclass
 class ProtocolOptions:
     """Synchronous or asynchronous master-worker SGD, and the asynchronous master's rule."""
@@ -42,9 +56,9 @@ class ProtocolOptions:
     async_batch_min: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_PROTOCOL, show_default=False,
         help="async batch: contributions per update (default 4).")] = None
-    async_time_limit: Annotated[float | None, typer.Option(
-        metavar="SECONDS", min=0, rich_help_panel=PANEL_PROTOCOL, show_default=False,
-        help="async time: seconds between updates, with at least one contribution (default 0.1).")] = None
+    async_time_limit: Annotated[float | None, opt.option(
+        "async time: seconds between updates, with at least one contribution (default 0.1).", metavar="SECONDS",
+        panel=PANEL_PROTOCOL, above=0, show_default=False)] = None
     async_delay_std: Annotated[float | None, typer.Option(
         metavar="SECONDS", min=0, rich_help_panel=PANEL_PROTOCOL, show_default=False,
         help="async: simulated communication delay |N(0, S)| on every message (default: none).")] = None
@@ -60,9 +74,6 @@ class ProtocolOptions:
         if workers == 0:
             raise UsageError("--protocol async needs workers: use --workers 1 or more")
         values = {**ASYNC_DEFAULTS, **given}
-        if values["async_master"] == "time" and not values["async_time_limit"] > 0:
-            raise UsageError(f"--async-time-limit {values['async_time_limit']}: must be positive with "
-                             "--async-master time")
         if values["async_delay_std"] == 0:
             values["async_delay_std"] = None
         return {"protocol": "async", **values}
@@ -106,18 +117,19 @@ def _batch_option(text: str) -> Any:
 
 @with_option_groups()
 def amb(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    checkpoints: CheckpointOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("The most examples a worker may process in one round.")] = 192,
     partitions: Annotated[int, typer.Option(
         metavar="P", min=1, rich_help_panel=PANEL_TRAINING,
         help="Micro-batches the batch is split into (the original's amb_num_partitions).")] = 6,
-    time_limit: Annotated[str, typer.Option(
-        metavar="SECONDS|auto",
-        rich_help_panel=PANEL_TRAINING,
-        help="Seconds of compute per round, or auto: calibrated so that the expected batch is --match-batch.")]
-    = "auto",
+    time_limit: Annotated[str, opt.option(
+        "Seconds of compute per round, or auto: calibrated so that the expected batch is --match-batch.",
+        metavar="SECONDS|auto", panel=PANEL_TRAINING, parser=_seconds_or_auto,
+        shown_range="x>0")] = "auto",
     match_batch: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="auto: the expected batch to match (default: 2/3 of --batch-size, the original's 242-of-356 "
@@ -137,30 +149,31 @@ def amb(
       anytimectl train amb --backend torch --workers 4 --induce niagara:0.03
       mpiexec -n 5 anytimectl train amb --dataset mnist --data-dir ~/data/mnist \\
           --batch-size 256 --time-limit 2.5 --partitions 8 --test-size 100
+      anytimectl train amb --workers 4 --checkpoint-every 100 --name a1
+      anytimectl train amb --resume runs/a1 --steps 2000
     """
+    if checkpoints.resume is not None:
+        exit_with(_resume("amb", ctx, checkpoints, launch, length, output))
+        return
     if partitions > batch_size:
         raise UsageError(f"--partitions {partitions} exceeds --batch-size {batch_size}: a micro-batch needs at least "
                          "one example; lower --partitions or raise --batch-size")
-    limit: float | None = None
-    if time_limit != "auto":
-        try:
-            limit = float(time_limit)
-        except ValueError:
-            raise UsageError(f"--time-limit {time_limit!r}: give seconds (e.g. 0.5) or auto") from None
-        if not (limit > 0 and limit < float("inf")):
-            raise UsageError(f"--time-limit {time_limit}: must be a positive number of seconds, or auto")
+    limit = None if time_limit == "auto" else float(time_limit)
     match = match_batch or max(1, round(batch_size * 2 / 3))
     if match > batch_size:
         raise UsageError(f"--match-batch {match}: must be between 1 and --batch-size {batch_size}")
-    exit_with(_train("amb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
+    exit_with(_train("amb", launch, data, optimizer, length, stragglers, output, protocol, sim, checkpoints, backend,
+                     batch_size,
                      {"partitions": partitions, "time_limit": limit, "time_limit_requested": time_limit,
                       "match_batch": match}))
 
 
 @with_option_groups()
 def fmb(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
+    checkpoints: CheckpointOptions,
     backend: Backend = "tensorflow",
     batch_size: Annotated[int, _batch_option("Examples every worker processes per step.")] = 128,
 ) -> None:
@@ -174,18 +187,24 @@ def fmb(
           --learning-rate 0.05
       mpiexec -n 11 anytimectl train fmb --dataset cifar10 --data-dir ~/data \\
           --batch-size 242
+      anytimectl train fmb --resume runs/f1 --steps 2000
     """
-    exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, backend, batch_size,
+    if checkpoints.resume is not None:
+        exit_with(_resume("fmb", ctx, checkpoints, launch, length, output))
+        return
+    exit_with(_train("fmb", launch, data, optimizer, length, stragglers, output, protocol, sim, checkpoints, backend,
+                     batch_size,
                      {"partitions": 1, "time_limit": None, "time_limit_requested": None, "match_batch": None}))
 
 
 def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions,
            length: opt.LengthOptions, stragglers: opt.StragglerOptions, output: opt.OutputOptions,
-           protocol: ProtocolOptions, sim: SimOptions, backend: str, batch_size: int, amb: dict[str, Any]) -> int:
+           protocol: ProtocolOptions, sim: SimOptions, checkpoints: CheckpointOptions, backend: str, batch_size: int,
+           amb: dict[str, Any]) -> int:
     sim_config = sim.resolve(backend, data)
     protocol_config = protocol.resolve(launch.workers)
     # the simulated backend allocates no inputs: no batch to guard
-    config = prepare(launch, data, length, stragglers, optimizer, backend=backend, has_master=True,
+    config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=backend, has_master=True,
                      batch=None if sim_config else Batch(batch_size),
                      simulated=_sim_examples(sim_config) if sim_config else None)
     config.update(batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS), **amb, **sim_config,
@@ -194,6 +213,22 @@ def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimi
                        protocol="async_master_worker" if protocol.protocol == "async" else "master_worker",
                        backend=backend, dataset=config["dataset"], model=config["model"], config=config,
                        launch=launch, output=output, seed=stragglers.seed)
+
+
+def _resume(method: str, ctx: typer.Context, checkpoints: CheckpointOptions, launch: opt.LaunchOptions,
+            length: opt.LengthOptions, output: opt.OutputOptions) -> int:
+    """Continue a recorded run through the one resume path (commands/resume.py), with the protocol it ran."""
+    from anytimectl.checkpoints import read_metadata
+    from anytimectl.commands.resume import ResumeRules, given_options, resume_run
+
+    recorded = read_metadata(checkpoints.resume)["config"]
+    values = dict(ctx.params)
+    # --time-limit auto is recorded as the limit it calibrated to: the same request repeated is no change
+    if values.get("time_limit") is not None and values["time_limit"] == recorded.get("time_limit_requested"):
+        values["time_limit"] = recorded.get("time_limit")
+    protocol = "async_master_worker" if recorded.get("protocol") == "async" else "master_worker"
+    return resume_run(ResumeRules(command="train", method=method, protocol=protocol), given_options(ctx), values,
+                      checkpoints, launch, length, output)
 
 
 def _sim_examples(sim_config: dict[str, Any]) -> Any:

@@ -4,20 +4,20 @@ PyTorch, the thesis code's methods and settings (protocols/gossip.py has the exa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Annotated
 
 import typer
 
 from anytimectl import options as opt
-from anytimectl.checkpoints import CheckpointOptions, read_metadata, resume_point
-from anytimectl.commands.common import Batch, check_devices, check_workers, exit_with, prepare, run_request
+from anytimectl.checkpoints import CheckpointOptions
+from anytimectl.commands.common import Batch, exit_with, prepare, run_request
+from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
     PANEL_TRAINING,
     aliased_choice,
-    flag,
     with_option_groups,
 )
 from anytimectl.protocols.gossip import METHOD_ALIASES, METHODS, VALIDATION_SIZES
@@ -51,48 +51,44 @@ EXPERIMENTS = {
 }
 #: The original's networks (the torch backend's names); other datasets get the backend's default model.
 MODELS = {"iris": "iris-mlp", "mnist": "mnist-mlp", "fashion-mnist": "mnist-mlp", "cifar10": "preact-resnet18"}
-#: Options that may accompany --resume: how to start the job, what to print, and a longer run.
-_RESUME_OPTIONS = {"workers", "threads", "device", "gpus_per_node", "mpiexec", "hosts", "live", "quiet", "json",
-                   "steps", "epochs", "target_accuracy", "resume"}
+#: --resume (commands/resume.py): a gossip run may be extended with --steps, --epochs, --target-accuracy.
+RESUME = ResumeRules(command="train", method="gossip", protocol="gossip")
 
 
-def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) -> Any:
-    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL_GOSSIP, help=text, **extra)
+_option = partial(opt.option, panel=PANEL_GOSSIP)
 
 
-@with_option_groups(log_every=10, test_size=-1)
+@with_option_groups(log_every=10, test_size=-1, learning_rate=None, weight_decay=0.0)
 def gossip(
     ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
-    output: opt.OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
+    output: opt.OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions, rates: opt.RateOptions,
     method: Annotated[str, aliased_choice(
         METHODS, METHOD_ALIASES, rich_help_panel=PANEL_GOSSIP,
         help="local (one process), nocomm (average at the end), allreduce (gradients every step), elastic "
              "(elastic gossip), gossip (pull gossip); the original's noComm, gradAllReduce, elasticGossip and "
              "gossipingSgd work too.")] = "elastic",
-    agg_period: Annotated[int, _option("Attempt a gossip every N updates.", "N", min=1)] = 1,
-    agg_prob: Annotated[float, _option("Probability that a worker initiates a gossip in an attempt.", "P",
-                                       min=0.0, max=1.0)] = 1.0,
+    agg_period: Annotated[int, _option("Attempt a gossip every N updates.", metavar="N", min=1)] = 1,
+    agg_prob: Annotated[float, _option("Probability that a worker initiates a gossip in an attempt.", metavar="P",
+                                       min=0, max=1)] = 1.0,
     weighted: Annotated[bool, _option("Pick peers by distance between random points on the unit square, with "
-                                      "weight 1/(d + 1e-5)^penalty, instead of uniformly.", None,
+                                      "weight 1/(d + 1e-5)^penalty, instead of uniformly.",
                                       "--weighted", "--weighted-gossip")] = False,
-    penalty: Annotated[float, _option("--weighted: the distance exponent.", "F", min=0.0)] = 1.0,
+    penalty: Annotated[float, _option("--weighted: the distance exponent.", metavar="F", min=0)] = 1.0,
     elastic_alpha: Annotated[float, _option("elastic: the pull towards the partners (0.5 with one partner: the "
-                                            "midpoint).", "A", min=0.0)] = 0.5,
-    batch_size: Annotated[int | None, typer.Option(
-        metavar="N", min=1, rich_help_panel=PANEL_TRAINING, show_default=False,
-        help="The aggregate batch; each worker takes N // workers of it (default: the dataset's).")] = None,
-    learning_rate: Annotated[float | None, typer.Option(
-        metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
-        help="SGD learning rate (default: the dataset's).")] = None,
+                                            "midpoint).", metavar="A", min=0)] = 0.5,
+    batch_size: Annotated[int | None, opt.option(
+        "Examples per worker per step, as in every command (default: --global-batch-size's split).",
+        metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
+    global_batch_size: Annotated[int | None, opt.option(
+        "Examples per step across all workers, each taking N // workers (the former --batch-size; default: the "
+        "dataset's).", metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
     momentum: Annotated[float | None, typer.Option(
         metavar="M", min=0, max=1, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="SGD momentum (default: the dataset's; 0 for none).")] = None,
     nesterov: Annotated[bool | None, typer.Option(
         "--nesterov/--no-nesterov", rich_help_panel=PANEL_TRAINING, show_default=False,
         help="Nesterov momentum (default: the dataset's).")] = None,
-    weight_decay: Annotated[float, typer.Option(
-        metavar="WD", min=0, rich_help_panel=PANEL_TRAINING, help="L2 weight decay.")] = 0.0,
     lr_milestones: Annotated[list[float] | None, typer.Option(
         "--lr-milestones", "--anneal-milestones", metavar="EPOCH", rich_help_panel=PANEL_TRAINING,
         show_default=False,
@@ -105,10 +101,7 @@ def gossip(
         metavar="N", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="Training examples held out for the workers' validation (default: mnist 8800, cifar10 5200, iris "
              "25, digits 237; 0: none).")] = None,
-    augment: Annotated[Literal["auto", "crop-flip", "none"], typer.Option(
-        rich_help_panel=PANEL_TRAINING,
-        help="Training-batch augmentation: crop-flip (reflect-pad 4, random crop, flip: the original's on "
-             "cifar10); auto: crop-flip on cifar10, none elsewhere.")] = "auto",
+    augment: Annotated[str, opt.augment_option(auto="crop-flip (the original's)")] = "auto",
 ) -> None:
     """Decentralised SGD: workers average models with partners (gossip) or all.
 
@@ -136,7 +129,7 @@ def gossip(
       mpiexec -n 4 anytimectl train gossip --dataset cifar10 --data-dir ~/data
     """
     if checkpoints.resume is not None:
-        exit_with(_resume(_given_options(ctx), checkpoints, launch, length, output))
+        exit_with(resume_run(RESUME, given_options(ctx), ctx.params, checkpoints, launch, length, output))
         return
     experiment = EXPERIMENTS[data.dataset]
     if data.model is None and data.dataset in MODELS:
@@ -153,10 +146,7 @@ def gossip(
     if method == "local" and workers == 1:
         launch.workers = workers = 0  # one process, no MPI job to start
     ranks = workers if workers else 1
-    batch = batch_size if batch_size is not None else experiment.batch_size
-    if batch < ranks:
-        raise UsageError(f"{flag('batch_size')} {batch} is the aggregate batch, split over {ranks} workers: it must "
-                         f"be at least {ranks}")
+    per_worker, total = _batches(batch_size, global_batch_size, experiment, workers, ranks)
     moment = experiment.momentum if momentum is None else momentum
     # --momentum 0 means plain SGD: the dataset's Nesterov default then goes too; only an explicit --nesterov errs
     use_nesterov = (experiment.nesterov and moment > 0) if nesterov is None else nesterov
@@ -164,22 +154,21 @@ def gossip(
         raise UsageError("--nesterov needs a positive --momentum; add --no-nesterov or set --momentum")
     milestones = tuple(lr_milestones) if lr_milestones is not None else experiment.milestones
     optimizer = opt.OptimizerOptions(
-        optimizer="sgd", learning_rate=experiment.learning_rate if learning_rate is None else learning_rate,
-        weight_decay=weight_decay, lr_schedule="milestones" if milestones else "const",
+        optimizer="sgd", learning_rate=experiment.learning_rate if rates.learning_rate is None else
+        rates.learning_rate, weight_decay=rates.weight_decay, lr_schedule="milestones" if milestones else "const",
         lr_milestones=list(milestones) or None,
         lr_anneal=experiment.anneal if lr_anneal is None else lr_anneal)
     config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
-                     batch=Batch(batch // ranks))
+                     batch=Batch(per_worker or total // ranks))
     validation = VALIDATION_SIZES.get(data.dataset, 0) if val_size is None else val_size
     if validation >= config["train_examples"] - ranks + 1:
         raise UsageError(f"--val-size {validation}: --dataset {data.dataset} has {config['train_examples']} "
                          f"training examples; leave at least one per worker")
     epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
-    config["augment"] = ("crop-flip" if data.dataset == "cifar10" else None) if augment == "auto" else \
-        (None if augment == "none" else augment)
+    config["augment"] = opt.resolve_augment(augment, data.dataset, auto="crop-flip")
     config.update(method=method, agg_period=agg_period, agg_prob=agg_prob,
-                  weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=batch,
-                  per_worker_batch=batch // ranks, momentum=moment, nesterov=use_nesterov, val_size=validation,
+                  weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=per_worker,
+                  global_batch_size=total, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
     config.update(exchange.config())
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
@@ -187,56 +176,33 @@ def gossip(
                           output=output, seed=stragglers.seed))
 
 
-def _resume(given: set[str], checkpoints: CheckpointOptions, launch: opt.LaunchOptions, length: opt.LengthOptions,
-            output: opt.OutputOptions) -> int:
-    """Continue a recorded run: its options from metadata.json, a longer length if given, this job's launch."""
-    refused = sorted(given - _RESUME_OPTIONS)
-    if refused:
-        raise UsageError(f"--resume continues the run with its recorded options; {flag(refused[0])} cannot change "
-                         "them (only --steps, --epochs, --target-accuracy, the launch options, --quiet/--json/--live "
-                         "may be given; the run keeps its directory)")
-    run_dir = Path(checkpoints.resume).expanduser()
-    metadata = read_metadata(run_dir)
-    point = resume_point(run_dir, metadata)
-    if metadata.get("command") != "train" or metadata.get("protocol") != "gossip":
-        raise UsageError(f"--resume {run_dir}: not a train gossip run (it is {metadata.get('command')} "
-                         f"{metadata.get('method')})")
-    config = dict(metadata["config"])
-    ranks = int(point.manifest["ranks"])
-    if launch.workers is None and ranks > 1:
-        from anytimectl.launch import in_mpi_job
-
-        if not in_mpi_job():
-            launch.workers = ranks
-    if launch.workers not in (None, 0) and launch.workers != ranks or launch.workers == 0 and ranks > 1:
-        raise UsageError(f"--workers {launch.workers}: the checkpoint of step {point.step} holds {ranks} workers; "
-                         f"resume with --workers {ranks}")
-    for name in ("steps", "epochs", "target_accuracy"):
-        if name in given:
-            config[name] = getattr(length, name)
-    steps, epochs = config.get("steps"), config.get("epochs")
-    reached = float(point.manifest.get("epoch", 0.0))
-    if steps is not None and point.step >= steps or epochs is not None and reached >= epochs - 1e-9:
-        raise UsageError(f"--resume {run_dir}: its checkpoint is at step {point.step} (epoch {reached:.3g}), where "
-                         f"the run ends; give a larger --steps or --epochs to train on")
-    config.update(resume=str(run_dir), workers=launch.workers, threads=launch.threads, device=launch.device,
-                  gpus_per_node=launch.gpus_per_node)
-    output.out, output.name = run_dir.parent, run_dir.name
-    check_devices(launch, BACKEND)
-    check_workers(launch, BACKEND, ranks)
-    return run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
-                       dataset=config["dataset"], model=config["model"], config=config, launch=launch, output=output,
-                       seed=int(config.get("seed") or 0))
+def _batches(batch_size: int | None, global_batch_size: int | None, experiment: Experiment, workers: int | None,
+             ranks: int) -> tuple[int | None, int | None]:
+    """(per worker, across workers): --batch-size is per worker, as in every command; --global-batch-size (the
+    dataset's by default) is split over the workers. Under your own mpiexec (no --workers) the job's size is
+    known only to the ranks: the one not given is None here and the protocol resolves it."""
+    if batch_size is not None and global_batch_size is not None:
+        raise UsageError("--batch-size (per worker) and --global-batch-size (across workers) say the same; give one")
+    if batch_size is not None:
+        _note_batch_size_changed(batch_size)
+        return batch_size, batch_size * workers if workers else (batch_size if workers is not None else None)
+    total = global_batch_size if global_batch_size is not None else experiment.batch_size
+    if total < ranks:
+        raise UsageError(f"--global-batch-size {total} is split over {ranks} workers: it must be at least {ranks}")
+    return (total // ranks if workers is not None else None), total
 
 
-def _given_options(ctx: typer.Context) -> set[str]:
-    """The options this command line (or the environment) sets, as opposed to their defaults."""
-    given = set()
-    for name in ctx.params:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given.add(name)
-    return given
+def _note_batch_size_changed(batch_size: int) -> None:
+    """`train gossip --batch-size` meant the batch across workers before: say once, on the launching process, what
+    it means now."""
+    import os
+    import sys
+
+    from anytimectl.launch import RELAUNCHED, is_rank_zero
+
+    if RELAUNCHED not in os.environ and is_rank_zero():
+        print(f"anytimectl: note: train gossip --batch-size {batch_size} is per worker now, as in every command; "
+              "the batch across workers (what --batch-size meant before) is --global-batch-size", file=sys.stderr)
 
 
 __all__ = ["EXPERIMENTS", "MODELS", "gossip"]

@@ -23,6 +23,17 @@ step has one row per contribution it applied, so a worker may have several rows 
 
 The channel is `protocols/async_channel.py`: shared memory with doorbells on one host, MPI point-to-point
 across hosts. Everything else (launch, run directory, live view, stop and failure handling) is the run shell's.
+
+Checkpoints: nobody waits for anybody, so a checkpoint is not one instant of every rank. After the update of every
+N-th step the master writes its state (engine, counters, AMB's time limit and calibration sums, and its queue: the
+delayed contributions taken but not applied, with the delay each has left) and marks the models it publishes with
+that step (the header's HEADER_CHECKPOINT slot); each worker writes its state (engine, data position after the
+contributions it has handed over, its contribution count) at its next point between two contributions after it
+took such a model; the master completes the checkpoint once every worker's file exists and that step's rows are in
+the tables. Contributions a worker handed over between the master's save and its own are in neither: a resumed
+run does not apply them (their examples are skipped, as at most one or two per worker). At the end of a run the
+state is quiescent: the master has taken everything handed over (`finish`), every rank saves after the stop, and
+the contributions taken but not applied are in the master's queue, applied first when the run continues.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from anytimectl.errors import UsageError
 from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome
 from anytimectl.protocols.master_worker import (
+    HEADER_RESYNC,
     HEADER_SIZE,
     HEADER_STEP,
     HEADER_STOP,
@@ -60,6 +72,9 @@ ASYNC_LAYOUT = RowLayout((*ROW_FIELDS, *ASYNC_FIELDS))
 MASTER_NAP = 0.05
 #: At most this many delayed models a worker holds back (the oldest is dropped beyond it).
 MAX_HELD_MODELS = 4
+#: The latest step whose checkpoint the workers are asked to write (the asynchronous protocol has no replicated
+#: updates, so it uses that slot of the header).
+HEADER_CHECKPOINT = HEADER_RESYNC
 
 
 @dataclass
@@ -142,9 +157,12 @@ def async_round(worker: Worker, step: int, time_limit: float | None, between: An
     return total
 
 
-def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_std: float | None) -> int:
+def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_std: float | None,
+                      first: int = 0, checkpoint: Any = None) -> int:
     """A worker until the master publishes the stop: contribute, take the newest model, repeat. Returns the
-    contributions it sent."""
+    contributions it sent (counting from `first`, a resumed run's count). `checkpoint(step)`: called between two
+    contributions once a model asks for the checkpoint of `step` (see the module notes); `worker.handed_over` is
+    the data position after the contributions handed over."""
     f = ASYNC_LAYOUT
     engine = worker.engine
     header = np.zeros(HEADER_SIZE)
@@ -153,7 +171,9 @@ def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_
     inbox.version = channel.wait_model(header, params)
     engine.set_params(params)
     state = {"model_step": int(header[HEADER_STEP]), "queued": 0, "stop": header[HEADER_STOP] != STOP_NONE,
-             "time_limit": float(header[HEADER_TIME_LIMIT])}
+             "time_limit": float(header[HEADER_TIME_LIMIT]), "checkpoint": int(header[HEADER_CHECKPOINT])}
+    saved = state["checkpoint"]  # asked for before this worker started: a resumed run's own, or none
+    worker.handed_over = int(worker.stream.position)
     worker.clock.received()
 
     def take_newest() -> None:
@@ -163,10 +183,11 @@ def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_
             state["model_step"] = int(header[HEADER_STEP])
             state["queued"] = queued
             state["time_limit"] = float(header[HEADER_TIME_LIMIT])
+            state["checkpoint"] = max(state["checkpoint"], int(header[HEADER_CHECKPOINT]))
             if header[HEADER_STOP] != STOP_NONE:
                 state["stop"] = True
 
-    sent = 0
+    sent = first
     while not state["stop"] and not inbox.stopped:
         limit = state["time_limit"]
         contribution = async_round(worker, sent + 1, limit if limit > 0 else None, take_newest)
@@ -184,8 +205,13 @@ def async_worker_loop(worker: Worker, channel: Any, comm: Any, seed: int, delay_
         worker.clock.sent(handed)
         sent += 1
         worker.examples_sent += int(row[f["num_samples"]])
+        worker.handed_over = int(worker.stream.position)
+        worker.contributions = sent
         take_newest()
         worker.clock.received()
+        if checkpoint is not None and state["checkpoint"] > saved and not state["stop"]:
+            saved = state["checkpoint"]
+            checkpoint(saved)
     channel.leave()
     return sent
 
@@ -202,25 +228,68 @@ class AsyncMaster(Master):
         self.applied_counts = 0  # examples applied, as the contributions counted them
         self.taken_counts = 0  # examples in every contribution taken (applied, or left over at the stop)
         self.taken = 0  # contributions taken
+        self.applied = 0  # contributions applied (rows in worker_stats)
+        #: contributions taken but not applied: summed (and their rows, ranks), and delayed ones with the time
+        #: they are due (as seconds left before `run_async` starts, for a resumed run's queue)
+        self.accumulated: np.ndarray | None = None
+        self.queue_rows: list[np.ndarray] = []
+        self.queue_ranks: list[int] = []
+        self.held: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+        self.checkpoint_step = 0  # the latest step whose checkpoint the workers are asked for
+        #: called after the update of a step that is not the last, before its model is published
+        self.before_publish: Any = None
+        #: called on every turn of the loop (checkpoints are completed there)
+        self.each_turn: Any = None
+
+    def state(self) -> dict[str, Any]:
+        """The master's counters and its queue (see the module notes), for a checkpoint."""
+        now = time.time()
+        accumulated = self.accumulated if self.accumulated is not None else np.zeros(0, dtype=np.float32)
+        return {**super().state(), "applied_counts": self.applied_counts, "taken_counts": self.taken_counts,
+                "taken": self.taken, "applied": self.applied,
+                "queue": {"accumulated": accumulated.copy(), "rows": [np.array(r) for r in self.queue_rows],
+                          "ranks": list(self.queue_ranks),
+                          "held": [(max(0.0, due - now), rank, np.array(data), np.array(row))
+                                   for due, rank, data, row in self.held]}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.applied_counts, self.taken_counts = int(state["applied_counts"]), int(state["taken_counts"])
+        self.taken, self.applied = int(state["taken"]), int(state["applied"])
+        queue = state["queue"]
+        accumulated = np.asarray(queue["accumulated"], dtype=np.float32)
+        self.accumulated = accumulated.copy() if accumulated.size else None
+        self.queue_rows = [np.asarray(r, dtype=np.float64) for r in queue["rows"]]
+        self.queue_ranks = [int(r) for r in queue["ranks"]]
+        self.held = [(float(left), int(rank), np.asarray(data, dtype=np.float32), np.asarray(row, dtype=np.float64))
+                     for left, rank, data, row in queue["held"]]
+        self.checkpoint_step = self.start_step
 
     def run_async(self, param_count: int, on_start: Any = None) -> tuple[int, str]:
         s = self.settings
         header = np.zeros(HEADER_SIZE)
-        accumulated = np.zeros(param_count + 2, dtype=np.float32)
-        rows: list[np.ndarray] = []
-        ranks: list[int] = []
-        held: list[tuple[float, int, np.ndarray, np.ndarray]] = []  # delayed contributions: (due, rank, data, row)
+        if self.accumulated is None:
+            self.accumulated = np.zeros(param_count + 2, dtype=np.float32)
+        accumulated = self.accumulated
+        rows, ranks = self.queue_rows, self.queue_ranks
+        # delayed contributions: (due, rank, data, row); a resumed run's are due after the delay they had left
+        started = time.time()
+        held = self.held
+        held[:] = [(started + left, rank, data, row) for left, rank, data, row in held]
         # A link delivers in order: a worker's message is never due before its previous one (else a short delay
         # drawn for message k+1 would let it overtake message k, which no FIFO link does).
         last_due: dict[int, float] = {}
+        for due, rank, _, _ in held:
+            last_due[rank] = max(due, last_due.get(rank, 0.0))
         f = ASYNC_LAYOUT
-        update = 0
+        update = self.start_step
 
         def publish(stop: bool) -> None:
             header[:] = 0.0
             header[HEADER_STEP] = update
             header[HEADER_STOP] = STOP_FINISHED if stop else STOP_NONE
             header[HEADER_TIME_LIMIT] = self.time_limit or 0.0
+            header[HEADER_CHECKPOINT] = self.checkpoint_step
             self.channel.publish(header, self.engine.get_params(), stop=stop)
 
         def add(rank: int, data: np.ndarray, row: np.ndarray) -> None:
@@ -249,13 +318,15 @@ class AsyncMaster(Master):
         publish(False)
         self.origin = time.time()
         if on_start is not None:
-            on_start(self.origin)
+            on_start(self.origin - self.start_elapsed)  # a resumed run's tables go on from the checkpoint's time
         last_update = self.origin
         waited = 0.0
         reason = None
         evaluating: StepResult | None = None
         while reason is None:
             self.channel.poll(consume)
+            if self.each_turn is not None:
+                self.each_turn()
             now = time.time()
             if held:
                 due = [item for item in held if item[0] <= now]
@@ -291,17 +362,21 @@ class AsyncMaster(Master):
             rate = self.rate = self.learning_rate(update, epoch)
             loss = self.engine.apply(accumulated, rate)
             apply_end = time.time()
+            applied_ranks = list(ranks)
+            self.applied += len(rows)
+            accumulated[:] = 0.0  # the queue now holds what was taken after this update only
+            rows.clear()
+            ranks.clear()
             reason = self.should_stop(update)
+            if reason is None and self.before_publish is not None:
+                self.before_publish(update)
             publish(reason is not None)
             published_stop = reason is not None
             result = StepResult(step=update, applied_at=apply_end, loss=loss, learning_rate=rate, epoch=epoch,
                                 wait_time=waited, total_samples=total, rows=table, time_limit=self.time_limit,
-                                ranks=list(ranks))
+                                ranks=applied_ranks)
             result.spans += [("collect", last_update, collect_end, {"contributions": len(rows)}),
                              ("apply", collect_end, apply_end, {}), ("broadcast", apply_end, time.time(), {})]
-            accumulated[:] = 0.0
-            rows.clear()
-            ranks.clear()
             last_update = time.time()
             waited = 0.0
             if reason is not None:
@@ -336,6 +411,11 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
         self.settings = AsyncConfig(master=c["async_master"], batch_min=c["async_batch_min"],
                                     time_limit=c["async_time_limit"], delay_std=c["async_delay_std"])
 
+    def recorded_rows(self) -> int:
+        """One row per contribution applied."""
+        assert self.master is not None
+        return int(self.master.applied)
+
     def _make_worker(self, rank: int) -> Worker:
         worker = super()._make_worker(rank)
         worker.checks_between = True
@@ -355,7 +435,18 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
         row[LAYOUT["calibration"]] = self.calibration
         comm.gather(row, None).wait()
         channel = self._channel()
-        sent = async_worker_loop(self.worker, channel, comm, self.config.seed, self.settings.delay_std)
+        checkpointer = self.make_checkpointer()
+
+        def checkpoint(step: int) -> None:
+            self.save_checkpoint(checkpointer, step, 0.0)
+
+        sent = async_worker_loop(self.worker, channel, comm, self.config.seed, self.settings.delay_std,
+                                 first=self.worker.contributions,
+                                 checkpoint=checkpoint if checkpointer.enabled else None)
+        if checkpointer.enabled:  # the master's last step, which every rank saves
+            last = np.zeros(1)
+            comm.broadcast(last).wait()
+            self._final_checkpoint(checkpointer, int(last[0]), 0.0)
         comm.gather(np.array([sent, self.worker.examples_sent], dtype=np.float64), None).wait()
 
     def _run_master(self) -> RunOutcome:
@@ -366,8 +457,10 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
         per_micro = calibration[1:, LAYOUT["calibration"]]
         schedule = Schedule.from_config(context.config, self.config.steps)
         f = ASYNC_LAYOUT
+        recorded = {"step": 0}
 
         def on_step(result: StepResult) -> None:
+            recorded["step"] = result.step
             result.rows[:, f["time"]] = result.applied_at
             result.rows[:, f["wait_time"]] = result.wait_time
             result.rows[:, f["step"]] = result.step
@@ -382,12 +475,33 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
                              context.stopper, on_step, context.log, channel=channel, settings=self.settings,
                              workers=self.workers)
         master.resolve_time_limit(per_micro, context.delay)
+        self.master = master
+        self._resume_master(master, None, recorder)
+        recorded["step"] = master.start_step
         self._record_time_limit(master.time_limit)
+        checkpointer = self.make_checkpointer()
+        self.master_step = master.start_step
+
+        def before_publish(update: int) -> None:
+            self.master_step = update
+            if checkpointer.due(update):
+                master.checkpoint_step = update
+                self.save_checkpoint(checkpointer, update, master.examples / self.config.train_examples)
+
+        def each_turn() -> None:
+            if checkpointer.pending():  # complete a checkpoint once every worker wrote its file and its rows are in
+                checkpointer.confirm_written(up_to=recorded["step"])
+
+        master.before_publish, master.each_turn = before_publish, each_turn
         s = self.settings
         context.note(f"async master: {s.master} ("
                      + (f">= {s.batch_min} contributions" if s.master == "batch" else f"{s.time_limit:g} s")
                      + ")" + (f", simulated delay std {s.delay_std:g} s" if s.delay_std else ""))
-        _, reason = master.run_async(self.engine.param_count, on_start=recorder.start_clock)
+        update, reason = master.run_async(self.engine.param_count, on_start=recorder.start_clock)
+        if checkpointer.enabled:
+            rank.comm.broadcast(np.array([float(update)])).wait()
+            self.master_step = update
+            self._final_checkpoint(checkpointer, update, master.examples / self.config.train_examples)
         sent = np.zeros((rank.size, 2))
         rank.comm.gather(np.zeros(2), sent).wait()
         return RunOutcome(reason, {

@@ -46,6 +46,9 @@ class TrainingProtocol:
     #: Master-worker protocols use rank 0 as the master (`--workers N` starts N+1 ranks); the others train on
     #: every rank (N ranks).
     has_master: ClassVar[bool] = False
+    #: The protocol writes checkpoints and resumes from them (--checkpoint-every, --resume, --checkpoint-on-signal);
+    #: the contract it then meets is in anytimectl/commands/resume.py. The shell refuses those options otherwise.
+    supports_checkpoints: ClassVar[bool] = False
     #: The method's own row fields (appended to the common ones) and CSV columns.
     row_fields: ClassVar[tuple[str, ...]] = ()
     columns: ClassVar[Columns] = Columns()

@@ -15,6 +15,17 @@ Two ways to finish a step, with the same updates, tables and stop rules:
   nor a copy of the parameters in and out of the framework lies on the critical path. It is used when every rank
   is a CPU rank on one host (the same arithmetic in every process gives the same bits); every CHECK_EVERY steps
   the workers report a checksum of their parameters and the master re-sends its own if any copy ever differs.
+
+Checkpoints (`--checkpoint-every N`, `--resume RUN_DIR`; anytimectl.checkpoints): after the update of every N-th
+step, before the next round, every rank writes its state: the master its engine (model, optimizer, generators),
+its counters (examples, best accuracy), AMB's time limit with the calibration's running sums and (replicated)
+the checksum it will compare next; a worker its engine (replicated updates step its own optimizer; its generators
+draw its dropout), its data position and its byte counts. A worker's contribution to the next step arrives only
+after it wrote its file, so the master completes the checkpoint (the manifest) when it has collected that step,
+after the rows of every step before are in the tables; the run's last step is saved by every rank after the stop
+and completed after a barrier. Resuming loads the state at the end of `setup` (after the warm-up, which may draw
+from the generators) and the step count, the straggler delays (drawn from (seed, worker, step)), the
+learning-rate schedule (a function of step and epoch) and the tables' clock continue from the checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anytimectl.args_json import ARGS_FILE, original_args
+from anytimectl.checkpoints import CheckpointingMixin
 from anytimectl.data import BatchStream
 from anytimectl.errors import UsageError
 from anytimectl.evaluation import Evaluator
@@ -127,6 +139,11 @@ class Worker:
         #: the asynchronous protocol's AMB rounds pass `between` (a model may arrive mid-round): warm up and
         #: calibrate that compilation of the loop, not the other
         self.checks_between = False
+        #: the master's step whose update this worker holds (worker_loop)
+        self.update_step = 0
+        #: the asynchronous protocol: the data position after the contributions handed over, and their count
+        self.handed_over: int | None = None
+        self.contributions = 0
 
     @property
     def row(self) -> np.ndarray:
@@ -206,6 +223,30 @@ class Master:
         self.after_apply: Callable[[int], None] | None = None
         #: replicated: called before the master's own update (to let the workers make theirs first)
         self.before_apply: Callable[[], None] | None = None
+        #: a resumed run: the step it continues from and the seconds its tables had reached
+        self.start_step = 0
+        self.start_elapsed = 0.0
+        #: called with the step once its contributions are in and every earlier step's rows are recorded
+        self.after_collect: Callable[[int], None] | None = None
+        #: called with the step after its update (and whether it is the last): checkpoints are written there
+        self.after_step: Callable[[int, bool], None] | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The master's own counters for a checkpoint (the engine's state is saved beside them)."""
+        return {"examples": self.examples, "time_limit": self.time_limit, "auto": self.auto,
+                "expected_delay": self.expected_delay, "compute_seconds": self._compute_seconds,
+                "micro_batches": self._micro_batches, "best_accuracy": self.best_accuracy}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue with the checkpoint's counters and AMB time limit (an --time-limit auto run goes on with the
+        limit it had calibrated and the sums it recalibrates from, not a new warm-up's)."""
+        self.examples = int(state["examples"])
+        self.time_limit = None if state["time_limit"] is None else float(state["time_limit"])
+        self.auto = bool(state["auto"])
+        self.expected_delay = float(state["expected_delay"])
+        self._compute_seconds = float(state["compute_seconds"])
+        self._micro_batches = float(state["micro_batches"])
+        self.best_accuracy = None if state["best_accuracy"] is None else float(state["best_accuracy"])
 
     def resolve_time_limit(self, per_micro_batch: np.ndarray, delay: Any) -> None:
         """`--time-limit auto`: T = time for match_batch examples + E[delay], so that AMB's expected batch
@@ -263,11 +304,11 @@ class Master:
         the update.
         """
         pending: StepResult | None = None  # its evaluation is running during the current round
-        broadcast(0, STOP_NONE)
+        broadcast(self.start_step, STOP_NONE)
         self.origin = time.time()
         if on_start is not None:
-            on_start(self.origin)
-        step = 0
+            on_start(self.origin - self.start_elapsed)  # a resumed run's tables go on from the checkpoint's time
+        step = self.start_step
         reason = None
         while reason is None:
             step += 1
@@ -281,6 +322,8 @@ class Master:
             if pending is not None:  # before the update: the evaluation reads the parameters it changes
                 self._finish_evaluation(pending, self.evaluator.join())
                 pending = None
+            if self.after_collect is not None:
+                self.after_collect(step)
             total = int(round(reduced[-2]))
             self.examples += total
             epoch = self.examples / self.config.train_examples
@@ -314,6 +357,8 @@ class Master:
                 pending = result
             else:
                 self.on_step(result)
+            if self.after_step is not None:
+                self.after_step(step, reason is not None)
         return step, reason
 
     def _finish_evaluation(self, result: StepResult, outcome: tuple[float, float]) -> None:
@@ -325,11 +370,14 @@ class Master:
 
 
 def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.ndarray,
-                replicated: bool = False) -> int:
-    """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run.
+                replicated: bool = False, after_update: Callable[[int], None] | None = None) -> int:
+    """An MPI worker: receive parameters, run a round, send, until the master says stop. Returns steps run;
+    `worker.update_step` is then the master's last step.
 
     `replicated`: after the first step the master sends the summed contributions (param_count + 2 floats)
-    instead of the parameters, and the worker applies them itself with the learning rate in the header."""
+    instead of the parameters, and the worker applies them itself with the learning rate in the header.
+    `after_update(step)`: called once the worker holds the model after the update of `step`, before its next
+    round (checkpoints are written there), except after the first parameters and the last update."""
     steps = 0
     reduced = np.zeros(worker.engine.param_count + 2, dtype=np.float32) if replicated else None
     comm.distribute(header, param_buffer)  # the initial parameters
@@ -339,6 +387,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         worker.clock.received()
         header = header_in
         stop = header[HEADER_STOP] != STOP_NONE
+        worker.update_step = int(header[HEADER_STEP])
         if stop and reduced is None:
             return steps
         if reduced is None or steps == 0 or header[HEADER_RESYNC]:
@@ -350,6 +399,8 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
             comm.acknowledge()  # the master makes its own update only now, off the workers' critical path
         if stop:
             return steps
+        if after_update is not None and steps > 0:
+            after_update(step - 1)
         worker.row[LAYOUT["params_checksum"]] = (params_checksum(worker.engine.get_params())
                                                  if reduced is not None and step % CHECK_EVERY == 0 else -1.0)
         contribution = worker.round(step, time_limit if time_limit > 0 else None)
@@ -382,6 +433,7 @@ class MpiMasterTransport:
         self.resyncs = 0
         self._resync = False
         self._out_header = self.header
+        self._params_sent = False
         if replicated:
             master.after_apply = self._after_apply
             master.before_apply = self._before_apply
@@ -399,7 +451,8 @@ class MpiMasterTransport:
     def broadcast(self, step: int, stop: float) -> float:
         start = time.perf_counter()
         values = (step, stop, self.master.time_limit or 0.0, self.master.rate, 0.0)
-        if not self.replicated or step == 0:
+        if not self.replicated or not self._params_sent:  # the first broadcast sends the (initial) parameters
+            self._params_sent = True
             self._send_params(values)
             return time.perf_counter() - start
         resync, self._resync = self._resync, False
@@ -410,6 +463,14 @@ class MpiMasterTransport:
         if resync:  # the master has not applied this step yet: its parameters are those the workers should have
             self._send_params(header)
         return time.perf_counter() - start
+
+    def state(self) -> dict[str, Any]:
+        """Replicated updates: the master's checksums still to compare and the re-sends so far."""
+        return {"checksums": dict(self.checksums), "resyncs": self.resyncs}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.checksums = {int(k): float(v) for k, v in state["checksums"].items()}
+        self.resyncs = int(state["resyncs"])
 
     def _send_params(self, values: Any) -> None:
         header, params = self.comm.outgoing(self.header, self.params)
@@ -457,12 +518,19 @@ class LocalTransport:
     def broadcast(self, step: int, stop: float) -> float:
         return 0.0
 
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
 
 # --- the protocol in the run shell ---------------------------------------------------------------------------------
-class MasterWorkerProtocol(TrainingProtocol):
+class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
     """`train amb|fmb` on any backend: rank 0 is the master, ranks 1..N the workers."""
 
     has_master = True
+    supports_checkpoints = True
     row_fields = ROW_FIELDS
     columns = Columns(worker=("partitions_done",), collect=("time_limit",))
 
@@ -501,6 +569,88 @@ class MasterWorkerProtocol(TrainingProtocol):
         else:
             self.worker = self._make_worker(rank.rank)
             self.calibration = self.worker.warm_up(calibrate=self._needs_calibration)
+        self.rank, self.size = rank.rank, rank.size
+        self.master: Master | None = None  # rank 0, once it runs
+        self.transport: Any = None
+        self.resumed: dict[str, Any] | None = None  # this rank's checkpoint state when the run continues one
+        if context.resume is not None:  # after the warm-up, whose compute may draw from the generators
+            self.resumed = self.restore_checkpoint(context.resume)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+    @property
+    def _own_worker(self) -> Worker | None:
+        """The worker this process computes for: its rank's, or the master's own without MPI (--workers 0)."""
+        return getattr(self, "worker", None) or getattr(self, "local_worker", None)
+
+    @property
+    def examples(self) -> float:
+        """Rank 0: the examples applied; a worker: the examples it has taken from its shard."""
+        if self.master is not None:
+            return float(self.master.examples)
+        worker = self._own_worker
+        return float(worker.stream.position) if worker is not None else 0.0
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """This rank's state after an update, before the next round (see the module notes)."""
+        comm = self.context.rank.comm if self.size > 1 else None
+        state: dict[str, Any] = {"protocol": self.context.request.protocol, "engine": self.engine.state(),
+                                 "examples": self.examples,
+                                 "bytes": (comm.bytes.sent, comm.bytes.received) if comm is not None else (0, 0)}
+        worker = self._own_worker
+        if worker is not None:
+            position = worker.handed_over if worker.handed_over is not None else worker.stream.position
+            state["worker"] = {"stream_consumed": int(position), "examples_sent": worker.examples_sent,
+                               "contributions": worker.contributions}
+        if self.master is not None:
+            state["master"] = self.master.state()
+            state["transport"] = self.transport.state() if self.transport is not None else {}
+            state["rows"] = self.recorded_rows()
+        return state
+
+    def recorded_rows(self) -> int:
+        """Rows in worker_stats after the steps done (one per worker and step)."""
+        assert self.master is not None
+        return int(self.master_step) * self.workers
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        protocol = state.get("protocol")
+        if protocol != self.context.request.protocol:
+            raise UsageError(f"--resume: the checkpoint was written by the {protocol} protocol; this run is "
+                             f"{self.context.request.protocol} (--protocol cannot change on resume)")
+        self.engine.load_state(state["engine"])
+        worker = self._own_worker
+        if worker is not None:
+            saved = state["worker"]
+            worker.stream.advance(int(saved["stream_consumed"]) - int(worker.stream.position))
+            worker.examples_sent = int(saved["examples_sent"])
+            worker.contributions = int(saved["contributions"])
+        if self.size > 1:  # the byte columns are cumulative over the whole run, resumes included
+            comm = self.context.rank.comm
+            comm.bytes.sent, comm.bytes.received = (int(n) for n in state["bytes"])
+
+    def _resume_master(self, master: Master, transport: Any, recorder: Any) -> None:
+        """Rank 0 of a resumed run: the master's counters and AMB limit, the transport's, the tables' counts."""
+        if self.resumed is None:
+            return
+        master.start_step, master.start_elapsed = self.start_step, self.start_elapsed
+        master.load_state(self.resumed["master"])
+        if transport is not None:
+            transport.load_state(self.resumed["transport"])
+        recorder.steps, recorder.examples = self.start_step, float(master.examples)
+        recorder.row_count = int(self.resumed["rows"])
+
+    def _final_checkpoint(self, checkpointer: Any, step: int, epoch: float) -> None:
+        """Every rank after the stop: save the last step where not saved yet; rank 0 then completes every
+        checkpoint still open, once a barrier says that every file is written."""
+        if not checkpointer.enabled:
+            return
+        if checkpointer.last_saved != step and step > self.start_step:
+            self.save_checkpoint(checkpointer, step, epoch)
+        if self.size > 1:
+            self.context.rank.comm.barrier()
+        if self.rank == 0:
+            for done in checkpointer.pending():
+                checkpointer.confirmed(done)
 
     @property
     def _needs_calibration(self) -> bool:
@@ -550,7 +700,15 @@ class MasterWorkerProtocol(TrainingProtocol):
         row[LAYOUT["calibration"]] = self.calibration
         comm.gather(row, None).wait()
         params = np.zeros(self.engine.param_count, dtype=np.float32)
-        worker_loop(self.worker, comm, params, np.zeros(HEADER_SIZE), replicated=self.replicated)
+        checkpointer = self.make_checkpointer()
+
+        def after_update(step: int) -> None:
+            if checkpointer.due(step):
+                self.save_checkpoint(checkpointer, step, 0.0)
+
+        worker_loop(self.worker, comm, params, np.zeros(HEADER_SIZE), replicated=self.replicated,
+                    after_update=after_update)
+        self._final_checkpoint(checkpointer, self.worker.update_step, 0.0)
 
     def _run_master(self) -> RunOutcome:
         context = self.context
@@ -578,12 +736,31 @@ class MasterWorkerProtocol(TrainingProtocol):
         master = Master(self.engine, self.config, Evaluator(self.engine, self.x_test, self.y_test), schedule.at,
                         context.stopper, on_step, context.log)
         master.resolve_time_limit(per_micro, context.delay)
-        self._record_time_limit(master.time_limit)
         replicated = self.replicated
         transport: Any = (MpiMasterTransport(master, rank.comm, self.engine.param_count, replicated)
                           if rank.size > 1 else LocalTransport(master, self.local_worker))
-        _, reason = master.run(transport.collect, transport.broadcast, on_start=recorder.start_clock,
-                               replicated=replicated)
+        self.master, self.transport = master, transport
+        self._resume_master(master, transport, recorder)
+        self._record_time_limit(master.time_limit)
+        checkpointer = self.make_checkpointer()
+        self.master_step = master.start_step
+
+        def after_step(step: int, last: bool) -> None:
+            self.master_step = step
+            if checkpointer.due(step) and not last:  # the last step is saved after the stop, by every rank
+                self.save_checkpoint(checkpointer, step, master.examples / self.config.train_examples)
+
+        def after_collect(step: int) -> None:
+            # every worker wrote its file of an earlier step before it sent this step's contribution
+            for done in checkpointer.pending():
+                if done < step:
+                    checkpointer.confirmed(done)
+
+        master.after_step, master.after_collect = after_step, after_collect
+        step, reason = master.run(transport.collect, transport.broadcast, on_start=recorder.start_clock,
+                                  replicated=replicated)
+        self.master_step = step
+        self._final_checkpoint(checkpointer, step, master.examples / self.config.train_examples)
         summary: dict[str, Any] = {"time_limit": master.time_limit, "replicated_updates": replicated,
                                    "shared_memory": rank.size > 1 and rank.comm.uses_shared_memory is True}
         if replicated:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from anytimectl.checkpoints import CheckpointingMixin
 from anytimectl.errors import UsageError
 from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome, TrainingProtocol
@@ -33,8 +34,10 @@ from anytimectl.step_reports import StepReports
 
 #: keeps the augmentation's random stream apart from every other one seeded by (seed, rank, step)
 _AUGMENT_STREAM = 0xA06
-#: `augment` values: cifar10-fast's recipe (the compression study) and plain crop + flip (the gossip study)
-AUGMENTATIONS = ("cifar", "crop-flip")
+#: `augment` values: cifar10-fast's recipe (the compression study) and plain crop + flip (the gossip study); runs of
+#: earlier versions recorded the first as "cifar"
+AUGMENTATIONS = ("crop-flip-cutout", "crop-flip")
+_AUGMENT_ALIASES = {"cifar": "crop-flip-cutout"}
 
 
 def augmentation(name: str | None, input_shape: tuple[int, ...]) -> Any:
@@ -43,9 +46,10 @@ def augmentation(name: str | None, input_shape: tuple[int, ...]) -> Any:
         return None
     from anytimectl.input_transform import Augmentation
 
+    name = _AUGMENT_ALIASES.get(name, name)
     if name not in AUGMENTATIONS:
         raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)} or none")
-    chosen = Augmentation() if name == "cifar" else Augmentation(cutout=0)
+    chosen = Augmentation() if name == "crop-flip-cutout" else Augmentation(cutout=0)
     chosen.check(input_shape)
     return chosen
 
@@ -59,8 +63,9 @@ class PeerStep:
     master: dict[str, Any] | None = None  # values of the method's Columns.master
 
 
-class PeerProtocol(TrainingProtocol):
+class PeerProtocol(CheckpointingMixin, TrainingProtocol):
     has_master = False
+    supports_checkpoints = True
     #: How many steps a rank may run ahead of the slowest (see step_reports): 1 for lock-step methods.
     lag: ClassVar[int] = 1
 
@@ -99,7 +104,7 @@ class PeerProtocol(TrainingProtocol):
         self.start_step, self.start_examples, self.start_elapsed = 0, 0.0, 0.0
         resume = getattr(context, "resume", None)
         if resume is not None:  # after the warm-up, whose compute may touch RNG or batch-norm state
-            self._restore(resume)
+            self.restore_checkpoint(resume)
 
     def warm_up(self) -> None:
         """Compile the framework's functions now, so that the first step's compute time is a real one."""
@@ -173,28 +178,6 @@ class PeerProtocol(TrainingProtocol):
         if self.comm is not None:  # the byte columns are cumulative over the whole run, resumes included
             self.comm.bytes.sent, self.comm.bytes.received = (int(n) for n in state["bytes"])
 
-    def _restore(self, resume: Any) -> None:
-        from anytimectl.checkpoints import load_rank
-
-        ranks = int(resume.manifest.get("ranks", -1))
-        if ranks != self.size:
-            raise UsageError(f"--resume: the checkpoint of step {resume.step} was written by {ranks} ranks, this job "
-                             f"has {self.size}; resume with --workers {ranks}")
-        state = load_rank(resume, self.rank, self.context.request.backend)
-        try:
-            self.load_checkpoint_state(state)
-        except (KeyError, ValueError, RuntimeError, TypeError) as error:  # another model's tensors, a missing part
-            raise UsageError(f"--resume: the checkpoint of step {resume.step} does not fit this run's "
-                             f"{self.context.request.model} model: {type(error).__name__}: {error}"
-                             .splitlines()[0][:300]) from None
-        self.start_step, self.start_examples = resume.step, float(state["examples"])
-        self.start_elapsed = float(resume.manifest.get("elapsed", 0.0))
-
-    def _save_checkpoint(self, checkpointer: Any, step: int, epoch: float) -> None:
-        elapsed = time.time() - self.context.recorder.origin if self.context.recorder is not None else 0.0
-        checkpointer.save(step, self.checkpoint_state(),
-                          {"examples": self.examples, "epoch": epoch, "elapsed": elapsed})
-
     # --- the loop ------------------------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
         context = self.context
@@ -205,7 +188,7 @@ class PeerProtocol(TrainingProtocol):
         reporter = self.rank == 0
         recorder = context.recorder
         ranks = list(range(1, self.size + 1))
-        checkpointer = self._checkpointer()
+        checkpointer = self.make_checkpointer()
         step = self.start_step
         self.examples = self.start_examples
         epoch = self.examples / len(self.dataset.x_train)
@@ -257,15 +240,18 @@ class PeerProtocol(TrainingProtocol):
                 else:
                     recorder.step(record)
             wish = context.stopper.reason is not None or (target is not None and best is not None and best >= target)
+            if wish and getattr(context.stopper, "checkpoint_requested", False):
+                wish = 2  # --checkpoint-on-signal: every rank checkpoints the agreed last step
             if checkpointer.due(step):  # before the report: a completed report of this step means every file is written
-                self._save_checkpoint(checkpointer, step, epoch)
+                self.save_checkpoint(checkpointer, step, epoch)
             reports.post(step, self.clock.snapshot(), wish)
             if reporter:
                 for done, rows in reports.completed():
                     recorder.rows(ranks, rows)
                     checkpointer.confirmed(done)
-        if checkpointer.enabled and checkpointer.last_saved != step and step > self.start_step:
-            self._save_checkpoint(checkpointer, step, epoch)  # the last step: a stopped run resumes where it stopped
+        wanted = checkpointer.enabled or (reports.checkpoint_wished and checkpointer.can_write)
+        if wanted and checkpointer.last_saved != step and step > self.start_step:
+            self.save_checkpoint(checkpointer, step, epoch)  # the last step: a stopped run resumes where it stopped
             if self.comm is not None:
                 self.comm.barrier()  # sleep-polled: every rank's file is written
         extra = self.finish()
@@ -277,14 +263,6 @@ class PeerProtocol(TrainingProtocol):
         if reporter and pending is not None:
             self._evaluated(pending)
         return RunOutcome(stopped_by, extra)
-
-    def _checkpointer(self) -> Any:
-        from anytimectl.checkpoints import Checkpointer, identity
-
-        c = self.context.config
-        return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),
-                            int(c.get("keep_checkpoints") or 2), self.rank, self.size, self.context.request.backend,
-                            self.context.log, identity(self.context.request))
 
     def _evaluated(self, record: StepRecord) -> None:
         record.test_loss, record.accuracy = self.evaluator.join()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +144,20 @@ class SimEngine:
 
     def trace(self) -> None:
         """Nothing to compile."""
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: the buffer (weights and progress). The noise is
+        drawn from (seed, progress, first example), so no generator state exists beyond it."""
+        return {"params": self._params.copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        params = np.asarray(state["params"])
+        if params.shape != self._params.shape or params.dtype != self._params.dtype:
+            raise ValueError(f"the checkpoint holds {params.size} simulated parameters ({params.dtype}); this run "
+                             f"has {self.param_count} (float32): --sim-params differs")
+        np.copyto(self._params, params)
+        self._version += 1
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _batch_loss(self, progress: float, k: int, z: float) -> float:

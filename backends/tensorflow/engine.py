@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +152,31 @@ class TensorFlowEngine:
             loss_sum += float(batch_loss)
             correct += float(batch_correct)
         return loss_sum / len(x), correct / len(x)
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, as numpy copies: every variable of the model (weights, batch-norm
+        statistics and the dropout layers' seed-generator states) and of the optimizer (its step count and slots:
+        momentum, RMSprop's and Adam's moments), in their tracking order."""
+        return {"model": [np.array(v.numpy()) for v in self.model.variables],
+                "optimizer": [np.array(v.numpy()) for v in self.optimizer.variables]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state()` returned; a checkpoint of another model or optimizer is a ValueError naming the
+        first variable that does not fit (nothing is assigned then)."""
+        pairs = []
+        for part, variables in (("model", self.model.variables), ("optimizer", self.optimizer.variables)):
+            values = list(state[part])
+            if len(values) != len(variables):
+                raise ValueError(f"the checkpoint's {part} has {len(values)} variables, this run's {len(variables)}")
+            for variable, value in zip(variables, values, strict=True):
+                value = np.asarray(value)
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise ValueError(f"{part} variable {variable.path}: the checkpoint's shape {tuple(value.shape)}, "
+                                     f"this run's {tuple(variable.shape)}")
+                pairs.append((variable, value))
+        for variable, value in pairs:
+            variable.assign(value.astype(variable.dtype, copy=False))
 
     # --- graphs ---------------------------------------------------------------------------------------------
     def _loss_sum(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,0 +1,253 @@
+"""Checkpoints and exact resume of `train amb` and `train fmb`, synchronous and asynchronous, through the real
+command line and real MPI jobs: a run of 2N steps against a run killed with kill -9 of a worker right after its
+checkpoint at step N and resumed; refusals of a checkpoint that another method, protocol, worker count or model
+wrote. The simulated backend here (no framework start-up); the TensorFlow and PyTorch backends in
+test_amb_fmb_checkpoints_tf.py and tests/torch/test_torch_checkpoints.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import anytimectl, metadata, table
+
+from anytimectl import checkpoints
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+
+#: a step of 16 examples takes 0.16 s: slow enough to kill a worker between two checkpoints, fast enough for a test
+SIM = ("--backend", "sim", "--sim-example-time", "0.01", "--sim-params", "4096", "--sim-half-examples", "200",
+       "--batch-size", "16", "--seed", "7", "--test-size", "50", "--log-every", "4", "--quiet")
+
+
+def ranks_of(parent: str) -> dict[int, int]:
+    """rank -> pid of the MPI ranks started by a launcher with ANYTIMECTL_TEST_PARENT=parent."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if variables.get(b"ANYTIMECTL_TEST_PARENT") == parent.encode() and b"PMI_RANK" in variables:
+            ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
+    return ranks
+
+
+def kill_after_checkpoint(args: list[str], run: Path, step: int, timeout: float = 240) -> int:
+    """Start `anytimectl *args`, wait until the checkpoint of `step` is complete (its manifest), kill -9 worker 1
+    at once; returns the step of the latest complete checkpoint the killed run left."""
+    parent = f"i18mw-{os.getpid()}-{time.monotonic_ns()}"
+    process = subprocess.Popen([sys.executable, "-m", "anytimectl", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "ANYTIMECTL_TEST_PARENT": parent})
+    manifest = checkpoints.step_dir(run, step) / checkpoints.MANIFEST
+    deadline = time.monotonic() + timeout
+    try:
+        while not manifest.is_file():
+            if process.poll() is not None:
+                raise AssertionError(f"the run ended before its checkpoint of step {step}: {process.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no checkpoint of step {step} within {timeout} s")
+            time.sleep(0.02)
+        ranks = ranks_of(parent)
+        assert 1 in ranks, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode != 0, stderr
+    assert metadata(run)["status"] == "failed"
+    return checkpoints.latest(run).step
+
+
+def engine_state(run: Path, step: int, rank: int = 0) -> dict:
+    point = checkpoints.ResumePoint(run, step, checkpoints.read_manifest(run, step))
+    return checkpoints.load_rank(point, rank)
+
+
+def straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int) -> tuple[Path, Path, int]:
+    """Run `command` for `steps` steps straight, and again killed right after its checkpoint at `every` and resumed
+    to the end; returns both run directories and the step the resumed job continued from."""
+    out = str(tmp_path)
+    length = ["--steps", str(steps), "--checkpoint-every", str(every), "--out", out]
+    anytimectl(*command, *length, "--name", "straight")
+    resumed = tmp_path / "resumed"
+    start = kill_after_checkpoint([*command, *length, "--name", "resumed"], resumed, every)
+    assert every <= start < steps
+    anytimectl(*command[:2], "--resume", str(resumed), "--quiet")
+    meta = metadata(resumed)
+    assert meta["status"] == "completed" and meta["summary"]["steps"] == steps
+    assert [r["from_step"] for r in meta["resumes"]] == [start]
+    assert meta["resumes"][0]["previous_status"] == "failed"
+    return tmp_path / "straight", resumed, start
+
+
+def assert_same_tables(straight: Path, resumed: Path, steps: int, workers: int) -> None:
+    master_a, master_b = table(straight, "master_stats"), table(resumed, "master_stats")
+    assert master_b["step"].tolist() == list(range(1, steps + 1))  # appended: no step twice, none missing
+    assert master_b["time"].is_monotonic_increasing  # the clock continues from the checkpoint's
+    # the tables hold 6 significant digits; assert_same_final_state compares the models bit for bit
+    assert master_a["loss"].tolist() == master_b["loss"].tolist()
+    assert master_a["learning_rate"].tolist() == master_b["learning_rate"].tolist()
+    assert master_a["epoch"].tolist() == master_b["epoch"].tolist()
+    assert master_a["test_loss"].dropna().tolist() == master_b["test_loss"].dropna().tolist()
+    workers_a, workers_b = table(straight, "worker_stats"), table(resumed, "worker_stats")
+    assert len(workers_b) == steps * workers
+    for column in ("master_step", "rank", "num_samples", "partitions_done"):
+        assert workers_a[column].tolist() == workers_b[column].tolist(), column
+    assert metadata(resumed)["summary"]["examples"] == metadata(straight)["summary"]["examples"]
+
+
+def same(a, b) -> bool:
+    """Equal to the bit: nested dicts, lists and tuples of numbers, numpy arrays and torch tensors."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "numpy") and type(a).__module__.startswith("torch"):
+        a, b = a.numpy(), b.numpy()
+    if isinstance(a, (np.ndarray, np.generic)):
+        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    return a == b
+
+
+def assert_same_final_state(straight: Path, resumed: Path, steps: int, ranks: int) -> None:
+    """The last checkpoint of each run (written after the last step) holds the same model, optimizer and
+    generators, bit for bit, on every rank, and every worker the same data position."""
+    for rank in range(ranks):
+        a, b = engine_state(straight, steps, rank), engine_state(resumed, steps, rank)
+        for key in a["engine"]:
+            assert same(a["engine"][key], b["engine"][key]), (rank, key)
+        assert a.get("worker") == b.get("worker")
+        if rank == 0:
+            assert a["master"] == b["master"]
+
+
+@pytest.mark.parametrize("method, replicated", [("fmb", True), ("amb", True), ("fmb", False)])
+def test_sync_resume_after_kill_9_continues_bit_for_bit(tmp_path, monkeypatch, method, replicated):
+    """Replicated updates (every rank applies them: one host, CPU) and the master's broadcast of parameters."""
+    if not replicated:
+        monkeypatch.setenv("ANYTIMECTL_REPLICATED", "0")
+    # amb: a time limit no round reaches, so every worker finishes all its micro-batches and the run repeats
+    # (with a limit that cuts rounds short, the batch is whatever the clock allowed: no two runs are equal)
+    extra = ["--partitions", "4", "--time-limit", "30"] if method == "amb" else []
+    command = ["train", method, "--workers", "2", *SIM, *extra]
+    straight, resumed, start = straight_and_resumed(tmp_path, command, 16, 6)
+    assert metadata(resumed)["summary"]["replicated_updates"] is replicated
+    assert_same_tables(straight, resumed, 16, 2)
+    assert_same_final_state(straight, resumed, 16, 3)
+
+
+def test_async_amb_resume_after_kill_9_continues_from_the_checkpoint(tmp_path):
+    """Asynchronous: which contributions an update takes depends on when they arrive, so no two runs are equal,
+    straight or resumed (two straight runs with the same seed differ the same way). What must hold: the resumed
+    master continues from the checkpoint's model and counters (the simulated loss is a function of the examples
+    the model was trained on: a run restarted from scratch would show the start's loss again), the steps, the
+    workers' contribution counts and the examples continue, and the losses follow the straight run's within the
+    simulated noise and staleness."""
+    command = ["train", "amb", "--protocol", "async", "--workers", "2", "--partitions", "4", *SIM]
+    straight, resumed, start = straight_and_resumed(tmp_path, command, 16, 6)
+    master_a, master_b = table(straight, "master_stats"), table(resumed, "master_stats")
+    assert master_b["step"].tolist() == list(range(1, 17))
+    assert master_b["time"].is_monotonic_increasing and master_b["epoch"].is_monotonic_increasing
+    after_a = master_a[master_a.step > start]["loss"].to_numpy()
+    after_b = master_b[master_b.step > start]["loss"].to_numpy()
+    first_loss = master_b["loss"].iloc[0]
+    assert after_b.max() < 0.8 * first_loss  # not trained from scratch again
+    assert np.all(np.abs(after_b - after_a) <= 0.4 * after_a), (after_a, after_b)
+    assert abs(after_b.mean() - after_a.mean()) <= 0.15 * after_a.mean()
+    # the simulated model counts the examples it was trained on: at the end it holds exactly the examples of every
+    # row in the tables, the killed job's up to the checkpoint and the resumed job's after it
+    workers = table(resumed, "worker_stats")
+    final = engine_state(resumed, 16)
+    params = final["engine"]["params"]
+    progress = float(params[-2]) * (1 << 24) + float(params[-1])
+    assert progress == final["master"]["examples"] == workers["num_samples"].sum()
+    for rank, rows in workers.groupby("rank"):  # each worker's count of contributions goes on, never back
+        assert rows["worker_step"].is_monotonic_increasing, rank
+    # no example is applied twice: what the workers handed over covers the tables and the last checkpoint's queue
+    # (contributions taken but not applied), with those in flight at the checkpoint the only ones lost
+    queue = final["master"]["queue"]
+    queued = float(queue["accumulated"][-2]) if queue["rows"] else 0.0
+    queued += sum(float(data[-2]) for _, _, data, _ in queue["held"])
+    handed = sum(engine_state(resumed, 16, r)["worker"]["examples_sent"] for r in (1, 2))
+    assert progress + queued <= handed
+
+
+def test_resume_refuses_another_method_protocol_worker_count_and_model_in_one_line(tmp_path):
+    out = str(tmp_path)
+    base = ["--workers", "2", *SIM, "--steps", "4", "--checkpoint-every", "2", "--out", out]
+    anytimectl("train", "fmb", *base, "--name", "fmb")
+    anytimectl("train", "amb", *base, "--partitions", "4", "--time-limit", "30", "--name", "amb")
+    anytimectl("train", "amb", *base, "--partitions", "4", "--protocol", "async", "--name", "async")
+    anytimectl("train", "fmb", *base, "--name", "small", "--sim-params", "1024")
+
+    def refused(*args: str) -> str:
+        result = anytimectl(*args, check=False)
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("anytimectl: error:"), result.stderr
+        assert "Traceback" not in result.stderr
+        return lines[0]
+
+    assert "fmb" in refused("train", "amb", "--resume", str(tmp_path / "fmb"), "--steps", "8")
+    assert "workers" in refused("train", "fmb", "--resume", str(tmp_path / "fmb"), "--steps", "8", "--workers", "3")
+    # a checkpoint copied from another run: the asynchronous protocol's into a synchronous run of the same method
+    shutil.rmtree(tmp_path / "amb" / "checkpoints")
+    shutil.copytree(tmp_path / "async" / "checkpoints", tmp_path / "amb" / "checkpoints")
+    assert "protocol" in refused("train", "amb", "--resume", str(tmp_path / "amb"), "--steps", "8")
+    # another model size
+    shutil.rmtree(tmp_path / "small" / "checkpoints")
+    shutil.copytree(tmp_path / "fmb" / "checkpoints", tmp_path / "small" / "checkpoints")
+    assert "--sim-params" in refused("train", "fmb", "--resume", str(tmp_path / "small"), "--steps", "8")
+
+
+def framework_straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int) -> tuple[Path, Path]:
+    """As `straight_and_resumed` for a framework backend, whose steps are too fast to kill a worker between two
+    given checkpoints: the killed run is open-ended and the resumed one ends at `steps` (--steps may change on
+    resume; the constant learning rate does not depend on it), so the checkpoint it continues from is whichever
+    was the latest when the worker died."""
+    out = str(tmp_path)
+    anytimectl(*command, "--steps", str(steps), "--checkpoint-every", str(steps), "--out", out, "--name", "straight")
+    resumed = tmp_path / "resumed"
+    start = kill_after_checkpoint([*command, "--steps", "100000", "--checkpoint-every", str(every), "--out", out,
+                                   "--name", "resumed"], resumed, every)
+    assert every <= start < steps, start
+    anytimectl(*command[:2], "--resume", str(resumed), "--steps", str(steps), "--quiet")
+    meta = metadata(resumed)
+    assert meta["status"] == "completed" and meta["summary"]["steps"] == steps
+    assert [r["from_step"] for r in meta["resumes"]] == [start]
+    return tmp_path / "straight", resumed
+
+
+@pytest.mark.torch
+def test_torch_fmb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
+    """PyTorch: model, momentum and the generators (the digits CNN has dropout) of every rank."""
+    command = ["train", "fmb", "--backend", "torch", "--workers", "2", "--optimizer", "momentum", "--batch-size",
+               "32", "--seed", "5", "--test-size", "50", "--log-every", "5", "--quiet"]
+    straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
+    assert_same_tables(straight, resumed, 40, 2)
+    assert_same_final_state(straight, resumed, 40, 3)
+
+
+def test_tensorflow_amb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
+    """TensorFlow: every model and optimizer variable (Adam's moments and step count) of every rank; AMB with a
+    limit no round reaches (see the sim test)."""
+    command = ["train", "amb", "--backend", "tensorflow", "--workers", "2", "--optimizer", "adam", "--batch-size",
+               "32", "--partitions", "4", "--time-limit", "30", "--seed", "5", "--test-size", "50", "--log-every",
+               "5", "--quiet"]
+    straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
+    assert_same_tables(straight, resumed, 40, 2)
+    assert_same_final_state(straight, resumed, 40, 3)
