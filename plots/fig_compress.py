@@ -232,7 +232,10 @@ def compress_accuracy_vs_step_bytes(ax, ctx: Context):
         if "dense_bytes" in per_step:
             dense.append(float(per_step["dense_bytes"].mean()))
         # one configuration's runs (seeds) share a point: the label without the run's name
+        method = str(run.config.get("method")) if is_compress(run) else ""
+        order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         rows.append({"label": compress_label(run) if is_compress(run) else run.label, "mode": compress_mode(run),
+                     "order": order,
                      "color": colors[id(run)], "accuracy": float(accuracy.iloc[-1]),
                      "bytes": float(per_step["payload_bytes"].mean())})
     if not rows:
@@ -240,7 +243,8 @@ def compress_accuracy_vs_step_bytes(ax, ctx: Context):
     df = pd.DataFrame(rows)
     groups = df.groupby("label", sort=False).agg(
         accuracy=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max"), runs=("accuracy", "size"),
-        bytes=("bytes", "mean"), mode=("mode", "first"), color=("color", "first")).reset_index()
+        bytes=("bytes", "mean"), mode=("mode", "first"), color=("color", "first"), order=("order", "first"),
+    ).reset_index().sort_values(["order", "label"], kind="stable")  # the legend in METHOD_ORDER
     unit, scale = byte_unit(max([*groups["bytes"], *dense]))
     handles = []
     for row in groups.itertuples():
