@@ -417,7 +417,10 @@ class _RankWatch:
 
         if self.next_look() == 0.0:
             self._look()
-        ready, _, _ = select.select([self._mpiexec, *self._fds], [], [], timeout)
+        poller = select.poll()  # not select.select: a pidfd may be numbered beyond FD_SETSIZE
+        for fd in (self._mpiexec, *self._fds):
+            poller.register(fd, select.POLLIN)
+        ready = [fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)]
         ended = [fd for fd in ready if fd in self._fds]
         if ended and not self.first_ended and not self._seen_end:
             self._seen_end = True
