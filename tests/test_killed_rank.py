@@ -153,3 +153,18 @@ def test_the_rank_watch_names_the_first_to_end_only_when_it_sees_every_rank(job_
         os.killpg(root.pid, signal.SIGKILL)
         root.wait()
         watch.close()
+
+
+def test_a_rank_whose_mpi_call_failed_does_not_blame_itself():
+    """Under your own mpiexec no launching process names the killed rank: a survivor whose MPI call failed says it
+    lost contact, instead of recording the failure as its own ("rank 2: Exception: ...")."""
+    from anytimectl.launch import RankInfo
+    from anytimectl.shell import Stopper, _describe_failure
+
+    mpi_error = type("Exception", (RuntimeError,), {"__module__": "mpi4py.MPI"})("Other MPI error, connection reset")
+    status, reason = _describe_failure(mpi_error, Stopper(), RankInfo(2, 3, "h", 0, 1, 1, None))
+    assert status == "failed"
+    assert reason.startswith("rank 2 lost contact with the job, probably because another rank ended")
+    assert not reason.startswith("rank 2:")
+    status, reason = _describe_failure(ValueError("bad data"), Stopper(), RankInfo(2, 3, "h", 0, 1, 1, None))
+    assert reason == "rank 2: ValueError: bad data"  # its own error names it
