@@ -120,7 +120,7 @@ class RunContext:
     device: str = "cpu"
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
     devices: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)  # per rank: so that a rank the launcher reports can be named
+    pids: list[int] = field(default_factory=list)  # per rank (metadata.json): to match a process to its rank
     run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
     run_dir_path: Path | None = None  # every rank, once the run starts (checkpoints are written there)
     resume: Any = None  # checkpoints.ResumePoint when the run continues one (config["resume"])
