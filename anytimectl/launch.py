@@ -389,8 +389,11 @@ class _Forwarder:
 class _RankWatch:
     """Which rank of the job ends first, seen through pidfds (Linux 5.3+): the job's ranks are found below mpiexec
     in /proc (their rank from PMI_RANK in their environment), looked for again and again, less and less often,
-    until all `ranks` are found; the wait for mpiexec then also wakes when a rank ends. Where pidfds or /proc are
-    missing it does nothing (`active` is False) and the caller waits for mpiexec alone."""
+    until all `ranks` are found; the wait for mpiexec then also wakes when a rank ends. A first end is only
+    reported when every rank of the job was being watched (emulated hosts share this machine's processes; a real
+    cluster's other nodes do not). Where pidfds or /proc are missing it does nothing (`active` is False) and the
+    caller waits for mpiexec alone. mpiexec's own report names the wrong process (docs/platform-facts.md,
+    "mpiexec's report names any process of the job")."""
 
     _FIRST_LOOK, _LAST_LOOK = 0.25, 5.0
 
@@ -402,6 +405,7 @@ class _RankWatch:
         self._mpiexec: int | None = None  # a pidfd of mpiexec
         self._fds: dict[int, tuple[int, int]] = {}  # pidfd -> (rank, pid)
         self._found: set[int] = set()  # pids looked at already
+        self._seen_end = False
         self._interval = self._FIRST_LOOK
         self._next = 0.0
 
@@ -428,10 +432,17 @@ class _RankWatch:
 
         if self.next_look() == 0.0:
             self._look()
-        ready, _, _ = select.select([self._mpiexec, *self._fds], [], [], timeout)
+        poller = select.poll()  # not select.select: a pidfd may be numbered beyond FD_SETSIZE
+        for fd in (self._mpiexec, *self._fds):
+            poller.register(fd, select.POLLIN)
+        ready = [fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)]
         ended = [fd for fd in ready if fd in self._fds]
-        if ended and not self.first_ended:
-            self.first_ended = sorted(self._fds[fd] for fd in ended)
+        if ended and not self.first_ended and not self._seen_end:
+            self._seen_end = True
+            # Only when every rank is watched: a rank on a host whose processes we cannot see (a real cluster's
+            # other node) may have ended first, and the first of ours would then be a survivor killed after it.
+            if len(self._found) >= self.ranks:
+                self.first_ended = sorted(self._fds[fd] for fd in ended)
         for fd in ended:
             del self._fds[fd]
             os.close(fd)
@@ -715,8 +726,8 @@ def leave_process(code: int) -> NoReturn:
     by then), and tearing down the modules is skipped: TensorFlow's and torch's C++ teardown, which made finished
     jobs linger for seconds (once for minutes), and also the plain interpreter's, which took 1-2.4 s on a busy
     2-core machine for the launching process (scipy, pandas and scikit-learn come in with the data checks) and
-    about 1 s for a simulated rank (README, "How runs end": tests/bench/teardown.py). A job ends only when its
-    last process has.
+    about 1 s for a simulated rank (docs/platform-facts.md, "A process's exit is a teardown too"; README, "How runs
+    end": tests/bench/teardown.py). A job ends only when its last process has.
     """
     if code and _mpi_running():
         # A non-zero exit with MPI still running is one rank leaving alone: the normal exit (MPI_Abort under

@@ -89,6 +89,7 @@ class Recorder:
             values = {"loss": record.loss, "learning_rate": record.learning_rate, "epoch": record.epoch,
                       "test_loss": record.test_loss, "accuracy": record.accuracy}
             self.tensorboard.scalars(record.step, {MASTER_TAGS[k]: v for k, v in values.items()}, record.time)
+            self.tensorboard.flush()  # processes leave with os._exit (launch.leave_process): no data may wait
         if record.rows is not None:
             self.rows(record.ranks, record.rows, record)
         elif record.step in self._row_steps:

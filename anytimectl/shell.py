@@ -127,7 +127,7 @@ class RunContext:
     device: str = "cpu"
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
     devices: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)  # per rank: so that a rank the launcher reports can be named
+    pids: list[int] = field(default_factory=list)  # per rank (metadata.json): to match a process to its rank
     run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
     run_dir_path: Path | None = None  # every rank, once the run starts (checkpoints are written there)
     resume: Any = None  # checkpoints.ResumePoint when the run continues one (config["resume"])
@@ -485,6 +485,9 @@ def _share_run_dir(rank: RankInfo, reserved: Path | None) -> Path | None:
 
 def _describe_failure(error: BaseException, stopper: Stopper, rank: RankInfo) -> tuple[str, str]:
     where = f"rank {rank.rank}: " if rank.rank != 0 else ""
+    if _is_mpi_error(error):  # a peer that died (kill -9, a lost node) shows up here: this rank is not the cause
+        return "failed", (f"rank {rank.rank} lost contact with the job, probably because another rank ended "
+                          f"(an MPI call failed: {error})").splitlines()[0]
     if isinstance(error, KeyboardInterrupt):
         return "interrupted", str(error) or stopper.reason or "interrupted by Ctrl-C (twice)"
     if isinstance(error, UsageError | OutputError):
@@ -492,6 +495,12 @@ def _describe_failure(error: BaseException, stopper: Stopper, rank: RankInfo) ->
     if isinstance(error, SystemExit):
         return ("interrupted" if stopper.reason else "failed"), stopper.reason or f"{where}exit {error.code}"
     return "failed", f"{where}{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _is_mpi_error(error: BaseException) -> bool:
+    """An error raised by MPI itself (mpi4py's MPI.Exception), such as a failed send to a rank that died."""
+    kind = type(error)
+    return kind.__module__ == "mpi4py.MPI" and kind.__name__ == "Exception"
 
 
 def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunContext, path: Path) -> None:

@@ -126,3 +126,45 @@ def test_the_tables_are_trimmed_to_the_last_step_they_all_hold(tmp_path):
     assert list(pd.read_csv(run / "master_stats_eval.csv").step) == [1]
     assert (run / "worker_stats.csv").read_text().endswith("0.2,2,2\n")  # the cut-short line goes too
     assert trim_to_complete_step(run) is None  # consistent now: nothing to do
+
+
+@pytest.mark.parametrize("job_ranks", [2, 3])
+def test_the_rank_watch_names_the_first_to_end_only_when_it_sees_every_rank(job_ranks):
+    """Two stand-in ranks below a stand-in mpiexec (a shell); one is killed. With a third rank that the watch
+    cannot see (another node's), nobody is named: the first of ours to end may be a survivor killed after it."""
+    from anytimectl.launch import _RankWatch
+
+    script = " & ".join(f"PMI_RANK={r} {sys.executable} -c 'import time; time.sleep(60)' mpi4py anytimectl"
+                        for r in (0, 1)) + " & wait"  # the words the watch looks for in a rank's command line
+    root = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    watch = _RankWatch(job_ranks)
+    try:
+        watch.start(root.pid)
+        deadline = time.monotonic() + 30
+        while len(watch._found) < 2:
+            assert time.monotonic() < deadline, "the stand-in ranks were not found"
+            watch.wait(watch.next_look() or 0.05)
+        victim = next(pid for _, (r, pid) in watch._fds.items() if r == 1)
+        os.kill(victim, signal.SIGKILL)
+        while not watch._seen_end:
+            watch.wait(5)
+        assert watch.first_ended == ([(1, victim)] if job_ranks == 2 else [])
+    finally:
+        os.killpg(root.pid, signal.SIGKILL)
+        root.wait()
+        watch.close()
+
+
+def test_a_rank_whose_mpi_call_failed_does_not_blame_itself():
+    """Under your own mpiexec no launching process names the killed rank: a survivor whose MPI call failed says it
+    lost contact, instead of recording the failure as its own ("rank 2: Exception: ...")."""
+    from anytimectl.launch import RankInfo
+    from anytimectl.shell import Stopper, _describe_failure
+
+    mpi_error = type("Exception", (RuntimeError,), {"__module__": "mpi4py.MPI"})("Other MPI error, connection reset")
+    status, reason = _describe_failure(mpi_error, Stopper(), RankInfo(2, 3, "h", 0, 1, 1, None))
+    assert status == "failed"
+    assert reason.startswith("rank 2 lost contact with the job, probably because another rank ended")
+    assert not reason.startswith("rank 2:")
+    status, reason = _describe_failure(ValueError("bad data"), Stopper(), RankInfo(2, 3, "h", 0, 1, 1, None))
+    assert reason == "rank 2: ValueError: bad data"  # its own error names it
