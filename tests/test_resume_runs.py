@@ -12,6 +12,7 @@ timing enters after N. The compress runs have no timing in their arithmetic and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,8 +26,10 @@ import pytest
 from helpers import REPO, anytimectl, metadata, table
 
 from anytimectl import checkpoints
+from anytimectl.rundir import read_trace
 
-pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+#: three MPI runs a test: minutes when the machine is shared (load 30 seen), hence more than the default 300 s
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.timeout(900)]
 
 N = 4
 COMMON = ("--workers", "2", "--test-size", "50", "--log-every", str(N), "--quiet")
@@ -88,6 +91,15 @@ def test_dynamic_dbs_resumes_exactly_with_its_decided_batches_and_history(tmp_pa
     after = workers[workers["master_step"] > N]["batch_size"].tolist()
     assert after[:2] != [16, 16] and sum(after[:2]) == 32  # dbs decided at N: the resumed run must keep it
     _compare(straight, resumed)
+    # the checkpoints' write time: in the summary, the trace (a span on rank 0's row) and the events
+    summary = metadata(straight)["summary"]
+    assert summary["checkpoints_written"] == 2 and 0 < summary["checkpoint_max_s"] <= summary["checkpoint_time_s"]
+    assert 0 < summary["checkpoint_fraction"] < 1 and summary["checkpoint_bytes_rank0"] > 0
+    spans = [e for e in read_trace(straight / "trace.json") if e.get("name") == "checkpoint"]
+    assert [s["args"]["step"] for s in spans] == [N, 2 * N] and all(s["pid"] == 1 and s["dur"] > 0 for s in spans)
+    written = [json.loads(line) for line in (straight / "events.jsonl").read_text().splitlines()
+               if json.loads(line)["msg"] == "checkpoint written"]
+    assert [e["step"] for e in written] == [N, 2 * N] and all(e["seconds"] > 0 for e in written)
 
 
 def _ranks_of(marker: str) -> dict[int, int]:
