@@ -62,10 +62,34 @@ class CheckpointOptions:
     keep_checkpoints: Annotated[int, typer.Option(
         metavar="K", min=1, rich_help_panel=PANEL_CHECKPOINTS,
         help="Keep the K latest complete checkpoints; older ones are removed.")] = 2
+    checkpoint_on_signal: Annotated[str, typer.Option(
+        metavar="SIG", rich_help_panel=PANEL_CHECKPOINTS,
+        help="This signal (USR1, USR2, TERM, INT or HUP) writes a checkpoint at the end of the current step and "
+             "ends the run 'interrupted', exit 130, even without --checkpoint-every: a scheduler's warning before "
+             "it kills the job (Slurm: --signal=B:USR1@120, or TERM at preemption). Ctrl-C, SIGTERM and SIGHUP "
+             "still stop a run (and checkpoint it when --checkpoint-every is given).")] = "USR1"
     resume: Annotated[Path | None, typer.Option(
         metavar="RUN_DIR", rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
         help="Continue this run from its latest checkpoint, with its recorded options, in the same run "
              "directory (the original's --from-checkpoint). --steps/--epochs may extend it.")] = None
+
+
+#: What --checkpoint-on-signal accepts (with or without the SIG prefix).
+CHECKPOINT_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP")
+
+
+def checkpoint_signal(name: str | None) -> int | None:
+    """The signal number --checkpoint-on-signal names (None: none given), or a one-line error."""
+    import signal
+
+    if name is None:
+        return None
+    text = str(name).strip().upper()
+    text = text[3:] if text.startswith("SIG") else text
+    if text not in CHECKPOINT_SIGNALS:
+        raise UsageError(f"--checkpoint-on-signal {name}: use one of {', '.join(CHECKPOINT_SIGNALS)} (SIGUSR1 is "
+                         "the default; TERM for a scheduler's preemption)")
+    return int(getattr(signal, f"SIG{text}"))
 
 
 @dataclass(frozen=True)
@@ -417,7 +441,8 @@ class Checkpointer:
     writes the manifest once it knows every rank has passed that step (the step reports tell it), and prunes."""
 
     def __init__(self, run_dir: Path | None, every: int | None, keep: int, rank: int, size: int,
-                 backend: str | None, log: Callable[..., None], identity: dict[str, Any] | None = None):
+                 backend: str | None, log: Callable[..., None], identity: dict[str, Any] | None = None,
+                 on_written: Callable[[int, float, float, int], None] | None = None):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.every = every
         self.keep = keep
@@ -425,12 +450,19 @@ class Checkpointer:
         self.backend = backend
         self.log = log
         self.identity = dict(identity or {})
+        self.on_written = on_written
         self.last_saved: int | None = None
         self._unconfirmed: dict[int, dict[str, Any]] = {}  # rank 0: step -> manifest info
 
     @property
     def enabled(self) -> bool:
+        """Checkpoints every N steps (and at the end of a run that stopped)."""
         return self.every is not None and self.run_dir is not None
+
+    @property
+    def can_write(self) -> bool:
+        """A checkpoint can be written (the run directory is known): a --checkpoint-on-signal stop writes one."""
+        return self.run_dir is not None
 
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
@@ -449,14 +481,20 @@ class Checkpointer:
             self.confirmed(step)
         return done
 
-    def save(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
-        """This rank's file of `step`; on rank 0, `info` (counters, elapsed time) waits for the manifest."""
-        started = time.perf_counter()
-        save_rank(self.run_dir, step, self.rank, state, self.backend)
+    def save(self, step: int, state: dict[str, Any], info: dict[str, Any], started: float | None = None) -> None:
+        """This rank's file of `step`; on rank 0, `info` (counters, elapsed time) waits for the manifest.
+        `started`: when gathering the state began (time.time(); default now): the write time counts from there.
+        Rank 0 hands the time to `on_written(step, start, end, bytes)` (the recorder: trace, live view, summary)."""
+        started = time.time() if started is None else started
+        path = save_rank(self.run_dir, step, self.rank, state, self.backend)
+        ended = time.time()
         self.last_saved = step
         if self.rank == 0:
-            self._unconfirmed[step] = {**self.identity, **info,
-                                       "save_seconds": round(time.perf_counter() - started, 3)}
+            size = path.stat().st_size
+            self._unconfirmed[step] = {**self.identity, **info, "save_seconds": round(ended - started, 4),
+                                       "rank0_bytes": size}
+            if self.on_written is not None:
+                self.on_written(step, started, ended, size)
 
     def confirmed(self, step: int) -> None:
         """Rank 0: every rank has passed `step` (so each wrote its file before): complete the checkpoint."""
@@ -465,7 +503,8 @@ class Checkpointer:
             return
         write_manifest(self.run_dir, step, self.size, info)
         removed = prune(self.run_dir, self.keep)
-        self.log("checkpoint written", step=step, folder=str(step_dir(self.run_dir, step)), removed=removed)
+        self.log("checkpoint written", step=step, folder=str(step_dir(self.run_dir, step)), removed=removed,
+                 seconds=info.get("save_seconds"), rank0_bytes=info.get("rank0_bytes"))
 
 
 class CheckpointingMixin:
@@ -482,18 +521,22 @@ class CheckpointingMixin:
 
     def make_checkpointer(self) -> Checkpointer:
         c = self.context.config  # type: ignore[attr-defined]
+        recorder = getattr(self.context, "recorder", None)  # type: ignore[attr-defined]
         return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),  # type: ignore
                             int(c.get("keep_checkpoints") or 2), self.rank, self.size,  # type: ignore[attr-defined]
                             self.context.request.backend, self.context.log,  # type: ignore[attr-defined]
-                            identity(self.context.request))  # type: ignore[attr-defined]
+                            identity(self.context.request),  # type: ignore[attr-defined]
+                            on_written=getattr(recorder, "checkpoint_written", None))
 
     def save_checkpoint(self, checkpointer: Checkpointer, step: int, epoch: float, **info: Any) -> None:
         """This rank's file of `step` (its state now); rank 0's manifest will record the counters and the run's
         elapsed time, where a resumed run's clock continues."""
+        started = time.time()
         recorder = self.context.recorder  # type: ignore[attr-defined]
-        elapsed = time.time() - recorder.origin if recorder is not None else 0.0
+        elapsed = started - recorder.origin if recorder is not None else 0.0
         checkpointer.save(step, self.checkpoint_state(),  # type: ignore[attr-defined]
-                          {"examples": self.examples, "epoch": epoch, "elapsed": elapsed, **info})  # type: ignore
+                          {"examples": self.examples, "epoch": epoch, "elapsed": elapsed, **info},  # type: ignore
+                          started=started)
 
     def restore_checkpoint(self, resume: ResumePoint) -> dict[str, Any]:
         """Load this rank's state of `resume` (one line for a checkpoint of another size or model); returns it."""

@@ -118,7 +118,8 @@ def host_options(hosts: str | None) -> list[str]:
     return ["-hosts", hosts]
 
 
-def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | None, env: dict[str, str]) -> JobEnd:
+def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | None, env: dict[str, str],
+             checkpoint_signal: int | None = None) -> JobEnd:
     """Run this same command as an MPI job of workers + 1 ranks, wait for it and say how it ended.
 
     The job never outlives this process and stops the way the README promises:
@@ -133,6 +134,9 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
       SIGKILL the ranks, remote ones included, when mpiexec disappears), and no dump is printed;
     - if this process is itself killed hard (kill -9), Linux's parent-death signal SIGKILLs mpiexec, and the
       ranks go with it.
+    - the run's --checkpoint-on-signal (`checkpoint_signal`) is heeded too; when it is not one of the stop signals
+      (SIGUSR1, SIGUSR2) it is passed on as itself (hydra forwards SIGUSR1/2 to every rank), so that the ranks
+      know a checkpoint is asked for; they stop after their step and write it;
     When our stderr is a terminal its width is passed to the ranks as TERMINAL_WIDTH_VARIABLE, so rank 0 can
     draw the live table through mpiexec's output pipes.
     """
@@ -144,7 +148,7 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
         child_env[TERMINAL_WIDTH_VARIABLE] = str(width)
     else:
         child_env.pop(TERMINAL_WIDTH_VARIABLE, None)
-    forwarder = _Forwarder(local_ranks=None if hosts else workers + 1)
+    forwarder = _Forwarder(local_ranks=None if hosts else workers + 1, checkpoint_signal=checkpoint_signal)
     watcher = _LaunchWatcher() if hosts else None
     with forwarder.installed():
         process = subprocess.Popen(command, env=child_env, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -266,13 +270,15 @@ def _pump_stdout(stream: Any) -> None:
 
 #: The signals that stop a job: Ctrl-C, a polite kill (timeout, batch schedulers), a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-def heeded_signals() -> list[int]:
-    """The stop signals this process should act on: those its starter did not set to be ignored.
+def heeded_signals(extra: int | None = None) -> list[int]:
+    """The stop signals this process should act on: those its starter did not set to be ignored (`extra`: the
+    run's --checkpoint-on-signal, heeded as well).
 
     `nohup` ignores SIGHUP, and a shell script's `command &` ignores SIGINT (and SIGQUIT): a run started that way
     must keep running when the terminal closes or Ctrl-C is pressed, as any other program would.
     """
-    return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+    signals = [*STOP_SIGNALS, *([extra] if extra is not None and extra not in STOP_SIGNALS else [])]
+    return [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
 
 
 #: Longest wait, after a first stop signal, for starting ranks to install their SIGTERM handler.
@@ -292,8 +298,9 @@ class _Forwarder:
     waits until they all handle SIGTERM.
     """
 
-    def __init__(self, local_ranks: int | None) -> None:
+    def __init__(self, local_ranks: int | None, checkpoint_signal: int | None = None) -> None:
         self.local_ranks = local_ranks
+        self.checkpoint_signal = checkpoint_signal
         self.first: int | None = None
         self.count = 0
         self.process: subprocess.Popen | None = None
@@ -305,7 +312,7 @@ class _Forwarder:
         if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
             yield
             return
-        previous = {sig: signal.signal(sig, self._handle) for sig in heeded_signals()}
+        previous = {sig: signal.signal(sig, self._handle) for sig in heeded_signals(self.checkpoint_signal)}
         try:
             yield
         finally:
@@ -348,14 +355,21 @@ class _Forwarder:
             kill_job(process.pid)
         elif self._held() and (time.monotonic() >= self._deadline or self._ranks_ready(process.pid)):
             self._forwarded = True
-            _send(process.pid, signal.SIGTERM)  # hydra passes SIGTERM on to every rank, quietly
+            _send(process.pid, self._passed_on)  # hydra passes SIGTERM (or SIGUSR1/2) on to every rank, quietly
+
+    @property
+    def _passed_on(self) -> int:
+        """What the ranks get for our first signal: SIGTERM, or the checkpoint signal when it is not a stop one."""
+        first = self.first
+        return first if first is not None and first == self.checkpoint_signal and first not in STOP_SIGNALS \
+            else signal.SIGTERM
 
     def _ranks_ready(self, mpiexec_pid: int) -> bool:
         """Whether every rank on this host exists and handles SIGTERM (always True when we cannot tell)."""
         if self.local_ranks is None or not os.path.isdir("/proc"):
             return True
         ranks = [pid for pid in _descendants(mpiexec_pid) if _is_rank(pid)]
-        return len(ranks) >= self.local_ranks and all(_catches(pid, signal.SIGTERM) for pid in ranks)
+        return len(ranks) >= self.local_ranks and all(_catches(pid, self._passed_on) for pid in ranks)
 
 
 def _is_rank(pid: int) -> bool:

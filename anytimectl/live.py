@@ -166,6 +166,7 @@ class LiveView:
         self.accuracy: float | None = None
         self.epoch = 0.0
         self._last_line = 0.0
+        self._checkpoint = ""  # the last checkpoint's step and write time
         self._live: Live | None = None
         self.progress = Progress(steps, epochs)
 
@@ -188,6 +189,10 @@ class LiveView:
     def note(self, message: str) -> None:
         if self.mode != "off":
             self.console.print(message, highlight=False)
+
+    def checkpoint(self, step: int, seconds: float) -> None:
+        """Rank 0 wrote the checkpoint of `step` in `seconds`: shown in the header until the next one."""
+        self._checkpoint = f"  ckpt @{step} {seconds:.2f}s"
 
     def update(self, record: StepRecord | None = None, ranks: list[int] | None = None,
                rows: np.ndarray | None = None) -> None:
@@ -216,7 +221,7 @@ class LiveView:
         progress = self.progress.text(self.step, self.epoch, time.time()) or f"step {self.step}"
         epoch = "" if self.progress.by_epochs(self.step, self.epoch) else f"epoch {self.epoch:.2f}  "
         return (f"{progress}  elapsed {elapsed:.1f}s  loss {self.loss:.4f}  test acc {accuracy}  "
-                f"{epoch}{rate:.2f} steps/s")
+                f"{epoch}{rate:.2f} steps/s{self._checkpoint}")
 
     def _line(self) -> str:
         utilisation = [w.utilisation for w in self.ranks.values()]

@@ -50,6 +50,9 @@ class Recorder:
         self.steps = 0
         self.examples = 0.0
         self.row_count = 0
+        #: checkpoints rank 0 wrote in this job: count, seconds (total, longest), bytes of rank 0's files
+        self.checkpoints = {"count": 0, "seconds": 0.0, "max_seconds": 0.0, "bytes": 0}
+        self.checkpoint_pid = 0 if has_master else 1  # rank 0's row in the trace: the master, or worker 1
         self._records: dict[int, StepRecord] = {}  # steps whose rows have not all arrived
         self._row_steps: dict[int, tuple[int, float, float]] = {}  # step -> (rows, examples, wait) before its record
         #: how rank 0 is named in the summary: "master", or "rank0" in the methods without a master
@@ -96,6 +99,20 @@ class Recorder:
         else:
             self._records[record.step] = record
         self.run_dir.trace.flush()
+
+    def checkpoint_written(self, step: int, start: float, end: float, size: int) -> None:
+        """Rank 0 wrote its checkpoint file of `step` (gathering the state included): a trace span, the live
+        view's last write time, the summary's totals."""
+        seconds = end - start
+        totals = self.checkpoints
+        totals["count"] += 1
+        totals["seconds"] += seconds
+        totals["max_seconds"] = max(totals["max_seconds"], seconds)
+        totals["bytes"] += size
+        self.run_dir.trace.span("checkpoint", self.checkpoint_pid, start, end, step=step, bytes=size)
+        shown = getattr(self.view, "checkpoint", None)
+        if shown is not None:
+            shown(step, seconds)
 
     def rows(self, ranks: list[int], rows: np.ndarray, record: StepRecord | None = None) -> None:
         """Rows of one step (every rank that took part), written at once."""
@@ -193,6 +210,11 @@ class Recorder:
             # Rank 0's CPU time over the run (threads included): shows what waiting costs it.
             f"{self.rank0_name}_cpu_fraction": (time.process_time() - self.cpu_start) / wall if wall > 0 else None,
         }
+        totals = self.checkpoints
+        if totals["count"]:
+            summary.update(checkpoints_written=totals["count"], checkpoint_time_s=totals["seconds"],
+                           checkpoint_max_s=totals["max_seconds"], checkpoint_bytes_rank0=totals["bytes"],
+                           checkpoint_fraction=totals["seconds"] / wall if wall > 0 else None)
         summary.update(extra)
         return summary
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from anytimectl import __version__
+from anytimectl.checkpoints import checkpoint_signal
 from anytimectl.errors import OutputError, UsageError
 from anytimectl.launch import (
     RUN_DIR_VARIABLE,
@@ -59,8 +60,12 @@ class Stopper:
     stops at once (KeyboardInterrupt, recorded as `interrupted`). With `at_once` (the studies, which have no
     steps to agree on: anytimectl.studies) every signal stops at once."""
 
-    def __init__(self, at_once: bool = False) -> None:
+    def __init__(self, at_once: bool = False, checkpoint_signal: int | None = None) -> None:
         self.reason: str | None = None
+        #: --checkpoint-on-signal: this signal stops the run like the others and asks for a checkpoint of the
+        #: last step (`checkpoint_requested`).
+        self.checkpoint_signal = checkpoint_signal
+        self.checkpoint_requested = False
         #: The last signal received (None: none yet).
         self.signum: int | None = None
         #: Before the run starts there is no step to finish: a signal then ends the start-up at once.
@@ -75,7 +80,7 @@ class Stopper:
 
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in heeded_signals():
+        for sig in heeded_signals(self.checkpoint_signal):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -85,6 +90,8 @@ class Stopper:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        if signum == self.checkpoint_signal:
+            self.checkpoint_requested = True
         if self.at_once:
             self.reason = f"interrupted by {signal_words(signum)}"
             raise KeyboardInterrupt(self.reason)
@@ -152,7 +159,7 @@ def run(request: RunRequest) -> int:
     workers = request.launch.workers
     if not in_mpi_job() and workers:
         return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master))
-    stopper = Stopper()
+    stopper = Stopper(checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
     stopper.install()  # first: the re-launching parent holds a stop signal until every rank can take it
     rank = start_rank(request.launch.threads)
     _check_world(rank, workers, protocol_class.has_master)
@@ -184,7 +191,8 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
     before = leftovers.snapshot()
     try:
         end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
-                       {RUN_DIR_VARIABLE: str(run_dir)})
+                       {RUN_DIR_VARIABLE: str(run_dir)},
+                       checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
     except BaseException:
         _release(run_dir)
         raise

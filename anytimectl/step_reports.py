@@ -40,19 +40,22 @@ class StepReports:
         self.row_length = row_length
         self.lag = lag
         self.last_step: int | None = None  # agreed: no rank starts a step after it
+        #: agreed: the stop wish asked for a checkpoint of the last step (--checkpoint-on-signal on some rank)
+        self.checkpoint_wished = False
         self._outstanding: deque[_Report] = deque()
         self._done: list[tuple[int, np.ndarray]] = []
 
-    def post(self, step: int, row: np.ndarray, stop: bool) -> None:
-        """This rank's row of `step` and whether it wishes to stop; returns at once."""
+    def post(self, step: int, row: np.ndarray, stop: bool | int) -> None:
+        """This rank's row of `step` and whether it wishes to stop (2: stop and checkpoint the last step; the
+        ranks agree on the largest wish); returns at once."""
         row = np.ascontiguousarray(row, dtype=np.float64)
         assert row.shape == (self.row_length,)
         if self.comm is None:
-            self._complete(_Report(step, Pending(), row[None, :].copy(), np.array([1 if stop else 0])), wait=False)
+            self._complete(_Report(step, Pending(), row[None, :].copy(), np.array([int(stop)])), wait=False)
             return
         mpi = self.comm.mpi
         rows = np.empty((self.comm.size, self.row_length)) if self.comm.rank == 0 else None
-        wish = np.array([1 if stop else 0], dtype=np.int32)
+        wish = np.array([int(stop)], dtype=np.int32)
         agreed = np.zeros(1, dtype=np.int32)
         from mpi4py import MPI
 
@@ -94,5 +97,7 @@ class StepReports:
             report.pending.wait()
         if report.wish[0] and self.last_step is None:
             self.last_step = report.step + self.lag - 1
+        if report.wish[0] >= 2:
+            self.checkpoint_wished = True
         if report.rows is not None:
             self._done.append((report.step, report.rows))

@@ -46,6 +46,11 @@ def prepare(launch: LaunchOptions, data: DataOptions, length: LengthOptions, str
     the simulated backend's training set, read from no file (its size is `--sim-examples`)."""
     model = resolve_model(data, backend)
     workers = launch.workers
+    for group in groups:  # the checkpoint group: its signal's name, checked before launch
+        if hasattr(group, "checkpoint_on_signal"):
+            from anytimectl.checkpoints import checkpoint_signal
+
+            checkpoint_signal(group.checkpoint_on_signal)
     check_stragglers(stragglers, list(range(1, workers + 1)) if workers else [])
     check_devices(launch, backend)
     check_workers(launch, backend, (workers or 0) + 1 if has_master else (workers or 1))

@@ -21,7 +21,9 @@ import typer
 
 from anytimectl import exchange as registry
 from anytimectl import options as opt
+from anytimectl.checkpoints import CheckpointOptions
 from anytimectl.commands.common import Batch, exit_with, prepare, resolve_model, run_request
+from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import MODE_ALIASES, MODES, ExchangeOptions
 from anytimectl.options import (
@@ -35,6 +37,11 @@ from anytimectl.options import (
 )
 
 BACKEND = "torch"
+#: --resume (commands/resume.py): the exchange's state (error-feedback memory, PowerSGD's Q, codec random
+#: streams) is in the checkpoint; the length is fixed because the recipe's rate falls to 0 at the run's end.
+RESUME = ResumeRules(command="compress", method="compress", protocol="compressed", extendable=(),
+                     fixed_length="the recipe's learning rate falls to 0 at the run's end, so a longer run would "
+                                  "be another schedule")
 PANEL_COMPRESSION = "Compression"
 #: the library's canonical names (backends/torch/compression/compressors.py), and the original's spellings
 METHODS = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd")
@@ -96,8 +103,9 @@ _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/
 
 @with_option_groups(test_size=-1, log_every=None, compressor="topk")  # --log-every left out: once an epoch
 def train(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
-    output: opt.OutputOptions, exchange: ExchangeOptions,
+    output: opt.OutputOptions, exchange: ExchangeOptions, checkpoints: CheckpointOptions,
     method: Annotated[str | None, aliased_choice(
         registry.names(), registry.aliases(), hidden=True,
         help="The compressor's former name: --compressor.")] = None,
@@ -145,7 +153,12 @@ def train(
           --data-dir ~/data --model resnet9 --compressor terngrad --epochs 24
       anytimectl compress train --workers 2 --compressor Thresholdv -V 0.01
       anytimectl plot runs/compress-* --type accuracy_vs_bytes
+      anytimectl compress train --workers 2 --checkpoint-every 100 --name c1
+      anytimectl compress train --resume runs/c1
     """
+    if checkpoints.resume is not None:
+        exit_with(resume_run(RESUME, given_options(ctx), ctx.params, checkpoints, launch, length, output))
+        return
     if method is not None:
         if exchange.compressor not in ("topk", method):  # --compressor given too, and different
             raise UsageError(f"--method {method} and --compressor {exchange.compressor} disagree; give one "
@@ -159,7 +172,7 @@ def train(
     ranks = workers if workers else 1
     batch = batch_size if batch_size is not None else recipe.batch_size
     optimizer = opt.OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
-    config = prepare(launch, data, length, stragglers, optimizer, backend=BACKEND, has_master=False,
+    config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
                      batch=Batch(batch, distinct=True))
     chosen = augment if augment != "auto" else ("cifar" if data.dataset == "cifar10" else "none")
     if chosen == "cifar":

@@ -8,7 +8,9 @@ import typer
 
 from anytimectl import options as opt
 from anytimectl.batch_policies import PANEL_POLICY, PolicyOptions
+from anytimectl.checkpoints import CheckpointOptions
 from anytimectl.commands.common import Batch, exit_with, prepare, run_request
+from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.input_transform import InputTransform
@@ -18,6 +20,8 @@ from anytimectl.options import (
 
 DEFAULT_EPOCHS = 10.0
 PANEL_INPUT = "Input images"
+#: --resume (commands/resume.py): every policy's state and history is in the checkpoint; the run may be extended.
+RESUME = ResumeRules(command="train", method="dynamic", protocol="dynamic")
 
 
 def _option(text: str, metavar: str = "N", panel: str = PANEL_INPUT, **extra) -> typer.models.OptionInfo:
@@ -26,8 +30,10 @@ def _option(text: str, metavar: str = "N", panel: str = PANEL_INPUT, **extra) ->
 
 @with_option_groups()
 def dynamic(
+    ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, exchange: ExchangeOptions, batches: PolicyOptions,
+    checkpoints: CheckpointOptions,
     batch_size: Annotated[int, _option("Examples per worker per step at the start.", panel=PANEL_POLICY, min=1)]
     = 32,
     lr_scaling: Annotated[Literal["linear", "sqrt", "none"], typer.Option(
@@ -85,7 +91,12 @@ def dynamic(
           --model resnet18 --policy dbs
       anytimectl train dynamic --workers 2 --dataset mnist --data-dir ~/data \\
           --model resnet18 --resize 224 --channels 3 --normalize imagenet
+      anytimectl train dynamic --workers 4 --checkpoint-every 100 --name d1
+      anytimectl train dynamic --resume runs/d1 --epochs 20
     """
+    if checkpoints.resume is not None:
+        exit_with(resume_run(RESUME, given_options(ctx), ctx.params, checkpoints, launch, length, output))
+        return
     from anytimectl.comm.transport import check_transport  # the comm package: not loaded for --help
 
     workers = launch.workers
@@ -94,7 +105,8 @@ def dynamic(
     if batches.min_batch > batches.max_batch and batches.policy != "dbs":  # dbs has no per-worker ceiling
         raise UsageError(f"--min-batch {batches.min_batch} exceeds --max-batch {batches.max_batch}")
     batches.make(max(1, workers or 1), batch_size)  # every bad combination fails here, once
-    config = prepare(launch, data, length, stragglers, optimizer, batches, backend=backend, has_master=False,
+    config = prepare(launch, data, length, stragglers, optimizer, batches, checkpoints, backend=backend,
+                     has_master=False,
                      batch=Batch(batch_size, distinct=True), transform=InputTransform(resize, channels, normalize))
     epochs = length.epochs
     if length.steps is None and length.epochs is None and length.target_accuracy is None:

@@ -237,6 +237,8 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
                 else:
                     recorder.step(record)
             wish = context.stopper.reason is not None or (target is not None and best is not None and best >= target)
+            if wish and getattr(context.stopper, "checkpoint_requested", False):
+                wish = 2  # --checkpoint-on-signal: every rank checkpoints the agreed last step
             if checkpointer.due(step):  # before the report: a completed report of this step means every file is written
                 self.save_checkpoint(checkpointer, step, epoch)
             reports.post(step, self.clock.snapshot(), wish)
@@ -244,7 +246,8 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
                 for done, rows in reports.completed():
                     recorder.rows(ranks, rows)
                     checkpointer.confirmed(done)
-        if checkpointer.enabled and checkpointer.last_saved != step and step > self.start_step:
+        wanted = checkpointer.enabled or (reports.checkpoint_wished and checkpointer.can_write)
+        if wanted and checkpointer.last_saved != step and step > self.start_step:
             self.save_checkpoint(checkpointer, step, epoch)  # the last step: a stopped run resumes where it stopped
             if self.comm is not None:
                 self.comm.barrier()  # sleep-polled: every rank's file is written
