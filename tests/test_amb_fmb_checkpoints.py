@@ -256,3 +256,38 @@ def test_tensorflow_amb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
     straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
     assert_same_tables(straight, resumed, 40, 2)
     assert_same_final_state(straight, resumed, 40, 3)
+
+
+@pytest.mark.parametrize("protocol", ["sync", "async"])
+def test_checkpoint_on_signal_saves_the_last_step_and_the_run_resumes_from_it(tmp_path, protocol):
+    """A scheduler's warning signal (--checkpoint-on-signal, default SIGUSR1) to the launcher, without
+    --checkpoint-every: every rank saves the step the master ended with, the run ends interrupted (exit 130) and
+    --resume continues from that step."""
+    run = tmp_path / "warned"
+    args = ["train", "amb", "--protocol", protocol, "--workers", "2", "--partitions", "4", *SIM, "--steps",
+            "100000", "--out", str(tmp_path), "--name", "warned"]
+    process = subprocess.Popen([sys.executable, "-m", "anytimectl", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        master = run / "master_stats.csv"
+        while not (master.is_file() and len(master.read_text().splitlines()) > 4):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGUSR1)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, stderr
+    meta = metadata(run)
+    assert meta["status"] == "interrupted"
+    steps = meta["summary"]["steps"]
+    point = checkpoints.latest(run)
+    assert point is not None and point.step == steps and point.manifest["ranks"] == 3
+    anytimectl("train", "amb", "--resume", str(run), "--steps", str(steps + 5), "--quiet")
+    meta = metadata(run)
+    assert meta["status"] == "completed" and meta["resumes"][0]["from_step"] == steps
+    assert table(run, "master_stats")["step"].tolist() == list(range(1, steps + 6))
