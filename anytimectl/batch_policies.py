@@ -31,11 +31,13 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from functools import partial
+from typing import Annotated, ClassVar, Literal, get_args
 
 import typer
 
 from anytimectl.errors import UsageError
+from anytimectl.options import option
 
 POLICIES = ("static", "increasing", "decreasing", "loss", "progress", "probe", "dbs")
 
@@ -303,8 +305,7 @@ Policy = Literal["static", "increasing", "decreasing", "loss", "progress", "prob
 assert get_args(Policy) == POLICIES
 
 
-def _knob(text: str, metavar: str = "N", **extra: Any) -> Any:
-    return typer.Option(metavar=metavar, rich_help_panel=PANEL_POLICY, help=text, **extra)
+_knob = partial(option, metavar="N", panel=PANEL_POLICY)
 
 
 @dataclass(frozen=True)
@@ -319,16 +320,17 @@ class PolicyOptions:
     min_batch: Annotated[int, _knob("Smallest per-worker batch a policy may choose.", min=1)] = 4
     max_batch: Annotated[int, _knob("Largest per-worker batch (not for dbs, whose global batch is fixed).",
                                     min=1)] = 128
-    every: Annotated[int, _knob("increasing, decreasing: epochs between changes; probe: epochs per size.", "E",
+    every: Annotated[int, _knob("increasing, decreasing: epochs between changes; probe: epochs per size.", metavar="E",
                                 min=1)] = 1
-    loss_weight: Annotated[float, _knob("loss: weight of the mean epoch loss in the score.", "W")] = 0.8
-    time_weight: Annotated[float, _knob("loss: weight of the mean epoch time (s) in the score.", "W")] = 0.2
+    loss_weight: Annotated[float, _knob("loss: weight of the mean epoch loss in the score.", metavar="W")] = 0.8
+    time_weight: Annotated[float, _knob("loss: weight of the mean epoch time (s) in the score.", metavar="W")] = 0.2
     tolerance: Annotated[float, _knob("loss: score change that counts (the original's 10 was for summed losses "
-                                      "and 500 s epochs).", "T", min=0)] = 0.05
-    progress_k: Annotated[int, _knob("progress: epochs in Prechelt's strip.", "K", min=1)] = 5
-    progress_threshold: Annotated[float, _knob("progress: double when P_k (per mille) is below this.", "P",
+                                      "and 500 s epochs).", metavar="T", min=0)] = 0.05
+    progress_k: Annotated[int, _knob("progress: epochs in Prechelt's strip.", metavar="K", min=1)] = 5
+    progress_threshold: Annotated[float, _knob("progress: double when P_k (per mille) is below this.", metavar="P",
                                                min=0)] = 10.0
-    target_epoch_time: Annotated[float, _knob("progress: double when an epoch takes longer (s).", "S")] = 60.0
+    target_epoch_time: Annotated[float, _knob("progress: double when an epoch takes longer (s).", metavar="S",
+                                              above=0)] = 60.0
     probe_sizes: Annotated[int, _knob("probe: sizes to try (b, 2b, 4b, ...).", min=1)] = 4
     window: Annotated[int | None, _knob("dbs: re-balance every N steps (default: every epoch).", min=1,
                                         show_default=False)] = None

@@ -23,8 +23,9 @@ from anytimectl.errors import OutputError, UsageError
 from anytimectl.partitions import partitions_app
 from anytimectl.plots.command import plot
 
-# rich_markup_mode=None: help paragraphs are re-flowed to the terminal's width (rich mode keeps the docstrings'
-# line breaks, which wrap raggedly at 80 columns); `\b` blocks (the examples) keep theirs.
+# rich_markup_mode=None: Click's plain help, which re-flows paragraphs to the terminal's width and keeps `\b`
+# blocks (the examples) as written. The options still show under their `rich_help_panel` headings: options.py
+# formats them panel by panel (`format_options_in_panels`) without importing rich, which costs about a second.
 app = typer.Typer(
     name="anytimectl",
     help="Straggler-aware distributed training experiments under one MPI launcher.\n\n"
@@ -125,7 +126,7 @@ def _bad_value_message(error: TyperException, argv: list[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     value = None
     for index, arg in enumerate(args):
-        for name in names:
+        for name in getattr(param, "opts", []):  # short spellings too (-K 1.5 is --ratio 1.5)
             if arg == name and index + 1 < len(args):
                 value = args[index + 1]
             elif arg.startswith(name + "="):

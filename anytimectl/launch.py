@@ -83,6 +83,11 @@ class JobEnd:
 
     code: int
     signal: int | None = None
+    #: The ranks seen to end first, as (rank, pid) (several when they ended between two looks): read through
+    #: pidfds on this host (and on emulated hosts, which share its processes); empty where none could be watched
+    #: or none ended before mpiexec. After a failure, this names the rank that was killed or crashed: mpiexec's
+    #: own report ("BAD TERMINATION ... PID") names any process of the job, often a survivor it killed itself.
+    first_ended: tuple[tuple[int, int], ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -148,7 +153,8 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
         child_env[TERMINAL_WIDTH_VARIABLE] = str(width)
     else:
         child_env.pop(TERMINAL_WIDTH_VARIABLE, None)
-    forwarder = _Forwarder(local_ranks=None if hosts else workers + 1, checkpoint_signal=checkpoint_signal)
+    forwarder = _Forwarder(local_ranks=None if hosts else workers + 1, ranks=workers + 1,
+                           checkpoint_signal=checkpoint_signal)
     watcher = _LaunchWatcher() if hosts else None
     with forwarder.installed():
         process = subprocess.Popen(command, env=child_env, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -167,7 +173,7 @@ def relaunch(workers: int, argv: list[str], mpiexec: str | None, hosts: str | No
             f"--hosts {hosts}: mpiexec could not start its proxy on every host (the launcher's message is above); "
             "check that each host is reachable without a password (ssh HOST true) under the name given, or set "
             "HYDRA_LAUNCHER / HYDRA_LAUNCHER_EXEC for your site's launcher")
-    return JobEnd(code, forwarder.first)
+    return JobEnd(code, forwarder.first, tuple(forwarder.watch.first_ended))
 
 
 class _LaunchWatcher:
@@ -298,8 +304,9 @@ class _Forwarder:
     waits until they all handle SIGTERM.
     """
 
-    def __init__(self, local_ranks: int | None, checkpoint_signal: int | None = None) -> None:
+    def __init__(self, local_ranks: int | None, ranks: int = 0, checkpoint_signal: int | None = None) -> None:
         self.local_ranks = local_ranks
+        self.watch = _RankWatch(ranks)
         self.checkpoint_signal = checkpoint_signal
         self.first: int | None = None
         self.count = 0
@@ -320,19 +327,26 @@ class _Forwarder:
                 signal.signal(sig, handler)
 
     def wait(self, process: subprocess.Popen) -> int:
-        """Wait for the job to end, acting on signals; returns mpiexec's exit status."""
+        """Wait for the job to end, acting on signals and watching its ranks; returns mpiexec's exit status."""
         self.process = process
-        while True:
-            self._act()
-            timeout = _READY_POLL if self._held() else None
-            try:
-                self._waiting = True
+        self.watch.start(process.pid)
+        try:
+            while True:
+                self._act()
+                timeout = _READY_POLL if self._held() else self.watch.next_look()
                 try:
-                    return process.wait(timeout)
-                finally:
-                    self._waiting = False
-            except (subprocess.TimeoutExpired, _Wake):
-                continue
+                    self._waiting = True
+                    try:
+                        if self.watch.wait(timeout):
+                            return process.wait()
+                        if not self.watch.active:
+                            return process.wait(timeout)
+                    finally:
+                        self._waiting = False
+                except (subprocess.TimeoutExpired, _Wake):
+                    continue
+        finally:
+            self.watch.close()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.first is None:
@@ -370,6 +384,94 @@ class _Forwarder:
             return True
         ranks = [pid for pid in _descendants(mpiexec_pid) if _is_rank(pid)]
         return len(ranks) >= self.local_ranks and all(_catches(pid, self._passed_on) for pid in ranks)
+
+
+class _RankWatch:
+    """Which rank of the job ends first, seen through pidfds (Linux 5.3+): the job's ranks are found below mpiexec
+    in /proc (their rank from PMI_RANK in their environment), looked for again and again, less and less often,
+    until all `ranks` are found; the wait for mpiexec then also wakes when a rank ends. Where pidfds or /proc are
+    missing it does nothing (`active` is False) and the caller waits for mpiexec alone."""
+
+    _FIRST_LOOK, _LAST_LOOK = 0.25, 5.0
+
+    def __init__(self, ranks: int) -> None:
+        self.ranks = ranks
+        self.first_ended: list[tuple[int, int]] = []
+        self.active = False
+        self._root = 0
+        self._mpiexec: int | None = None  # a pidfd of mpiexec
+        self._fds: dict[int, tuple[int, int]] = {}  # pidfd -> (rank, pid)
+        self._found: set[int] = set()  # pids looked at already
+        self._interval = self._FIRST_LOOK
+        self._next = 0.0
+
+    def start(self, mpiexec_pid: int) -> None:
+        if self.ranks < 1 or not hasattr(os, "pidfd_open") or not os.path.isdir("/proc"):
+            return
+        try:
+            self._mpiexec = os.pidfd_open(mpiexec_pid)
+        except OSError:
+            return
+        self._root, self.active = mpiexec_pid, True
+
+    def next_look(self) -> float | None:
+        """Seconds until the next look for ranks (None: every rank is found, or there is nothing to watch)."""
+        if not self.active or len(self._found) >= self.ranks:
+            return None
+        return max(0.0, self._next - time.monotonic())
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` seconds (None: for ever); True once mpiexec has ended."""
+        if not self.active:
+            return False
+        import select
+
+        if self.next_look() == 0.0:
+            self._look()
+        ready, _, _ = select.select([self._mpiexec, *self._fds], [], [], timeout)
+        ended = [fd for fd in ready if fd in self._fds]
+        if ended and not self.first_ended:
+            self.first_ended = sorted(self._fds[fd] for fd in ended)
+        for fd in ended:
+            del self._fds[fd]
+            os.close(fd)
+        return self._mpiexec in ready
+
+    def _look(self) -> None:
+        for pid in _descendants(self._root):
+            if pid in self._found or not _is_rank(pid):
+                continue
+            rank = _rank_of(pid)
+            if rank is None:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # it ended already: the next look finds the others
+                continue
+            self._found.add(pid)
+            self._fds[fd] = (rank, pid)
+        self._next = time.monotonic() + self._interval
+        self._interval = min(self._LAST_LOOK, self._interval * 2)
+
+    def close(self) -> None:
+        for fd in [*self._fds, *([self._mpiexec] if self._mpiexec is not None else [])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._mpiexec = None
+        self.active = False
+
+
+def _rank_of(pid: int) -> int | None:
+    """The MPI rank of a process that a Hydra proxy started (PMI_RANK in its environment)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            for item in stream.read().split(b"\0"):
+                if item.startswith(b"PMI_RANK="):
+                    return int(item[9:])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _is_rank(pid: int) -> bool:
@@ -604,22 +706,19 @@ def end_rank() -> None:
         mpi.Finalize()
 
 
-#: Modules whose interpreter teardown is slow: after a finished run, TensorFlow's took 4-6 s per process on a busy
-#: 2-core machine (README, "Running on a cluster": measured with tests/cluster), and a job's ranks end only when
-#: the last one has torn down.
-_SLOW_TEARDOWN = ("tensorflow", "torch")
-
-
 def leave_process(code: int) -> NoReturn:
-    """End this process with `code` as soon as its work is recorded, skipping a framework's slow teardown.
+    """End this process with `code` as soon as its work is recorded, skipping the interpreter's slow teardown.
 
-    A process that loaded TensorFlow or torch flushes its output, runs the atexit handlers, finalizes MPI (with
-    code 0 every rank of a job arrives here together, after its last collective; a non-zero code must come after
-    `end_rank`, or the process exits normally) and leaves with `os._exit`: nothing of ours
-    is left to do (the run directory's files are closed by then), and the framework's C++ teardown, which made
-    finished jobs linger for seconds (once for minutes), is skipped. Other processes exit normally.
+    The process flushes its output, runs the atexit handlers, finalizes MPI (with code 0 every rank of a job
+    arrives here together, after its last collective; a non-zero code must come after `end_rank`, or the process
+    exits normally) and leaves with `os._exit`: nothing of ours is left to do (the run directory's files are closed
+    by then), and tearing down the modules is skipped: TensorFlow's and torch's C++ teardown, which made finished
+    jobs linger for seconds (once for minutes), and also the plain interpreter's, which took 1-2.4 s on a busy
+    2-core machine for the launching process (scipy, pandas and scikit-learn come in with the data checks) and
+    about 1 s for a simulated rank (README, "How runs end": tests/bench/teardown.py). A job ends only when its
+    last process has.
     """
-    if not any(name in sys.modules for name in _SLOW_TEARDOWN) or (code and _mpi_running()):
+    if code and _mpi_running():
         # A non-zero exit with MPI still running is one rank leaving alone: the normal exit (MPI_Abort under
         # `python -m mpi4py`) must end the job.
         sys.exit(code)

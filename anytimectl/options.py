@@ -54,6 +54,118 @@ def _flags_without_metavar() -> None:
 
 _flags_without_metavar()
 
+#: the section of the options no panel names (`--help`, a command without panels), printed after the panels
+PANEL_OTHER = "Options"
+
+
+def format_options_in_panels(command: Any, ctx: Any, formatter: Any) -> None:
+    """`--help`'s options grouped under their `rich_help_panel` headings, in the order the command declares them.
+
+    Typer draws panels only through rich (`rich_markup_mode`), which costs a second or more of imports on every
+    `--help` here and squeezes the help column to a few words at 80 columns. This keeps Click's plain layout
+    (paragraphs re-flowed to the terminal, `\\b` blocks kept, options and help side by side) and prints one section
+    per panel instead of one "Options" section."""
+    arguments: list[tuple[str, str]] = []
+    panels: dict[str, list[tuple[str, str]]] = {}
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        if param.param_type_name == "argument":
+            arguments.append(record)
+        else:
+            panels.setdefault(getattr(param, "rich_help_panel", None) or PANEL_OTHER, []).append(record)
+    if arguments:
+        with formatter.section("Arguments"):
+            formatter.write_dl(arguments)
+    other = panels.pop(PANEL_OTHER, [])
+    for name, records in [*panels.items(), *([(PANEL_OTHER, other)] if other else [])]:
+        with formatter.section(name):
+            formatter.write_dl(records)
+
+
+def _panels_in_plain_help() -> None:
+    """Every Typer command and group formats its options with `format_options_in_panels`."""
+    command, group = typer.core.TyperCommand, typer.core.TyperGroup
+    if getattr(command.format_options, "_anytimectl", False):
+        return
+
+    def command_options(self: Any, ctx: Any, formatter: Any) -> None:
+        format_options_in_panels(self, ctx, formatter)
+
+    def group_options(self: Any, ctx: Any, formatter: Any) -> None:
+        format_options_in_panels(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+    command_options._anytimectl = group_options._anytimectl = True  # type: ignore[attr-defined]
+    command.format_options = command_options  # type: ignore[method-assign]
+    group.format_options = group_options  # type: ignore[method-assign]
+
+
+_panels_in_plain_help()
+
+
+# --- declaring an option ---------------------------------------------------------------------------------------------
+def option(help: str, *names: str, metavar: str | None = None, panel: str | None = None,
+           above: float | None = None, parser: Callable[[str], Any] | None = None, shown_range: str | None = None,
+           **extra: Any) -> Any:
+    """The one way a command declares an option: `typer.Option` with its help first and its `--help` panel.
+
+    Ranges go through Typer as its `min`/`max` (inclusive, shown as `[x>=1]`). `above` is an exclusive minimum
+    for a value where the bound itself is refused (`above=0`: a positive number, shown as `[x>0]`; with `max`:
+    `[0<x<=1]`). `parser` with `shown_range`: another rule checked while parsing (`--test-size`: -1 or x>=1).
+    A value out of range ends as one line naming the flag and the value, exit 2, like every parse error."""
+    if above is not None:
+        high = extra.pop("max", None)
+        parser = exclusive_range(above, high)
+        shown_range = f"x>{above:g}" if high is None else f"{above:g}<x<={high:g}"
+    info = typer.Option(*names, metavar=metavar, rich_help_panel=panel, help=help, parser=parser, **extra)
+    info.shown_range = shown_range
+    return info
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise typer.BadParameter("must be a finite number")
+    return number
+
+
+def exclusive_range(low: float, high: float | None = None) -> Callable[[Any], float | None]:
+    """A parser for a number that must exceed `low` (and be at most `high`)."""
+
+    def parse(value: Any) -> float | None:
+        if value is None:
+            return None
+        number = _number(value)
+        if high is None and not number > low:
+            raise typer.BadParameter(f"must be greater than {low:g}")
+        if high is not None and not low < number <= high:
+            raise typer.BadParameter(f"must be in ({low:g}, {high:g}]")
+        return number
+
+    return parse
+
+
+def _ranges_in_help() -> None:
+    """`--help` shows an option's `shown_range` (set by `option`) where Typer would show its `min`/`max`."""
+    original = typer.core.TyperOption._get_number_range_help_str
+    if getattr(original, "_anytimectl", False):
+        return
+
+    def range_help(self: typer.core.TyperOption) -> str | None:
+        shown = getattr(self.type_descriptor.parameter_info, "shown_range", None)
+        return shown or original(self)
+
+    range_help._anytimectl = True  # type: ignore[attr-defined]
+    typer.core.TyperOption._get_number_range_help_str = range_help  # type: ignore[method-assign]
+
+
+_ranges_in_help()
+
 
 def aliased_choice(choices: Iterable[str], aliases: dict[str, str] | None = None, **option: Any) -> Any:
     """A `typer.Option` taking one of `choices`, or an alias of one (case-insensitive), as its canonical name."""
@@ -179,6 +291,17 @@ class OutputOptions(ResultOptions):
         return "json" if self.json else "quiet" if self.quiet else "text"
 
 
+def _test_size(value: Any) -> int:
+    """--test-size: a positive count, or -1 for the whole test split."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"{value!r} is not an integer") from None
+    if size < 1 and size != -1:
+        raise typer.BadParameter("must be positive, or -1 for the whole test split")
+    return size
+
+
 @dataclass
 class LengthOptions:
     """When a run stops (the first condition met) and how often it evaluates."""
@@ -186,25 +309,17 @@ class LengthOptions:
     steps: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_LENGTH, show_default=False,
         help="Stop after this many steps (updates).")] = None
-    epochs: Annotated[float | None, typer.Option(
-        metavar="E", min=0, rich_help_panel=PANEL_LENGTH, show_default=False,
-        help="Stop after this many passes over the training set.")] = None
-    target_accuracy: Annotated[float | None, typer.Option(
-        metavar="ACC", min=0, max=1, rich_help_panel=PANEL_LENGTH, show_default=False,
-        help="Stop at the first evaluation that reaches this test accuracy.")] = None
+    epochs: Annotated[float | None, option(
+        "Stop after this many passes over the training set.", metavar="E", panel=PANEL_LENGTH, above=0,
+        show_default=False)] = None
+    target_accuracy: Annotated[float | None, option(
+        "Stop at the first evaluation that reaches this test accuracy.", metavar="ACC", panel=PANEL_LENGTH,
+        above=0, max=1, show_default=False)] = None
     log_every: Annotated[int, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_LENGTH, help="Evaluate every N steps.")] = 1
-    test_size: Annotated[int, typer.Option(
-        metavar="N", min=-1, rich_help_panel=PANEL_LENGTH,
-        help="Test examples to evaluate on (-1: the whole test split).")] = 500
-
-    def __post_init__(self) -> None:
-        if self.epochs is not None and self.epochs <= 0:
-            raise UsageError(f"--epochs {self.epochs}: must be positive")
-        if self.target_accuracy is not None and self.target_accuracy <= 0:
-            raise UsageError(f"--target-accuracy {self.target_accuracy}: must be in (0, 1]")
-        if self.test_size == 0:
-            raise UsageError("--test-size 0: must be positive, or -1 for the whole test split")
+    test_size: Annotated[int, option(
+        "Test examples to evaluate on (-1: the whole test split).", metavar="N", panel=PANEL_LENGTH,
+        parser=_test_size, shown_range="-1 or x>=1")] = 500
 
 
 DATASET_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
@@ -248,16 +363,24 @@ class DataOptions:
 
 
 @dataclass
-class OptimizerOptions:
+class RateOptions:
+    """The learning rate and the weight decay, the same two options in every training command (a command may
+    change their defaults: `with_option_groups(learning_rate=...)`; None: the command's own, e.g. the dataset's)."""
+
+    learning_rate: Annotated[float, option(
+        "Base learning rate, which the command's schedule scales (train gossip: the dataset's by default).",
+        metavar="LR", panel=PANEL_TRAINING, above=0)] = 1e-3
+    weight_decay: Annotated[float, option(
+        "L2 weight decay, applied once per update.", metavar="WD", panel=PANEL_TRAINING, min=0)] = 5e-4
+
+
+@dataclass
+class OptimizerOptions(RateOptions):
     """The optimizer and its learning-rate schedule (the original's names in the README)."""
 
     optimizer: Annotated[str, aliased_choice(
         OPTIMIZERS, OPTIMIZER_ALIASES, rich_help_panel=PANEL_TRAINING,
         help="rms, adam, sgd or momentum (SGD, momentum 0.9); the original's adm and mom work too.")] = "rms"
-    learning_rate: Annotated[float, typer.Option(
-        metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, help="Base learning rate.")] = 1e-3
-    weight_decay: Annotated[float, typer.Option(
-        metavar="WD", min=0, rich_help_panel=PANEL_TRAINING, help="L2 weight decay, applied once per update.")] = 5e-4
     lr_schedule: Annotated[Literal["const", "linear", "exponential", "epochs", "milestones"], typer.Option(
         rich_help_panel=PANEL_TRAINING,
         help="const; linear (to --lr-linear-end); exponential (--lr-decay-*); epochs (--lr-epochs-*); "
@@ -270,8 +393,8 @@ class OptimizerOptions:
         metavar="F", min=0, rich_help_panel=PANEL_TRAINING, help="exponential: factor per decay.")] = 0.9
     lr_staircase: Annotated[bool, typer.Option(
         rich_help_panel=PANEL_TRAINING, help="exponential: decay in whole steps.")] = True
-    lr_epochs_every: Annotated[float, typer.Option(
-        metavar="E", min=0, rich_help_panel=PANEL_TRAINING, help="epochs: epochs between decays.")] = 10.0
+    lr_epochs_every: Annotated[float, option(
+        "epochs: epochs between decays.", metavar="E", panel=PANEL_TRAINING, above=0)] = 10.0
     lr_epochs_frac: Annotated[float, typer.Option(
         metavar="F", min=0, rich_help_panel=PANEL_TRAINING, help="epochs: factor per decay.")] = 0.5
     lr_milestones: Annotated[list[float] | None, typer.Option(
@@ -282,14 +405,31 @@ class OptimizerOptions:
         metavar="F", min=0, rich_help_panel=PANEL_TRAINING, help="milestones: factor per milestone.")] = 0.1
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise UsageError(f"--learning-rate {self.learning_rate}: must be positive")
-        if self.lr_epochs_every <= 0:
-            raise UsageError(f"--lr-epochs-every {self.lr_epochs_every}: must be positive")
         if self.lr_schedule == "milestones" and not self.lr_milestones:
             raise UsageError("--lr-schedule milestones needs at least one --lr-milestones EPOCH")
         if self.lr_milestones and any(not math.isfinite(m) or m <= 0 for m in self.lr_milestones):
             raise UsageError("--lr-milestones: epochs must be positive, finite numbers")
+
+
+#: --augment, the same names in every command that augments (the protocols' `augment` values, peer.AUGMENTATIONS)
+AUGMENTS = ("auto", "none", "crop-flip", "crop-flip-cutout")
+AUGMENT_ALIASES = {"cifar": "crop-flip-cutout"}
+
+
+def augment_option(auto: str) -> Any:
+    """--augment, declared once; `auto`: what the command's recipe uses on cifar10 (none on other data)."""
+    return aliased_choice(
+        AUGMENTS, AUGMENT_ALIASES, rich_help_panel=PANEL_TRAINING,
+        help="Training-batch augmentation: crop-flip (reflect-pad 4, random crop, horizontal flip), "
+             "crop-flip-cutout (and one 8x8 square of zeros: cifar10-fast's; the former `cifar` works too) or "
+             f"none; auto: {auto} on cifar10, none on other data.")
+
+
+def resolve_augment(augment: str, dataset: str, auto: str) -> str | None:
+    """The augmentation a run applies (None: none), `auto` resolved for `dataset`."""
+    if augment == "auto":
+        return auto if dataset == "cifar10" else None
+    return None if augment == "none" else augment
 
 
 # --- spreading groups into a command's signature ---------------------------------------------------------------------

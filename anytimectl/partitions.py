@@ -279,8 +279,10 @@ def eval_command(
     \b
     Examples:
       anytimectl partitions eval --model cifar10 --batch-size 512 --partitions 16
-      anytimectl partitions eval --model mnist --batch-size 256 --partitions 2..64 --threads 1
-      anytimectl partitions eval --model toy-fc --batch-size 64 --partitions 4,16 --steps 3 --repeats 2 --json
+      anytimectl partitions eval --model mnist --batch-size 256 \\
+          --partitions 2..64 --threads 1
+      anytimectl partitions eval --model toy-fc --batch-size 64 \\
+          --partitions 4,16 --steps 3 --repeats 2 --json
     """
     threads_used = _threads(threads, threshold)
     counts = parse_counts(partitions, "--partitions")
@@ -320,7 +322,8 @@ def sweep_command(
     \b
     Examples:
       anytimectl partitions sweep --model toy-fc --batch-sizes 4..4096 --save-plot
-      anytimectl partitions sweep --model cifar10 --batch-sizes 128..1024 --partitions 1..64 --steps 3
+      anytimectl partitions sweep --model cifar10 --batch-sizes 128..1024 \\
+          --partitions 1..64 --steps 3
       anytimectl plot runs/partitions-toy-fc-* --type partitions
     """
     threads_used = _threads(threads, threshold)

@@ -289,6 +289,70 @@ def keep_rows_through(path: Path, columns: Sequence[str], step: int) -> None:
         os.replace(temporary, path)
 
 
+#: The tables every step writes to; a run's last complete step is the last step all of them hold.
+STEP_TABLES = ("master_stats", "worker_stats", "collect_stats")
+
+
+def _last_step(path: Path) -> int | None:
+    """The largest step in a table's whole lines (None: no such table; 0: no rows)."""
+    try:
+        with open(path, newline="") as stream:
+            text = stream.read()
+    except OSError:
+        return None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    if not lines:
+        return 0
+    header = next(csv.reader([lines[0]]))
+    column = "step" if "step" in header else "master_step" if "master_step" in header else None
+    if column is None:
+        return None
+    index, last = header.index(column), 0
+    for line in lines[1:]:
+        cells = next(csv.reader([line]), [])
+        try:
+            last = max(last, int(float(cells[index])))
+        except (IndexError, ValueError):
+            continue
+    return last
+
+
+def trim_to_complete_step(run: Path) -> dict[str, Any] | None:
+    """After a job that ended without rank 0 closing its tables (a rank killed while rank 0 wrote a step, rank 0
+    itself killed): keep in every table only the steps that all of STEP_TABLES hold, so that master_stats.csv
+    never has a step that worker_stats.csv and collect_stats.csv lack (rank 0 writes a step's master row first).
+    Returns {"to_step": S, "rows_removed": {table: n}} when rows were removed, else None."""
+    last = [step for step in (_last_step(run / f"{name}.csv") for name in STEP_TABLES) if step is not None]
+    if len(last) != len(STEP_TABLES):
+        return None
+    complete = min(last)
+    removed: dict[str, int] = {}
+    for name in (*STEP_TABLES, *EVALUATED_MASTER_VIEW):
+        path = run / f"{name}.csv"
+        try:
+            with open(path, newline="") as stream:
+                header = next(csv.reader(stream), None)
+        except OSError:
+            continue
+        if not header:
+            continue
+        before = _count_rows(path)
+        try:
+            keep_rows_through(path, header, complete)
+        except (OSError, UsageError):
+            continue
+        if before != _count_rows(path):
+            removed[name] = before - _count_rows(path)
+    return {"to_step": complete, "rows_removed": removed} if removed else None
+
+
+def _count_rows(path: Path) -> int:
+    with open(path, newline="") as stream:
+        return max(0, sum(1 for _ in stream) - 1)
+
+
 #: The row-per-evaluation view of master_stats: with --log-every N > 1 the original wrote one full row every N
 #: steps, and scripts that plot its test columns directly expect that. Pass it as `RunDirectory(views=...)`.
 EVALUATED_MASTER_VIEW: dict[str, tuple[str, str]] = {"master_stats_eval": ("master_stats", "accuracy")}

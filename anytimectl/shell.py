@@ -47,7 +47,15 @@ from anytimectl.launch import (
     start_rank,
 )
 from anytimectl.protocols.base import RunOutcome, RunRequest, TrainingProtocol
-from anytimectl.rundir import EVALUATED_MASTER_VIEW, RunDirectory, mark_if_unfinished, release, reserve, update_metadata
+from anytimectl.rundir import (
+    EVALUATED_MASTER_VIEW,
+    RunDirectory,
+    mark_if_unfinished,
+    release,
+    reserve,
+    trim_to_complete_step,
+    update_metadata,
+)
 
 #: Bytes per rank in the start-up agreement: status, host, device and the first line of an error.
 _AGREEMENT_BYTES = 1024
@@ -119,6 +127,7 @@ class RunContext:
     device: str = "cpu"
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
     devices: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # per rank: so that a rank the launcher reports can be named
     run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
     run_dir_path: Path | None = None  # every rank, once the run starts (checkpoints are written there)
     resume: Any = None  # checkpoints.ResumePoint when the run continues one (config["resume"])
@@ -158,7 +167,7 @@ def run(request: RunRequest) -> int:
                          "checkpoints yet")
     workers = request.launch.workers
     if not in_mpi_job() and workers:
-        return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master))
+        return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master), protocol_class.has_master)
     stopper = Stopper(checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
     stopper.install()  # first: the re-launching parent holds a stop signal until every rank can take it
     rank = start_rank(request.launch.threads)
@@ -182,7 +191,7 @@ def default_run_id(request: RunRequest, workers: int) -> str:
     return f"{request.method}-{request.dataset}-w{workers}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
+def _relaunch_as_job(request: RunRequest, ranks: int, has_master: bool) -> int:
     workers = request.launch.workers
     run_dir = _resumed_dir(request) or reserve(Path(request.output.out), request.output.name,
                                                default_run_id(request, workers))
@@ -197,11 +206,14 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
         _release(run_dir)
         raise
     code, forwarded = _job_end(end)
+    trimmed = None
     if code != 0:
         from anytimectl.checkpoints import remove_temporary
 
         remove_temporary(run_dir)  # a rank stopped while writing a checkpoint leaves no partial file
         leftovers.clean(before)  # killed ranks' MPICH segments and autograph files
+        if _recorded_status(run_dir) == "running":  # rank 0 did not close its tables: it may have been mid-step
+            trimmed = trim_to_complete_step(run_dir)
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
         words = f"interrupted by {signal_words(forwarded)}"
@@ -210,13 +222,57 @@ def _relaunch_as_job(request: RunRequest, ranks: int) -> int:
             _correct_reason(run_dir, words)
         code = 130
     elif code != 0:
-        reason = (f"the MPI job ended with exit code {code} before rank 0 recorded the end (a rank crashed or was "
-                  "killed)")
-        if mark_if_unfinished(run_dir, "failed", reason):  # nobody said anything: the parent says it, once
-            print(f"anytimectl: error: {reason}; the completed steps are kept in {run_dir}", file=sys.stderr,
-                  flush=True)
+        _record_failure(run_dir, code, getattr(end, "first_ended", ()), has_master)
+    if code != 0 and trimmed is not None:
+        update_metadata(run_dir, tables_trimmed=trimmed)
     _release(run_dir)
     return code
+
+
+def _record_failure(run_dir: Path, code: int, first_ended: Any, has_master: bool) -> None:
+    """The job failed: mark the run, naming the rank that ended first (the launcher watched its ranks end).
+
+    A killed rank (kill -9, the out-of-memory killer) records nothing itself, so whatever the run says then was
+    recorded by a survivor that lost contact with it (rank 0 or another rank, whose own reason would name itself):
+    the rank that ended first replaces it, and the survivor's words are kept as `survivor_reason`. A rank that
+    failed by itself records its own error before it ends the job; that reason names it and stays."""
+    ended = f"the MPI job ended with exit code {code} before rank 0 recorded the end"
+    blamed = _blame(first_ended, has_master)
+    if blamed is None:
+        reason = f"{ended} (a rank crashed or was killed)"
+    else:
+        reason = f"{blamed[1]}; {ended}"
+    if mark_if_unfinished(run_dir, "failed", reason):  # nobody said anything: the parent says it, once
+        print(f"anytimectl: error: {reason}; the completed steps are kept in {run_dir}", file=sys.stderr, flush=True)
+        return
+    if blamed is None:
+        return
+    try:
+        metadata = json.loads((run_dir / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return
+    recorded = str(metadata.get("reason") or "")
+    rank = blamed[0]
+    by_itself = recorded.startswith(f"rank {rank}:") or (rank == 0 and not recorded.startswith("rank "))
+    if metadata.get("status") == "failed" and not by_itself:
+        update_metadata(run_dir, reason=reason, survivor_reason=metadata.get("reason"))
+        print(f"anytimectl: error: {reason}; the completed steps are kept in {run_dir}", file=sys.stderr, flush=True)
+
+
+def _blame(first_ended: Any, has_master: bool) -> tuple[int, str] | None:
+    """(rank, how it is named) for the one rank seen to end first; None when none or several were seen at once."""
+    if not first_ended or len(first_ended) != 1:
+        return None
+    rank, pid = first_ended[0]
+    role = ("the master" if rank == 0 else f"worker {rank}") if has_master else f"worker {rank + 1}"
+    return rank, f"rank {rank} ({role}, pid {pid}) ended first, killed or crashed"
+
+
+def _recorded_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "metadata.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _job_end(end: Any) -> tuple[int, int | None]:
@@ -360,18 +416,19 @@ def _agree(rank: RankInfo, failure: tuple[int, str] | None, context: RunContext)
     Returns None when all succeeded, else (exit code, the message rank 0 prints)."""
     status, message = failure or (_OK, "")
     if rank.size == 1:
-        context.hosts, context.devices = [rank.host], [context.device]
+        context.hosts, context.devices, context.pids = [rank.host], [context.device], [os.getpid()]
         return None if failure is None else (2 if status == _USAGE else 1, message)
     from anytimectl.comm import Pending
 
-    record = f"{status}|{rank.host}|{context.device}|{message}".encode()[:_AGREEMENT_BYTES]
+    record = f"{status}|{rank.host}|{context.device}|{os.getpid()}|{message}".encode()[:_AGREEMENT_BYTES]
     mine = np.frombuffer(record.ljust(_AGREEMENT_BYTES, b"\0"), dtype=np.uint8).copy()
     everyone = np.zeros((rank.size, _AGREEMENT_BYTES), dtype=np.uint8)
     Pending().add(rank.comm.mpi.Iallgather(mine, everyone)).wait()
-    parsed = [bytes(row).rstrip(b"\0").decode(errors="replace").split("|", 3) for row in everyone]
+    parsed = [bytes(row).rstrip(b"\0").decode(errors="replace").split("|", 4) for row in everyone]
     context.hosts = [p[1] for p in parsed]
     context.devices = [p[2] for p in parsed]
-    failures = [(int(p[0]), p[3]) for p in parsed if int(p[0]) != _OK]
+    context.pids = [int(p[3]) for p in parsed]
+    failures = [(int(p[0]), p[4]) for p in parsed if int(p[0]) != _OK]
     if not failures:
         return None
     usage = [m for s, m in failures if s == _USAGE]
@@ -449,7 +506,7 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
         "run_id": path.name, "command": request.command, "method": request.method, "protocol": request.protocol,
         "backend": request.backend, "config": config, "straggler": context.delay.to_dict() if context.delay else None,
         "versions": _versions(rank, request.backend), "hosts": context.hosts, "devices": context.devices,
-        "world_size": rank.size, "argv": request.argv, "summary": {},
+        "pids": context.pids, "world_size": rank.size, "argv": request.argv, "summary": {},
     }
     for key, value in protocol.metadata().items():
         if key == "versions":
@@ -515,6 +572,9 @@ def _finish(request: RunRequest, context: RunContext, outcome: RunOutcome) -> in
         rank0 = context.recorder.rank0_name
         summary.update({f"{rank0}_bytes_sent": context.rank.comm.bytes.sent,
                         f"{rank0}_bytes_received": context.rank.comm.bytes.received})
+        if getattr(context.rank.comm, "spans_hosts", False):  # what rank 0's host link carried for the steps
+            summary.update({f"{rank0}_bytes_sent_across_hosts": context.rank.comm.bytes.across_sent,
+                            f"{rank0}_bytes_received_across_hosts": context.rank.comm.bytes.across_received})
     context.run_dir.finish(status, stopper.reason, summary)
     _report(request, context.run_dir, summary, status)
     return 130 if status == "interrupted" else 0

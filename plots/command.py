@@ -110,12 +110,10 @@ def plot(
     their metadata, keeping only what differs between them. A run still in progress is drawn up to its last
     complete step and labelled "(running)".
 
-    \b
     Output: figures are written to --out as <type>__<runs>.<ext> and their paths printed, one a line.
     Without --show this always happens (headless, no display needed); with --show the figures open in a
     window instead, and --save writes them as well.
 
-    \b
     Figure types (--type): panel_main (default, the original 3x3), panel_hist, panel_all, loss,
     any single axis (loss_vs_step, loss_vs_time, accuracy_vs_step, accuracy_vs_time, step_vs_time,
     learning_rate_vs_step, cumsum_vs_step, hist_compute_time, hist_batch_size, hist_send, hist_recv,
@@ -123,7 +121,6 @@ def plot(
     comp_straggler_dist, worker_utilisation, ...), and time_to_target, worker_timeline.
     --list-types lists them all.
 
-    \b
     time_to_target: the time of the first logged row at which the curve reaches the target (test accuracy
     >= --target-accuracy, or training loss <= --target-loss); the smoothed curve with --smooth, else raw.
     Speedup = baseline time / run time, printed on the figure and here.
@@ -133,9 +130,11 @@ def plot(
       anytimectl plot runs/
       anytimectl plot runs/amb-* runs/fmb-* --type panel_main --save --ext png pdf
       anytimectl plot runs/ --subset accuracy_vs_time loss_vs_step --out figures/
-      anytimectl plot runs/a runs/b --type time_to_target --target-accuracy 0.9 --smooth 20
+      anytimectl plot runs/a runs/b --type time_to_target --target-accuracy 0.9 \\
+          --smooth 20
       anytimectl plot runs/a --type worker_timeline --steps 10:20
-      anytimectl plot runs/ --type worker_utilisation --label AMB --label FMB --ext svg
+      anytimectl plot runs/ --type worker_utilisation --label AMB --label FMB \\
+          --ext svg
     """
     if list_types:
         typer.echo(_types_table())

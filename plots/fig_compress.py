@@ -9,14 +9,19 @@ From `compress train` runs (worker_stats' payload columns, master_stats, metadat
 - compress_accuracy_vs_bytes: test accuracy against the bytes each worker sent (cumulative, log scale), labelled as
   above (`accuracy_vs_bytes`, the gossip figures' axis, draws the same data with the generic run labels).
 - compress: those three side by side, with one legend.
+- compress_accuracy_vs_step_bytes: every method on one axis: the final test accuracy of each configuration (mean of
+  its runs, e.g. seeds, whiskers from the worst to the best) against the bytes each worker sends per step (mean
+  over the steps and workers, log scale), the dense float32 gradient's size dotted.
 - layerwise_vs_entire: the paper's comparison: for each method, the final test accuracy of its layerwise and its
   entire-model runs side by side (mean of the runs, whiskers from the worst to the best), and their compression
-  ratios (dense over payload bytes, log scale). Runs of other methods count as dense (ratio 1).
+  ratios (dense over payload bytes, log scale). Runs of other methods count as dense (ratio 1). The casts (fp16,
+  bf16) have one bar, "cast": cast element by element, both modes send the same; powersgd has no entire mode.
 
 From `compress bench` run directories (compress_bench.csv):
 - compress_bench: per method, layerwise beside entire: the compression ratio against dense float32 (log scale,
   bytes over the packing bound written on each bar), the relative error ||C(g) - g|| / ||g||, and encode + decode
-  time as a share of the backward pass, in CPU time (the issue's 10% budget as a dotted line).
+  time as a share of the backward pass, in CPU time (the issue's 10% budget as a dotted line). The casts' one row
+  (mode "dense" in the table) is drawn as "cast", as in layerwise_vs_entire.
 """
 
 from __future__ import annotations
@@ -28,9 +33,35 @@ from . import style
 from .fig_partitions import study_runs
 from .registry import Context, axis, figure
 
-MODE_HATCH = {"layerwise": "", "entire": "//", "dense": ".."}
-MODE_SHADE = {"layerwise": 1.0, "entire": 0.6, "dense": 0.8}
-METHOD_ORDER = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd")
+MODE_HATCH = {"layerwise": "", "entire": "//", "dense": "..", "cast": "xx"}
+MODE_SHADE = {"layerwise": 1.0, "entire": 0.6, "dense": 0.8, "cast": 0.8}
+MODE_MARKER = {"layerwise": "o", "entire": "s", "dense": "D", "cast": "D"}
+MODES = ("layerwise", "entire", "dense", "cast")
+METHOD_ORDER = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd", "fp16", "bf16",
+                "signsgd", "ef-signsgd", "powersgd")
+# tab10, then two of tab20b's dark colours for the 11th and 12th method
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939")
+CASTS = ("fp16", "bf16")  # cast element by element: layerwise and entire send the same, no mode
+ALWAYS_EF = ("ef-signsgd",)  # error feedback is part of the method, not an option
+
+
+def method_color(method: str):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(PALETTE[METHOD_ORDER.index(method)]) if method in METHOD_ORDER else (0.5, 0.5, 0.5)
+
+
+def compress_mode(run) -> str:
+    """layerwise or entire; dense for the uncompressed baseline and runs of other methods; cast for fp16 and bf16."""
+    if not is_compress(run):
+        return "dense"
+    method = str(run.config.get("method"))
+    if method == "none":
+        return "dense"
+    if method in CASTS:
+        return "cast"
+    return str(run.config.get("mode") or "layerwise")
 
 
 def is_compress(run) -> bool:
@@ -46,15 +77,24 @@ def compress_label(run) -> str:
     method = str(c.get("method") or "?")
     if method == "none":
         return "none (dense)"
-    parts = [method, str(c.get("mode") or "")]
+    # the casts have no mode; powersgd has only layerwise
+    parts = [method, "" if method in CASTS or method == "powersgd" else str(c.get("mode") or "")]
     if method in ("topk", "randomk"):
         parts.append(f"K={c.get('ratio'):g}")
     elif method == "threshold":
         parts.append(f"V={c.get('threshold'):g}")
     elif method == "qsgd":
         parts.append(f"s={c.get('levels')}")
-    if c.get("error_feedback"):
+    elif method == "powersgd":
+        rank = c.get("powersgd_rank") or (run.meta.get("compression") or {}).get("rank")
+        parts.append(f"r={rank}")
+    if c.get("error_feedback") and method not in ALWAYS_EF:
         parts.append("EF")
+    if method == "powersgd":
+        if c.get("warm_start") is False:
+            parts.append("no warm start")
+        if c.get("powersgd_start_iter"):
+            parts.append(f"from step {c.get('powersgd_start_iter')}")
     if c.get("value_dtype") == "float16" and method in ("none", "topk", "randomk", "threshold", "adaptive-threshold"):
         parts.append("fp16")
     if c.get("rescale"):
@@ -72,20 +112,17 @@ def _labels(ctx: Context) -> dict[int, str]:
 
 
 def _colors(ctx: Context) -> dict[int, object]:
-    """One colour per compression method (tab10 in METHOD_ORDER), so a method's modes share it (told apart by line
-    style); with error feedback a darker shade of it."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_rgb
-
-    palette = colormaps["tab10"]
+    """One colour per compression method (PALETTE in METHOD_ORDER), so a method's modes share it (told apart by line
+    style); with error feedback as an option turned on, a darker shade of it."""
     colors: dict[int, object] = {}
     for run in ctx.runs:
         method = str(run.config.get("method")) if is_compress(run) else None
         if method not in METHOD_ORDER:
             colors[id(run)] = run.color
             continue
-        base = to_rgb(palette(METHOD_ORDER.index(method)))
-        colors[id(run)] = tuple(0.55 * c for c in base) if run.config.get("error_feedback") else base
+        base = method_color(method)
+        darker = run.config.get("error_feedback") and method not in ALWAYS_EF
+        colors[id(run)] = tuple(0.55 * c for c in base) if darker else base
     return colors
 
 
@@ -109,28 +146,32 @@ def compress_accuracy(ax, ctx: Context):
     return drew
 
 
+def step_payload(ctx: Context, run) -> pd.DataFrame | None:
+    """master_step -> the bytes each worker sent that step (mean over the workers): the payload column of runs with
+    a compressed exchange (with `dense_bytes`, the float32 gradient it replaces); for other runs, what the
+    cumulative bytes_sent grew by. None when the run has neither."""
+    workers = ctx.data(run, "workers")
+    if workers is None or workers.empty:
+        return None
+    if "payload_bytes" in workers:
+        df = workers[["master_step", "payload_bytes", "dense_bytes"]].dropna()
+        per_step = df.groupby("master_step", sort=True).mean()
+    elif "bytes_sent" in workers:
+        df = workers[["master_step", "rank", "bytes_sent"]].dropna().sort_values(["rank", "master_step"])
+        df["payload_bytes"] = df.groupby("rank")["bytes_sent"].diff()
+        per_step = df.dropna().groupby("master_step", sort=True)[["payload_bytes"]].mean()
+    else:
+        return None
+    return None if per_step.empty else per_step
+
+
 @axis("payload_bytes", "bytes each worker sends per step (log): compress train's payload with the dense gradient "
       "dotted; other runs' per-step bytes_sent", in_panel_all=False)
 def payload_bytes(ax, ctx: Context):
     from .fig_gossip import byte_unit
 
     labels, colors = _labels(ctx), _colors(ctx)
-    series = []
-    for run in ctx.runs:
-        workers = ctx.data(run, "workers")
-        if workers is None or workers.empty:
-            continue
-        if "payload_bytes" in workers:
-            df = workers[["master_step", "payload_bytes", "dense_bytes"]].dropna()
-            per_step = df.groupby("master_step", sort=True).mean()
-        elif "bytes_sent" in workers:  # any other method: what the cumulative counter grew by in each step
-            df = workers[["master_step", "rank", "bytes_sent"]].dropna().sort_values(["rank", "master_step"])
-            df["payload_bytes"] = df.groupby("rank")["bytes_sent"].diff()
-            per_step = df.dropna().groupby("master_step", sort=True)[["payload_bytes"]].mean()
-        else:
-            continue
-        if not per_step.empty:
-            series.append((run, per_step))
+    series = [(run, per_step) for run in ctx.runs if (per_step := step_payload(ctx, run)) is not None]
     if not series:
         return False
     unit, scale = byte_unit(max(float(df.max().max()) for _, df in series))
@@ -173,6 +214,60 @@ def compress_accuracy_vs_bytes(ax, ctx: Context):
     return True
 
 
+@axis("compress_accuracy_vs_step_bytes", "every method on one axis: final test accuracy (mean of a configuration's "
+      "runs, whiskers worst to best) against the bytes each worker sends per step (log), dense dotted",
+      in_panel_all=False)
+def compress_accuracy_vs_step_bytes(ax, ctx: Context):
+    from matplotlib.lines import Line2D
+
+    from .fig_gossip import byte_unit
+
+    colors = _colors(ctx)
+    rows, dense = [], []
+    for run in ctx.runs:
+        accuracy = run.master["accuracy"].dropna() if "accuracy" in run.master else pd.Series(dtype=float)
+        per_step = step_payload(ctx, run)
+        if accuracy.empty or per_step is None:
+            continue
+        if "dense_bytes" in per_step:
+            dense.append(float(per_step["dense_bytes"].mean()))
+        # one configuration's runs (seeds) share a point: the label without the run's name
+        rows.append({"label": compress_label(run) if is_compress(run) else run.label, "mode": compress_mode(run),
+                     "color": colors[id(run)], "accuracy": float(accuracy.iloc[-1]),
+                     "bytes": float(per_step["payload_bytes"].mean())})
+    if not rows:
+        return False
+    df = pd.DataFrame(rows)
+    groups = df.groupby("label", sort=False).agg(
+        accuracy=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max"), runs=("accuracy", "size"),
+        bytes=("bytes", "mean"), mode=("mode", "first"), color=("color", "first")).reset_index()
+    unit, scale = byte_unit(max([*groups["bytes"], *dense]))
+    handles = []
+    for row in groups.itertuples():
+        x = row.bytes / scale
+        if row.high > row.low:
+            ax.plot([x, x], [row.low, row.high], color=row.color, linewidth=1.0)
+        marker = MODE_MARKER.get(row.mode, "o")
+        ax.plot([x], [row.accuracy], marker=marker, markersize=7, color=row.color, markeredgecolor="0.2",
+                markeredgewidth=0.6, linestyle="none")
+        runs = f" ({row.runs} runs)" if row.runs > 1 else ""
+        handles.append(Line2D([], [], marker=marker, markersize=7, color=row.color, markeredgecolor="0.2",
+                              markeredgewidth=0.6, linestyle="none", label=f"{row.label}{runs}"))
+        ratio = f", {max(dense) / row.bytes:.1f}x fewer than dense" if dense and row.bytes > 0 else ""
+        ctx.note(f"{row.label}: final accuracy {row.accuracy:.4f} (mean of {row.runs} run(s), {row.low:.4f} to "
+                 f"{row.high:.4f}) at {row.bytes:,.0f} bytes per worker per step{ratio}")
+    if dense:
+        ax.axvline(max(dense) / scale, color="0.4", linestyle=":", linewidth=1)
+        handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1, label="dense float32 gradient"))
+    log = bool((groups["bytes"] > 0).all())
+    if log:
+        ax.set_xscale("log")
+    ax.set(title="Final test accuracy vs bytes per step", ylabel="final test accuracy",
+           xlabel=f"bytes each worker sends per step ({unit}{', log' if log else ''})")
+    ax.legend(handles=handles, loc="best", fontsize=7, frameon=False)
+    return True
+
+
 COMPRESS_PANEL = ("compress_accuracy_vs_bytes", "compress_accuracy", "payload_bytes")
 
 
@@ -199,12 +294,11 @@ def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None,
                high: str | None = None) -> dict[tuple[str, str], float]:
     """Bars per method (x), its modes side by side and centred on its tick; optional whiskers from `low` to `high`.
     Returns each (method, mode)'s bar position."""
-    from matplotlib import colormaps
+    from matplotlib.patches import Patch
 
-    palette = colormaps["tab10"]
     methods = [m for m in METHOD_ORDER if m in set(table["method"])]
     methods += sorted(set(table["method"]) - set(methods))
-    modes = [m for m in ("layerwise", "entire", "dense") if m in set(table["mode"])]
+    modes = [m for m in MODES if m in set(table["mode"])]
     width = 0.8 / max(1, max(table.groupby("method")["mode"].nunique()))
     labelled: set[str] = set()
     positions: dict[tuple[str, str], float] = {}
@@ -214,14 +308,16 @@ def _mode_bars(ax, table: pd.DataFrame, value: str, low: str | None = None,
         for j, (mode, row) in enumerate(rows):
             x = i + (j - (len(rows) - 1) / 2) * width
             positions[(method, mode)] = x
-            base = palette(METHOD_ORDER.index(method)) if method in METHOD_ORDER else "0.5"
-            ax.bar(x, row[value], width=width * 0.95, color=base, alpha=MODE_SHADE[mode], hatch=MODE_HATCH[mode],
-                   edgecolor="0.25", linewidth=0.6, label="_nolegend_" if mode in labelled else mode)
+            ax.bar(x, row[value], width=width * 0.95, color=method_color(method), alpha=MODE_SHADE.get(mode, 0.8),
+                   hatch=MODE_HATCH.get(mode, ""), edgecolor="0.25", linewidth=0.6)
             labelled.add(mode)
             if low and high and np.isfinite(row[low]) and np.isfinite(row[high]) and row[high] > row[low]:
                 ax.plot([x, x], [row[low], row[high]], color="0.2", linewidth=1.0)
     ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
-    ax.legend(loc="best", frameon=False)
+    # the modes in grey: a bar's colour is its method's, the legend says only what each hatch means
+    ax.legend(handles=[Patch(facecolor="0.7", alpha=MODE_SHADE.get(m, 0.8), hatch=MODE_HATCH.get(m, ""),
+                             edgecolor="0.25", linewidth=0.6, label=m) for m in modes if m in labelled],
+              loc="best", frameon=False)
     return positions
 
 
@@ -235,8 +331,7 @@ def layerwise_vs_entire(ctx: Context):
             continue
         c, summary = run.config, run.meta.get("summary") or {}
         if is_compress(run):
-            method = str(c.get("method"))
-            mode = "dense" if method == "none" else str(c.get("mode"))
+            method, mode = str(c.get("method")), compress_mode(run)
             ratio = summary.get("compression_ratio") or np.nan
         else:  # every other method sends its gradients dense
             method, mode, ratio = run.method, "dense", 1.0
@@ -261,6 +356,10 @@ def layerwise_vs_entire(ctx: Context):
     for row in df.itertuples():
         ctx.note(f"{row.method} {row.mode}: accuracy {row.accuracy:.4f} over {row.runs} run(s), "
                  f"compression {row.ratio:.1f}x")
+    if "powersgd" in set(df["method"]):
+        ctx.note("powersgd: layerwise only (one low-rank approximation per tensor; no entire mode)")
+    if set(df["method"]) & set(CASTS):
+        ctx.note("fp16, bf16: cast element by element, the same bytes and sums in either mode (bar: cast)")
     return fig
 
 
@@ -277,6 +376,7 @@ def compress_bench(ctx: Context):
             "backward_s"]
         frames.append(df)
     df = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "mode"], keep="last")
+    df.loc[df["method"].isin(CASTS), "mode"] = "cast"  # the bench's one "dense" row of a cast: not uncompressed
     fig = ctx.new_figure(style.AX_SIZE[0] * 3, style.AX_SIZE[1] + 0.4)
     ratio_ax, error_ax, time_ax = fig.subplots(1, 3)
     positions = _mode_bars(ratio_ax, df, "compression_ratio")

@@ -20,7 +20,7 @@ QUIET = ["--quiet", "--test-size", "50"]
 COMMANDS = {
     "compress": ["compress", "train", "--workers", "2", "--batch-size", "16"],
     "dynamic": ["train", "dynamic", "--workers", "2", "--policy", "dbs", "--batch-size", "16", "--window", "2"],
-    "gossip": ["train", "gossip", "--workers", "2", "--method", "allreduce", "--batch-size", "32"],
+    "gossip": ["train", "gossip", "--workers", "2", "--method", "allreduce", "--batch-size", "16"],
 }
 
 

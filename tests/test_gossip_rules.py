@@ -65,7 +65,8 @@ def test_holdout_is_fixed_and_disjoint():
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "local", "--workers", "3"], "--method local runs one process"),
-    (["--workers", "4", "--batch-size", "3"], "aggregate batch"),
+    (["--workers", "4", "--global-batch-size", "3"], "--global-batch-size 3 is split over 4 workers"),
+    (["--batch-size", "8", "--global-batch-size", "32"], "give one"),
     (["--momentum", "0", "--nesterov"], "--nesterov needs a positive --momentum"),
     (["--agg-prob", "1.5"], "1.5"),
     (["--method", "elasticgossip2"], "elasticgossip2"),
@@ -97,3 +98,24 @@ def test_help_lists_methods_and_the_originals_names():
                  "--elastic-alpha", "--anneal-milestones", "--checkpoint-every", "--resume", "--no-nesterov"):
         assert word in text, word
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_batch_size_is_per_worker_and_says_so_once(capsys, monkeypatch):
+    """`train gossip --batch-size` is per worker, as in every command; it meant the total before, so the launching
+    process says so in one line (a relaunched rank does not repeat it)."""
+    from anytimectl.commands.train_gossip import EXPERIMENTS, _batches
+    from anytimectl.launch import RELAUNCHED
+
+    digits = EXPERIMENTS["digits"]
+    monkeypatch.delenv(RELAUNCHED, raising=False)
+    assert _batches(8, None, digits, 4, 4) == (8, 32)
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "--batch-size 8 is per worker now" in note[0] and "--global-batch-size" in note[0]
+    assert _batches(None, 32, digits, 4, 4) == (8, 32)
+    assert _batches(None, None, digits, 4, 4) == (digits.batch_size // 4, digits.batch_size)
+    assert _batches(None, 32, digits, None, 1) == (None, 32)  # your own mpiexec: the ranks split it
+    assert _batches(8, None, digits, None, 1)[0] == 8
+    capsys.readouterr()
+    monkeypatch.setenv(RELAUNCHED, "1")
+    _batches(8, None, digits, 4, 4)
+    assert capsys.readouterr().err == ""

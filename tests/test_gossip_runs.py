@@ -51,7 +51,8 @@ def test_an_elastic_run_writes_partners_bytes_and_validation(runs):
     meta = metadata(run)
     assert meta["status"] == "completed" and meta["world_size"] == 3 and meta["gossip"]["lag"] == 16
     assert "torch" in meta["versions"] and "mpi4py" in meta["versions"]
-    assert meta["config"]["method"] == "elastic" and meta["config"]["per_worker_batch"] == 64 // 3
+    assert meta["config"]["method"] == "elastic" and meta["config"]["batch_size"] == 64 // 3 \
+        and meta["config"]["global_batch_size"] == 64
     workers = table(run, "worker_stats")
     assert tuple(workers.columns) == WORKER_COLUMNS
     assert len(workers) == 3 * 20 and sorted(workers["rank"].unique()) == [1, 2, 3]

@@ -133,7 +133,7 @@ def _ranks_of(parent: int) -> dict[int, int]:
             continue
         variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
         if variables.get(b"ANYTIMECTL_RUN_DIR") and b"PMI_RANK" in variables:
-            if int(variables.get(b"ANYTIMECTL_TEST_PARENT", b"0")) == parent:
+            if variables.get(b"ANYTIMECTL_TEST_PARENT") == str(parent).encode():  # others' markers may be any text
                 ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
     return ranks
 

@@ -4,7 +4,8 @@
   anytimectl);
 - `transport`: the declared `Transport` interface the methods call;
 - `mpi`: the MPI transport (`Comm`), also the master-worker step's collect/distribute;
-- `shm`: the shared-memory step and doorbells for ranks on one host.
+- `shm`: the shared-memory step and doorbells for ranks on one host;
+- `host_chain`: the step's reduce and broadcast across hosts (within each host, then a chain of hosts).
 
 The torch.distributed transport is the torch backend's (`anytimectl.backends.torch.transport`); channels that only
 one method uses live beside that method's protocol (`protocols/async_channel.py`). The imports run one way:

@@ -58,6 +58,8 @@ class Comm:
         #: time.time() at which the last collective found every rank ready (its transfer began)
         self.ready_at = 0.0
         self._shared: Any = False if shared_memory else None  # False: not decided yet; else SharedStep or None
+        #: across hosts, the step's reduce and broadcast pass along a chain of hosts (`comm.host_chain`)
+        self._chain: Any = None
 
     def reduce_sum(self, send: np.ndarray, recv: np.ndarray | None, root: int = 0) -> Pending:
         """Element-wise sum of every rank's `send` into `recv` on `root` (recv ignored elsewhere)."""
@@ -104,7 +106,17 @@ class Comm:
             self._shared = None
             if shm.enabled() and shm.all_on_one_host(self.mpi):
                 self._shared = shm.SharedStep(self.mpi)
+            else:
+                from anytimectl.comm.host_chain import HostChain
+
+                self._chain = HostChain.across(self.mpi)
         return self._shared
+
+    @property
+    def spans_hosts(self) -> bool:
+        """Whether the step's large buffers travel along a chain of hosts (known after the first collect or
+        distribute)."""
+        return self._chain is not None
 
     @property
     def uses_shared_memory(self) -> bool | None:
@@ -125,7 +137,8 @@ class Comm:
         Across hosts, waiting for the slowest rank happens on small non-blocking messages, with sleeps: rank 0
         until every rank's stats are in, the others until rank 0 says go. Only then does everyone enter MPI's
         blocking reduce, whose algorithms are faster than the non-blocking ones for large buffers and which now
-        spins only for the transfer itself.
+        spins only for the transfer itself: within each host to its leader, then along the chain of hosts
+        (`comm.host_chain`), so that each host's link carries the buffer once.
         """
         start = time.perf_counter()
         shared = self.shared_memory()
@@ -157,7 +170,9 @@ class Comm:
             self.bytes.received += reduced.nbytes * (self.size - 1)
         else:
             self.bytes.sent += contribution.nbytes
-        if contribution is None:  # rank 0 adds nothing of its own
+        if self._chain is not None:
+            self._chain.reduce_sum(contribution, reduced, self.bytes)
+        elif contribution is None:  # rank 0 adds nothing of its own
             reduced[...] = 0
             self.mpi.Reduce(MPI.IN_PLACE, reduced, op=MPI.SUM, root=0)
         else:
@@ -189,7 +204,10 @@ class Comm:
         else:
             header_sent.wait()
             self.bytes.received += params.nbytes
-        self.mpi.Bcast(params, root=0)
+        if self._chain is not None:
+            self._chain.broadcast(params, self.bytes)
+        else:
+            self.mpi.Bcast(params, root=0)
         return time.perf_counter() - start
 
     def receive_view(self, header: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

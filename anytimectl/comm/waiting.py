@@ -58,8 +58,13 @@ def poll_until(done: Callable[[], bool], spin: bool = False, spin_seconds: float
 
 @dataclass
 class ByteCounter:
+    """Payload bytes a rank handed over / obtained per operation (whatever algorithm moves them), and, apart, the
+    bytes its own messages moved between hosts for the master-worker step (`comm.host_chain`)."""
+
     sent: int = 0
     received: int = 0
+    across_sent: int = 0
+    across_received: int = 0
 
 
 @dataclass

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,8 @@ from anytimectl.checkpoints import CheckpointOptions
 from anytimectl.commands.common import Batch, exit_with, prepare, resolve_model, run_request
 from anytimectl.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.errors import UsageError
-from anytimectl.exchange.options import MODE_ALIASES, MODES, ExchangeOptions
+from anytimectl.exchange import MODE_ALIASES, MODES
+from anytimectl.exchange.options import LEVELS, RATIO, ExchangeOptions
 from anytimectl.options import (
     PANEL_DATA,
     PANEL_OUTPUT,
@@ -43,12 +45,10 @@ RESUME = ResumeRules(command="compress", method="compress", protocol="compressed
                      fixed_length="the recipe's learning rate falls to 0 at the run's end, so a longer run would "
                                   "be another schedule")
 PANEL_COMPRESSION = "Compression"
-#: the library's canonical names (backends/torch/compression/compressors.py), and the original's spellings
-METHODS = ("none", "topk", "randomk", "threshold", "adaptive-threshold", "terngrad", "qsgd")
-METHOD_ALIASES = {"Topk": "topk", "Randomk": "randomk", "Thresholdv": "threshold",
-                  "AdaptiveThreshold": "adaptive-threshold", "TernGrad": "terngrad", "RandomDithering": "qsgd"}
-AUGMENTS = ("auto", "cifar", "none")
-MAX_LEVELS = 1 << 30
+#: the codecs' names (the exchange registry's, as backends/torch/compression/compressors.py names them), and the
+#: original's spellings
+METHODS = registry.codec_names()
+METHOD_ALIASES = {alias: name for alias, name in registry.aliases().items() if name in METHODS}
 
 
 @dataclass(frozen=True)
@@ -72,27 +72,11 @@ RECIPES = {
 }
 
 
-def check_compression(method: str, ratio: float, threshold: float, levels: int, rescale: bool) -> None:
-    """The compression options a method uses must make sense: one line otherwise, before anything starts."""
-    if not 0 < ratio <= 1:
-        raise UsageError(f"--ratio {ratio:g}: K must lie in (0, 1] (the fraction of elements sent; use --method "
-                         "none for no compression)")
-    if threshold < 0:
-        raise UsageError(f"--threshold {threshold:g}: V must be 0 or more (0 sends every non-zero element)")
-    if not 1 <= levels <= MAX_LEVELS:
-        raise UsageError(f"--levels {levels}: s must be an integer in 1..{MAX_LEVELS}")
-    if rescale and method != "randomk":
-        raise UsageError(f"--rescale scales random-k's values by 1/K; it does not apply to --method {method}")
+_option = partial(opt.option, panel=PANEL_COMPRESSION)
 
 
-def _option(text: str, *names: str, metavar: str | None = None, panel: str = PANEL_COMPRESSION, **extra: Any) -> Any:
-    return typer.Option(*names, metavar=metavar, rich_help_panel=panel, help=text, **extra)
-
-
-_Ratio = Annotated[float, _option("K: the fraction of each tensor's (or the model's) elements topk and randomk "
-                                  "send, in (0, 1].", "--ratio", "-K", metavar="K")]
-_Levels = Annotated[int, _option("s: qsgd's quantisation levels per sign (the original's --qstates).",
-                                 "--levels", "--qstates", "-Q", metavar="S")]
+_Ratio = Annotated[float, RATIO]
+_Levels = Annotated[int, LEVELS]
 _ValueDtype = Annotated[Literal["float32", "float16"], _option(
     "The values that travel (topk, randomk, thresholds; none in `compress bench` only: `compress train "
     "--method none` all-reduces float32); terngrad's and qsgd's scales stay float32.",
@@ -101,32 +85,27 @@ _Rescale = Annotated[bool, _option("randomk: multiply the values sent by n/k (1/
                                    "--rescale/--no-rescale")]
 
 
-@with_option_groups(test_size=-1, log_every=None, compressor="topk")  # --log-every left out: once an epoch
+# --log-every left out: once an epoch; the rate is the peak of 0 -> LR -> 0, per example (the original's 0.4 / 512 on
+# a summed loss), the weight decay on the per-example gradient (the original's 5e-4 x 512 on a summed loss of 512)
+@with_option_groups(test_size=-1, log_every=None, compressor="topk", learning_rate=0.4, weight_decay=5e-4)
 def train(
     ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
-    output: opt.OutputOptions, exchange: ExchangeOptions, checkpoints: CheckpointOptions,
+    output: opt.OutputOptions, exchange: ExchangeOptions, rates: opt.RateOptions,
+    checkpoints: CheckpointOptions,
     method: Annotated[str | None, aliased_choice(
         registry.names(), registry.aliases(), hidden=True,
         help="The compressor's former name: --compressor.")] = None,
     batch_size: Annotated[int | None, _option(
         "Examples per worker per step (default: cifar10 512, digits 32).", metavar="N", min=1,
         panel=PANEL_TRAINING, show_default=False)] = None,
-    learning_rate: Annotated[float, _option(
-        "The peak of the piecewise-linear rate 0 -> LR -> 0, per example (the original's 0.4 / 512 on a summed "
-        "loss).", metavar="LR", min=0, panel=PANEL_TRAINING)] = 0.4,
     lr_peak_epoch: Annotated[float | None, _option(
         "Epoch at which the rate peaks (default: 5/24 of the run, cifar10-fast's 5 of 24).", metavar="E", min=0,
         panel=PANEL_TRAINING, show_default=False)] = None,
     momentum: Annotated[float, _option(
         "SGD momentum, Nesterov when > 0 (the original's default 0: plain SGD).", metavar="M", min=0, max=1,
         panel=PANEL_TRAINING)] = 0.0,
-    weight_decay: Annotated[float, _option(
-        "L2 weight decay on the per-example gradient (the original's 5e-4 x 512 on a summed loss of 512).",
-        metavar="WD", min=0, panel=PANEL_TRAINING)] = 5e-4,
-    augment: Annotated[Literal["auto", "cifar", "none"], _option(
-        "cifar: reflect-pad 4, random crop, flip, 8x8 cutout; auto: cifar on cifar10, none on other data.",
-        panel=PANEL_TRAINING)] = "auto",
+    augment: Annotated[str, opt.augment_option(auto="crop-flip-cutout (cifar10-fast's)")] = "auto",
 ) -> None:
     """Data-parallel SGD whose gradients travel compressed, packed on the wire.
 
@@ -171,14 +150,15 @@ def train(
     workers = launch.workers
     ranks = workers if workers else 1
     batch = batch_size if batch_size is not None else recipe.batch_size
-    optimizer = opt.OptimizerOptions(optimizer="sgd", learning_rate=learning_rate, weight_decay=weight_decay)
+    optimizer = opt.OptimizerOptions(optimizer="sgd", learning_rate=rates.learning_rate,
+                                     weight_decay=rates.weight_decay)
     config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
                      batch=Batch(batch, distinct=True))
-    chosen = augment if augment != "auto" else ("cifar" if data.dataset == "cifar10" else "none")
-    if chosen == "cifar":
-        from anytimectl.input_transform import Augmentation
+    chosen = opt.resolve_augment(augment, data.dataset, auto="crop-flip-cutout") or "none"
+    if chosen != "none":
+        from anytimectl.protocols.peer import augmentation
 
-        Augmentation().check(tuple(config["input_shape"]))
+        augmentation(chosen, tuple(config["input_shape"]))  # checks that the images can take it
     epochs = length.epochs
     if length.steps is None and length.epochs is None:
         epochs = recipe.epochs
@@ -277,7 +257,7 @@ def bench(
     ratio: _Ratio = 0.01,
     threshold: Annotated[float | None, _option(
         "V for threshold (default: the V that keeps K n elements of this gradient, to compare with topk).",
-        "--threshold", "-V", metavar="V", show_default=False)] = None,
+        "--threshold", "-V", metavar="V", min=0, show_default=False)] = None,
     levels: _Levels = 255,
     value_dtype: _ValueDtype = "float32",
     rescale: _Rescale = False,
@@ -317,7 +297,6 @@ def bench(
     chosen_methods, chosen_modes = _methods(methods), _modes(modes)
     if rescale and "randomk" not in chosen_methods:
         raise UsageError("--rescale scales random-k's values; add randomk to --methods")
-    check_compression("randomk" if rescale else "none", ratio, threshold or 0.0, levels, rescale)
     data = opt.DataOptions(dataset=dataset, data_dir=data_dir, model=model) if dataset is not None else None
     if data is not None:
         model = resolve_model(data, BACKEND)

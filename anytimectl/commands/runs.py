@@ -35,8 +35,10 @@ runs_app = typer.Typer(
          "`anytimectl runs list --help` gives its options (filter, sort, group, format).\n\n"
          "\b\nExamples:\n"
          "  anytimectl runs                                   # every run under ./runs\n"
-         "  anytimectl runs sweep/ --where method=amb --status completed --sort -best_accuracy\n"
-         "  anytimectl runs sweep/ --target-accuracy 0.85 --group-by method,variant --format markdown\n"
+         "  anytimectl runs sweep/ --where method=amb --status completed \\\n"
+         "      --sort -best_accuracy\n"
+         "  anytimectl runs sweep/ --target-accuracy 0.85 --group-by method,variant \\\n"
+         "      --format markdown\n"
          "  anytimectl runs show runs/amb-digits-w4-0312",
     rich_markup_mode=None,
 )
@@ -126,7 +128,6 @@ def list_runs(
     each row is a group of runs (e.g. seeds) with `runs` counted and each figure's mean ± std (or --stat median
     with [min, max]); `reached` counts the runs that reached the target, whose times alone are averaged.
 
-    \b
     Output: only the table goes to stdout (notes to stderr), so it pipes. Exit code 0 with rows; 1 when
     --where/--status leave none (an empty table: csv header only, json []); 2 for bad input, including
     PATHS holding no run directory.
@@ -134,11 +135,15 @@ def list_runs(
     \b
     Examples:
       anytimectl runs
-      anytimectl runs sweep/ --where method=amb --where workers=4 --status completed
+      anytimectl runs sweep/ --where method=amb --where workers=4 \\
+          --status completed
       anytimectl runs sweep/ --where induce=niagara* --sort -best_accuracy
-      anytimectl runs sweep/ --target-accuracy 0.85 --group-by method,variant --format markdown > results.md
-      anytimectl runs sweep/ --format csv | python -c "import pandas, sys; print(pandas.read_csv(sys.stdin))"
-      anytimectl runs sweep/ --format json | jq '.[] | select(.status == "failed") | .path'
+      anytimectl runs sweep/ --target-accuracy 0.85 --group-by method,variant \\
+          --format markdown > results.md
+      anytimectl runs sweep/ --format csv \\
+          | python -c "import pandas, sys; print(pandas.read_csv(sys.stdin))"
+      anytimectl runs sweep/ --format json \\
+          | jq '.[] | select(.status == "failed") | .path'
     """
     from anytimectl import run_table as rt
 

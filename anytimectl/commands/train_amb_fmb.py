@@ -28,6 +28,19 @@ ASYNC_DEFAULTS = {"async_master": "batch", "async_batch_min": 4, "async_time_lim
 SIM_DEFAULTS = {"sim_example_time": 1e-3, "sim_params": 1 << 16, "sim_examples": 60_000, "sim_half_examples": 20_000}
 
 
+def _seconds_or_auto(value: str) -> str:
+    """--time-limit: `auto`, or a positive number of seconds (kept as given, for metadata's time_limit_requested)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither seconds (e.g. 0.5) nor auto") from None
+    if not (0 < seconds < float("inf")):
+        raise typer.BadParameter("must be a positive number of seconds, or auto")
+    return value
+
+
 @dataclass
 class ProtocolOptions:
     """Synchronous or asynchronous master-worker SGD, and the asynchronous master's rule."""
@@ -43,9 +56,9 @@ class ProtocolOptions:
     async_batch_min: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_PROTOCOL, show_default=False,
         help="async batch: contributions per update (default 4).")] = None
-    async_time_limit: Annotated[float | None, typer.Option(
-        metavar="SECONDS", min=0, rich_help_panel=PANEL_PROTOCOL, show_default=False,
-        help="async time: seconds between updates, with at least one contribution (default 0.1).")] = None
+    async_time_limit: Annotated[float | None, opt.option(
+        "async time: seconds between updates, with at least one contribution (default 0.1).", metavar="SECONDS",
+        panel=PANEL_PROTOCOL, above=0, show_default=False)] = None
     async_delay_std: Annotated[float | None, typer.Option(
         metavar="SECONDS", min=0, rich_help_panel=PANEL_PROTOCOL, show_default=False,
         help="async: simulated communication delay |N(0, S)| on every message (default: none).")] = None
@@ -61,9 +74,6 @@ class ProtocolOptions:
         if workers == 0:
             raise UsageError("--protocol async needs workers: use --workers 1 or more")
         values = {**ASYNC_DEFAULTS, **given}
-        if values["async_master"] == "time" and not values["async_time_limit"] > 0:
-            raise UsageError(f"--async-time-limit {values['async_time_limit']}: must be positive with "
-                             "--async-master time")
         if values["async_delay_std"] == 0:
             values["async_delay_std"] = None
         return {"protocol": "async", **values}
@@ -116,11 +126,10 @@ def amb(
     partitions: Annotated[int, typer.Option(
         metavar="P", min=1, rich_help_panel=PANEL_TRAINING,
         help="Micro-batches the batch is split into (the original's amb_num_partitions).")] = 6,
-    time_limit: Annotated[str, typer.Option(
-        metavar="SECONDS|auto",
-        rich_help_panel=PANEL_TRAINING,
-        help="Seconds of compute per round, or auto: calibrated so that the expected batch is --match-batch.")]
-    = "auto",
+    time_limit: Annotated[str, opt.option(
+        "Seconds of compute per round, or auto: calibrated so that the expected batch is --match-batch.",
+        metavar="SECONDS|auto", panel=PANEL_TRAINING, parser=_seconds_or_auto,
+        shown_range="x>0")] = "auto",
     match_batch: Annotated[int | None, typer.Option(
         metavar="N", min=1, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="auto: the expected batch to match (default: 2/3 of --batch-size, the original's 242-of-356 "
@@ -149,14 +158,7 @@ def amb(
     if partitions > batch_size:
         raise UsageError(f"--partitions {partitions} exceeds --batch-size {batch_size}: a micro-batch needs at least "
                          "one example; lower --partitions or raise --batch-size")
-    limit: float | None = None
-    if time_limit != "auto":
-        try:
-            limit = float(time_limit)
-        except ValueError:
-            raise UsageError(f"--time-limit {time_limit!r}: give seconds (e.g. 0.5) or auto") from None
-        if not (limit > 0 and limit < float("inf")):
-            raise UsageError(f"--time-limit {time_limit}: must be a positive number of seconds, or auto")
+    limit = None if time_limit == "auto" else float(time_limit)
     match = match_batch or max(1, round(batch_size * 2 / 3))
     if match > batch_size:
         raise UsageError(f"--match-batch {match}: must be between 1 and --batch-size {batch_size}")

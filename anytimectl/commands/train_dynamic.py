@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
 import typer
@@ -24,8 +25,16 @@ PANEL_INPUT = "Input images"
 RESUME = ResumeRules(command="train", method="dynamic", protocol="dynamic")
 
 
-def _option(text: str, metavar: str = "N", panel: str = PANEL_INPUT, **extra) -> typer.models.OptionInfo:
-    return typer.Option(metavar=metavar, rich_help_panel=panel, help=text, **extra)
+_option = partial(opt.option, metavar="N", panel=PANEL_INPUT)
+
+
+def _channels(value: str) -> int | None:
+    """--channels: 1 or 3 (the conversions there are: to grayscale, or grayscale replicated)."""
+    if value is None or isinstance(value, int):
+        return value
+    if str(value).strip() not in ("1", "3"):
+        raise typer.BadParameter("give 1 or 3")
+    return int(value)
 
 
 @with_option_groups()
@@ -48,8 +57,8 @@ def dynamic(
              "CPUs; --backend torch).")] = "mpi",
     resize: Annotated[int | None, _option("Resize images to N x N (bilinear; the original used 224).", min=1,
                                           show_default=False)] = None,
-    channels: Annotated[int | None, _option("Convert images to 1 or 3 channels (grayscale replicated).", "C", min=1,
-                                            max=3, show_default=False)] = None,
+    channels: Annotated[int | None, _option("Convert images to 1 or 3 channels (grayscale replicated).", metavar="C",
+                                            parser=_channels, shown_range="1 or 3", show_default=False)] = None,
     normalize: Annotated[Literal["none", "imagenet"], typer.Option(
         rich_help_panel=PANEL_INPUT, help="imagenet: torchvision's ImageNet mean and std (3 channels).")]
     = "none",

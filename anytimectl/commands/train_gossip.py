@@ -4,7 +4,8 @@ PyTorch, the thesis code's methods and settings (protocols/gossip.py has the exa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Annotated
 
 import typer
 
@@ -17,7 +18,6 @@ from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.options import (
     PANEL_TRAINING,
     aliased_choice,
-    flag,
     with_option_groups,
 )
 from anytimectl.protocols.gossip import METHOD_ALIASES, METHODS, VALIDATION_SIZES
@@ -55,43 +55,40 @@ MODELS = {"iris": "iris-mlp", "mnist": "mnist-mlp", "fashion-mnist": "mnist-mlp"
 RESUME = ResumeRules(command="train", method="gossip", protocol="gossip")
 
 
-def _option(text: str, metavar: str | None = None, *names: str, **extra: Any) -> Any:
-    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL_GOSSIP, help=text, **extra)
+_option = partial(opt.option, panel=PANEL_GOSSIP)
 
 
-@with_option_groups(log_every=10, test_size=-1)
+@with_option_groups(log_every=10, test_size=-1, learning_rate=None, weight_decay=0.0)
 def gossip(
     ctx: typer.Context,
     launch: opt.LaunchOptions, data: opt.DataOptions, length: opt.LengthOptions, stragglers: opt.StragglerOptions,
-    output: opt.OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions,
+    output: opt.OutputOptions, checkpoints: CheckpointOptions, exchange: ExchangeOptions, rates: opt.RateOptions,
     method: Annotated[str, aliased_choice(
         METHODS, METHOD_ALIASES, rich_help_panel=PANEL_GOSSIP,
         help="local (one process), nocomm (average at the end), allreduce (gradients every step), elastic "
              "(elastic gossip), gossip (pull gossip); the original's noComm, gradAllReduce, elasticGossip and "
              "gossipingSgd work too.")] = "elastic",
-    agg_period: Annotated[int, _option("Attempt a gossip every N updates.", "N", min=1)] = 1,
-    agg_prob: Annotated[float, _option("Probability that a worker initiates a gossip in an attempt.", "P",
-                                       min=0.0, max=1.0)] = 1.0,
+    agg_period: Annotated[int, _option("Attempt a gossip every N updates.", metavar="N", min=1)] = 1,
+    agg_prob: Annotated[float, _option("Probability that a worker initiates a gossip in an attempt.", metavar="P",
+                                       min=0, max=1)] = 1.0,
     weighted: Annotated[bool, _option("Pick peers by distance between random points on the unit square, with "
-                                      "weight 1/(d + 1e-5)^penalty, instead of uniformly.", None,
+                                      "weight 1/(d + 1e-5)^penalty, instead of uniformly.",
                                       "--weighted", "--weighted-gossip")] = False,
-    penalty: Annotated[float, _option("--weighted: the distance exponent.", "F", min=0.0)] = 1.0,
+    penalty: Annotated[float, _option("--weighted: the distance exponent.", metavar="F", min=0)] = 1.0,
     elastic_alpha: Annotated[float, _option("elastic: the pull towards the partners (0.5 with one partner: the "
-                                            "midpoint).", "A", min=0.0)] = 0.5,
-    batch_size: Annotated[int | None, typer.Option(
-        metavar="N", min=1, rich_help_panel=PANEL_TRAINING, show_default=False,
-        help="The aggregate batch; each worker takes N // workers of it (default: the dataset's).")] = None,
-    learning_rate: Annotated[float | None, typer.Option(
-        metavar="LR", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
-        help="SGD learning rate (default: the dataset's).")] = None,
+                                            "midpoint).", metavar="A", min=0)] = 0.5,
+    batch_size: Annotated[int | None, opt.option(
+        "Examples per worker per step, as in every command (default: --global-batch-size's split).",
+        metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
+    global_batch_size: Annotated[int | None, opt.option(
+        "Examples per step across all workers, each taking N // workers (the former --batch-size; default: the "
+        "dataset's).", metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
     momentum: Annotated[float | None, typer.Option(
         metavar="M", min=0, max=1, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="SGD momentum (default: the dataset's; 0 for none).")] = None,
     nesterov: Annotated[bool | None, typer.Option(
         "--nesterov/--no-nesterov", rich_help_panel=PANEL_TRAINING, show_default=False,
         help="Nesterov momentum (default: the dataset's).")] = None,
-    weight_decay: Annotated[float, typer.Option(
-        metavar="WD", min=0, rich_help_panel=PANEL_TRAINING, help="L2 weight decay.")] = 0.0,
     lr_milestones: Annotated[list[float] | None, typer.Option(
         "--lr-milestones", "--anneal-milestones", metavar="EPOCH", rich_help_panel=PANEL_TRAINING,
         show_default=False,
@@ -104,10 +101,7 @@ def gossip(
         metavar="N", min=0, rich_help_panel=PANEL_TRAINING, show_default=False,
         help="Training examples held out for the workers' validation (default: mnist 8800, cifar10 5200, iris "
              "25, digits 237; 0: none).")] = None,
-    augment: Annotated[Literal["auto", "crop-flip", "none"], typer.Option(
-        rich_help_panel=PANEL_TRAINING,
-        help="Training-batch augmentation: crop-flip (reflect-pad 4, random crop, flip: the original's on "
-             "cifar10); auto: crop-flip on cifar10, none elsewhere.")] = "auto",
+    augment: Annotated[str, opt.augment_option(auto="crop-flip (the original's)")] = "auto",
 ) -> None:
     """Decentralised SGD: workers average models with partners (gossip) or all.
 
@@ -152,10 +146,7 @@ def gossip(
     if method == "local" and workers == 1:
         launch.workers = workers = 0  # one process, no MPI job to start
     ranks = workers if workers else 1
-    batch = batch_size if batch_size is not None else experiment.batch_size
-    if batch < ranks:
-        raise UsageError(f"{flag('batch_size')} {batch} is the aggregate batch, split over {ranks} workers: it must "
-                         f"be at least {ranks}")
+    per_worker, total = _batches(batch_size, global_batch_size, experiment, workers, ranks)
     moment = experiment.momentum if momentum is None else momentum
     # --momentum 0 means plain SGD: the dataset's Nesterov default then goes too; only an explicit --nesterov errs
     use_nesterov = (experiment.nesterov and moment > 0) if nesterov is None else nesterov
@@ -163,27 +154,55 @@ def gossip(
         raise UsageError("--nesterov needs a positive --momentum; add --no-nesterov or set --momentum")
     milestones = tuple(lr_milestones) if lr_milestones is not None else experiment.milestones
     optimizer = opt.OptimizerOptions(
-        optimizer="sgd", learning_rate=experiment.learning_rate if learning_rate is None else learning_rate,
-        weight_decay=weight_decay, lr_schedule="milestones" if milestones else "const",
+        optimizer="sgd", learning_rate=experiment.learning_rate if rates.learning_rate is None else
+        rates.learning_rate, weight_decay=rates.weight_decay, lr_schedule="milestones" if milestones else "const",
         lr_milestones=list(milestones) or None,
         lr_anneal=experiment.anneal if lr_anneal is None else lr_anneal)
     config = prepare(launch, data, length, stragglers, optimizer, checkpoints, backend=BACKEND, has_master=False,
-                     batch=Batch(batch // ranks))
+                     batch=Batch(per_worker or total // ranks))
     validation = VALIDATION_SIZES.get(data.dataset, 0) if val_size is None else val_size
     if validation >= config["train_examples"] - ranks + 1:
         raise UsageError(f"--val-size {validation}: --dataset {data.dataset} has {config['train_examples']} "
                          f"training examples; leave at least one per worker")
     epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
-    config["augment"] = ("crop-flip" if data.dataset == "cifar10" else None) if augment == "auto" else \
-        (None if augment == "none" else augment)
+    config["augment"] = opt.resolve_augment(augment, data.dataset, auto="crop-flip")
     config.update(method=method, agg_period=agg_period, agg_prob=agg_prob,
-                  weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=batch,
-                  per_worker_batch=batch // ranks, momentum=moment, nesterov=use_nesterov, val_size=validation,
+                  weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=per_worker,
+                  global_batch_size=total, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
     config.update(exchange.config())
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
                           dataset=data.dataset, model=config["model"], config=config, launch=launch,
                           output=output, seed=stragglers.seed))
+
+
+def _batches(batch_size: int | None, global_batch_size: int | None, experiment: Experiment, workers: int | None,
+             ranks: int) -> tuple[int | None, int | None]:
+    """(per worker, across workers): --batch-size is per worker, as in every command; --global-batch-size (the
+    dataset's by default) is split over the workers. Under your own mpiexec (no --workers) the job's size is
+    known only to the ranks: the one not given is None here and the protocol resolves it."""
+    if batch_size is not None and global_batch_size is not None:
+        raise UsageError("--batch-size (per worker) and --global-batch-size (across workers) say the same; give one")
+    if batch_size is not None:
+        _note_batch_size_changed(batch_size)
+        return batch_size, batch_size * workers if workers else (batch_size if workers is not None else None)
+    total = global_batch_size if global_batch_size is not None else experiment.batch_size
+    if total < ranks:
+        raise UsageError(f"--global-batch-size {total} is split over {ranks} workers: it must be at least {ranks}")
+    return (total // ranks if workers is not None else None), total
+
+
+def _note_batch_size_changed(batch_size: int) -> None:
+    """`train gossip --batch-size` meant the batch across workers before: say once, on the launching process, what
+    it means now."""
+    import os
+    import sys
+
+    from anytimectl.launch import RELAUNCHED, is_rank_zero
+
+    if RELAUNCHED not in os.environ and is_rank_zero():
+        print(f"anytimectl: note: train gossip --batch-size {batch_size} is per worker now, as in every command; "
+              "the batch across workers (what --batch-size meant before) is --global-batch-size", file=sys.stderr)
 
 
 __all__ = ["EXPERIMENTS", "MODELS", "gossip"]

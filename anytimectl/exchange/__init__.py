@@ -253,6 +253,10 @@ class GatherExchange(Exchange):
 
 
 # --- the registry ----------------------------------------------------------------------------------------------------
+#: --mode: how a compressor cuts the gradient (each tensor on its own, or the model as one), and the original's names
+MODES = ("layerwise", "entire")
+MODE_ALIASES = {"entiremodel": "entire", "entire-model": "entire", "layer-wise": "layerwise"}
+
 @dataclass(frozen=True)
 class ExchangeEntry:
     """A selectable exchange, declared without importing it (choices and `--help` stay framework-free)."""
@@ -265,7 +269,7 @@ class ExchangeEntry:
     needs_torch: bool = False  # its code runs on torch (the run must use --backend torch)
     parameters: tuple[str, ...] = ()  # which ExchangeOptions fields it reads (beyond compressor)
     error_feedback: bool | None = False  # its default; None: it has no error feedback to switch
-    modes: tuple[str, ...] = ("layerwise", "entire")  # the --mode values it honours (() : mode has no meaning)
+    modes: tuple[str, ...] = MODES  # the --mode values it honours (() : mode has no meaning)
 
 
 _ENTRIES: dict[str, ExchangeEntry] = {}
@@ -290,6 +294,11 @@ def names() -> tuple[str, ...]:
 def aliases() -> dict[str, str]:
     """alias -> name, for the original's spellings."""
     return {alias: e.name for e in _ENTRIES.values() for alias in e.aliases}
+
+
+def codec_names() -> tuple[str, ...]:
+    """`none` and the codecs of the compression library (what `compress bench` measures codec by codec)."""
+    return tuple(n for n, e in _ENTRIES.items() if n == "none" or e.target == _CODEC)
 
 
 def entry(name: str) -> ExchangeEntry:
@@ -344,6 +353,6 @@ register(ExchangeEntry(
     parameters=("error_feedback", "powersgd_rank", "powersgd_start_iter", "min_compression_rate", "warm_start"),
     error_feedback=True, modes=("layerwise",)))
 
-__all__ = ["MASTER_FIELDS", "ROW_FIELDS", "DenseExchange", "Exchange", "ExchangeEntry",
-           "ExchangeSpec", "ExchangeStats", "GatherExchange", "Marks", "NoMarks", "aliases", "entry",
+__all__ = ["MASTER_FIELDS", "MODES", "MODE_ALIASES", "ROW_FIELDS", "DenseExchange", "Exchange", "ExchangeEntry",
+           "ExchangeSpec", "ExchangeStats", "GatherExchange", "Marks", "NoMarks", "aliases", "codec_names", "entry",
            "exchange_class", "flat_contribution", "help_text", "make_exchange", "names", "register"]

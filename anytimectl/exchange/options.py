@@ -6,22 +6,19 @@ every method. Choices come from the exchange registry (`anytimectl.exchange`); i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
-
-import typer
 
 from anytimectl import exchange as registry
 from anytimectl.errors import UsageError
-from anytimectl.options import aliased_choice
+from anytimectl.exchange import MODE_ALIASES, MODES
+from anytimectl.options import aliased_choice, option
 
 PANEL_COMPRESSION = "Compression"
-MODES = ("layerwise", "entire")
-MODE_ALIASES = {"entiremodel": "entire", "entire-model": "entire", "layer-wise": "layerwise"}
 MAX_LEVELS = 1 << 30
 
 
-def _option(text: str, *names: str, metavar: str | None = None, **extra: Any) -> Any:
-    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL_COMPRESSION, help=text, **extra)
+_option = partial(option, panel=PANEL_COMPRESSION)
 
 
 def _compressor_option() -> Any:
@@ -43,18 +40,23 @@ def _mode_option() -> Any:
     return option
 
 
+#: --ratio and --levels, which `compress bench` takes too
+RATIO = _option("K: the fraction of each tensor's (or the model's) elements topk and randomk send (--compressor "
+                "none sends all).", "--ratio", "-K", metavar="K", above=0, max=1)
+LEVELS = _option("s: qsgd's quantisation levels per sign (the original's --qstates).", "--levels", "--qstates", "-Q",
+                 metavar="S", min=1, max=MAX_LEVELS)
+
+
 @dataclass
 class ExchangeOptions:
     """How a method's gradients travel between ranks (every field is an option; see `anytimectl.exchange`)."""
 
     compressor: Annotated[str, _compressor_option()] = "none"
     mode: Annotated[str, _mode_option()] = "layerwise"
-    ratio: Annotated[float, _option("K: the fraction of each tensor's (or the model's) elements topk and randomk "
-                                    "send, in (0, 1].", "--ratio", "-K", metavar="K")] = 0.01
+    ratio: Annotated[float, RATIO] = 0.01
     threshold: Annotated[float, _option("V: threshold sends the elements with |g| >= V (of the summed gradient).",
-                                        "--threshold", "-V", metavar="V")] = 0.001
-    levels: Annotated[int, _option("s: qsgd's quantisation levels per sign (the original's --qstates).",
-                                   "--levels", "--qstates", "-Q", metavar="S")] = 255
+                                        "--threshold", "-V", metavar="V", min=0)] = 0.001
+    levels: Annotated[int, LEVELS] = 255
     value_dtype: Annotated[Literal["float32", "float16"], _option(
         "The values that travel (topk, randomk, thresholds); terngrad's and qsgd's scales stay float32.",
         "--value-dtype")] = "float32"
@@ -93,13 +95,6 @@ class ExchangeOptions:
         chosen = registry.entry(self.compressor)
         if chosen.needs_torch and backend != "torch":
             raise UsageError(f"--compressor {chosen.name} runs on torch: use --backend torch")
-        if not 0 < self.ratio <= 1:
-            raise UsageError(f"--ratio {self.ratio:g}: K must lie in (0, 1] (the fraction of elements sent; use "
-                             "--compressor none for no compression)")
-        if self.threshold < 0:
-            raise UsageError(f"--threshold {self.threshold:g}: V must be 0 or more (0 sends every non-zero element)")
-        if not 1 <= self.levels <= MAX_LEVELS:
-            raise UsageError(f"--levels {self.levels}: s must be an integer in 1..{MAX_LEVELS}")
         if chosen.modes and self.mode not in chosen.modes:
             raise UsageError(f"--mode {self.mode} has no meaning for --compressor {chosen.name}: it compresses "
                              f"each tensor on its own; use --mode {chosen.modes[0]}")

@@ -127,10 +127,11 @@ class GossipProtocol(AllReduceProtocol):
         # Every rank's own stream of randomness (dropout, augmentation): seed + rank, like the original. The
         # initial parameters are rank 0's (broadcast by PeerProtocol), so they do not depend on it.
         configure(self.context.request.backend, self.context.rank.threads, self.seed + self.rank)
-        self.per_worker = int(c["batch_size"]) // self.size
+        # batch_size: per worker; under the user's own mpiexec only --global-batch-size may be known, split here
+        self.per_worker = int(c["batch_size"] or int(c["global_batch_size"]) // self.size)
         if self.per_worker < 1:
-            raise UsageError(f"--batch-size {c['batch_size']} is the aggregate batch: it must be at least the "
-                             f"number of workers ({self.size})")
+            raise UsageError(f"--global-batch-size {c['global_batch_size']} is split over the workers: it must be at "
+                             f"least the number of workers ({self.size})")
         self.lag = 1 if self.method in ("allreduce", "local") else GOSSIP_LAG
         self.gossip = GossipSchedule.create(self.size, self.seed, prob=float(c["agg_prob"]),
                                             period=int(c["agg_period"]), weighted=bool(c["weighted"]),

@@ -34,8 +34,10 @@ from anytimectl.step_reports import StepReports
 
 #: keeps the augmentation's random stream apart from every other one seeded by (seed, rank, step)
 _AUGMENT_STREAM = 0xA06
-#: `augment` values: cifar10-fast's recipe (the compression study) and plain crop + flip (the gossip study)
-AUGMENTATIONS = ("cifar", "crop-flip")
+#: `augment` values: cifar10-fast's recipe (the compression study) and plain crop + flip (the gossip study); runs of
+#: earlier versions recorded the first as "cifar"
+AUGMENTATIONS = ("crop-flip-cutout", "crop-flip")
+_AUGMENT_ALIASES = {"cifar": "crop-flip-cutout"}
 
 
 def augmentation(name: str | None, input_shape: tuple[int, ...]) -> Any:
@@ -44,9 +46,10 @@ def augmentation(name: str | None, input_shape: tuple[int, ...]) -> Any:
         return None
     from anytimectl.input_transform import Augmentation
 
+    name = _AUGMENT_ALIASES.get(name, name)
     if name not in AUGMENTATIONS:
         raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)} or none")
-    chosen = Augmentation() if name == "cifar" else Augmentation(cutout=0)
+    chosen = Augmentation() if name == "crop-flip-cutout" else Augmentation(cutout=0)
     chosen.check(input_shape)
     return chosen
 

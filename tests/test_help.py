@@ -1,0 +1,138 @@
+"""`--help` of every command: readable at 80 columns, its options under their panels, examples shown, and fast
+(no framework imported)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from anytimectl.cli import app, main
+
+
+def _commands(command, path=()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        if not sub.hidden:
+            yield from _commands(sub, (*path, name))
+
+
+COMMANDS = list(_commands(typer.main.get_command(app)))
+LEAVES = [(path, command) for path, command in COMMANDS if not getattr(command, "commands", None)]
+
+
+def _ids(items):
+    return [" ".join(path) or "anytimectl" for path, _ in items]
+
+
+def help_text(path: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, columns: int = 80) -> str:
+    """What `anytimectl PATH --help` prints in a terminal of `columns` columns."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([*path, "--help"])
+    assert done.value.code == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=_ids(COMMANDS))
+def test_help_fits_80_columns(path, command, monkeypatch):
+    text = help_text(path, monkeypatch)
+    wide = [line for line in text.splitlines() if len(line) > 80]
+    assert not wide, f"{' '.join(path)} --help: lines over 80 columns: {wide}"
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=_ids(COMMANDS))
+def test_options_show_under_their_panels(path, command, monkeypatch):
+    """Every option with a `rich_help_panel` is listed in the section of that name, and nowhere else."""
+    text = help_text(path, monkeypatch, columns=200)
+    sections = _sections(text)
+    for param in command.params:
+        if param.param_type_name != "option" or param.hidden:
+            continue
+        panel = getattr(param, "rich_help_panel", None) or "Options"
+        assert panel in sections, f"{' '.join(path)}: no section {panel!r} (sections: {list(sections)})"
+        shown = [name for name, body in sections.items() if any(_lists(line, param.opts[0]) for line in body)]
+        assert shown == [panel], f"{' '.join(path)}: {param.opts[0]} under {shown}, declared under {panel!r}"
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":") and not line.startswith("Usage"):
+            current = line[:-1]
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return sections
+
+
+def _lists(line: str, flag: str) -> bool:
+    """The line is the entry of `flag` (its names start the line), not a mention in another option's help."""
+    names = line.strip().split("  ")[0]
+    return line.startswith("  -") and flag in names.replace(",", " ").split()
+
+
+def test_training_commands_share_their_panels(monkeypatch):
+    """The option groups every training command takes show under the same headings in each."""
+    for path in (("train", "amb"), ("train", "fmb"), ("train", "dynamic"), ("train", "gossip"),
+                 ("compress", "train")):
+        sections = _sections(help_text(path, monkeypatch))
+        for panel in ("Launch", "Data and model", "Training", "Length and evaluation", "Stragglers", "Output"):
+            assert panel in sections, f"{' '.join(path)}: no {panel!r} section"
+
+
+@pytest.mark.parametrize(("path", "command"), LEAVES, ids=_ids(LEAVES))
+def test_every_command_shows_examples(path, command, monkeypatch):
+    text = help_text(path, monkeypatch)
+    assert "Examples:" in text, f"{' '.join(path)} --help has no examples"
+    examples = text.split("Examples:", 1)[1]
+    assert f"anytimectl {' '.join(path)}" in examples or path[0] == "runs" and "anytimectl runs" in examples
+
+
+def test_no_range_shown_that_refuses_its_bound(monkeypatch):
+    """Help never shows `x>=0` for an option whose 0 is refused: such ranges show as `x>0` (and are refused by
+    the parser, one line, exit 2: tests/test_cli_errors.py)."""
+    for path in (("train", "amb"), ("train", "gossip"), ("train", "dynamic"), ("compress", "train")):
+        text = help_text(path, monkeypatch)
+        for flag, shown in (("--epochs", "x>0"), ("--target-accuracy", "0<x<=1"), ("--learning-rate", "x>0"),
+                            ("--test-size", "-1 or x>=1")):
+            entry = _entry(text, flag)
+            assert shown in entry and "x>=0" not in entry and "0<=x" not in entry, f"{' '.join(path)}: {entry}"
+    for path in (("train", "dynamic"), ("compress", "train"), ("compress", "bench")):
+        assert "0<x<=1" in _entry(help_text(path, monkeypatch), "--ratio")
+    assert "x>0" in _entry(help_text(("train", "amb"), monkeypatch), "--time-limit")
+    assert "1 or 3" in _entry(help_text(("train", "dynamic"), monkeypatch), "--channels")
+
+
+def _entry(text: str, flag: str) -> str:
+    """The help entry of `flag`: its line and the more indented lines that continue it, joined."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if _lists(line, flag))
+    entry = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("   "):
+            break
+        entry.append(line.strip())
+    return " ".join(entry)
+
+
+def test_help_imports_no_framework():
+    """`--help` of a training command imports neither TensorFlow nor torch (nor rich: plain help is enough)."""
+    code = ("import sys, contextlib, io\n"
+            "from anytimectl.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    for path in (['train', 'amb'], ['train', 'gossip'], ['compress', 'train'], ['train', 'dynamic']):\n"
+            "        try:\n"
+            "            main([*path, '--help'])\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "print(sorted(m for m in ('tensorflow', 'torch', 'rich.console') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
