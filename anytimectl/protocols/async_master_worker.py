@@ -443,10 +443,9 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
         sent = async_worker_loop(self.worker, channel, comm, self.config.seed, self.settings.delay_std,
                                  first=self.worker.contributions,
                                  checkpoint=checkpoint if checkpointer.enabled else None)
-        if checkpointer.enabled:  # the master's last step, which every rank saves
-            last = np.zeros(1)
-            comm.broadcast(last).wait()
-            self._final_checkpoint(checkpointer, int(last[0]), 0.0)
+        last = np.zeros(2)  # the master's last step, and whether every rank saves it (--checkpoint-on-signal)
+        comm.broadcast(last).wait()
+        self._final_checkpoint(checkpointer, int(last[0]), 0.0, bool(last[1]))
         comm.gather(np.array([sent, self.worker.examples_sent], dtype=np.float64), None).wait()
 
     def _run_master(self) -> RunOutcome:
@@ -498,10 +497,10 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
                      + (f">= {s.batch_min} contributions" if s.master == "batch" else f"{s.time_limit:g} s")
                      + ")" + (f", simulated delay std {s.delay_std:g} s" if s.delay_std else ""))
         update, reason = master.run_async(self.engine.param_count, on_start=recorder.start_clock)
-        if checkpointer.enabled:
-            rank.comm.broadcast(np.array([float(update)])).wait()
-            self.master_step = update
-            self._final_checkpoint(checkpointer, update, master.examples / self.config.train_examples)
+        wished = bool(getattr(context.stopper, "checkpoint_requested", False))  # decided once, here, for all
+        rank.comm.broadcast(np.array([float(update), float(wished)])).wait()
+        self.master_step = update
+        self._final_checkpoint(checkpointer, update, master.examples / self.config.train_examples, wished)
         sent = np.zeros((rank.size, 2))
         rank.comm.gather(np.zeros(2), sent).wait()
         return RunOutcome(reason, {

@@ -58,7 +58,8 @@ LAYOUT = RowLayout(ROW_FIELDS)
 #: the workers must use, the learning rate of the update, and whether the master's parameters follow.
 HEADER_STEP, HEADER_STOP, HEADER_TIME_LIMIT, HEADER_RATE, HEADER_RESYNC = 0, 1, 2, 3, 4
 HEADER_SIZE = 5
-STOP_NONE, STOP_FINISHED = 0.0, 1.0
+#: STOP_CHECKPOINT: the run ends and every rank saves its last step (--checkpoint-on-signal)
+STOP_NONE, STOP_FINISHED, STOP_CHECKPOINT = 0.0, 1.0, 2.0
 #: Replicated updates: steps between the workers' parameter checksums.
 CHECK_EVERY = 25
 
@@ -139,8 +140,10 @@ class Worker:
         #: the asynchronous protocol's AMB rounds pass `between` (a model may arrive mid-round): warm up and
         #: calibrate that compilation of the loop, not the other
         self.checks_between = False
-        #: the master's step whose update this worker holds (worker_loop)
+        #: the master's step whose update this worker holds, and whether the master's stop asked every rank to
+        #: checkpoint it (worker_loop)
         self.update_step = 0
+        self.checkpoint_wished = False
         #: the asynchronous protocol: the data position after the contributions handed over, and their count
         self.handed_over: int | None = None
         self.contributions = 0
@@ -230,6 +233,8 @@ class Master:
         self.after_collect: Callable[[int], None] | None = None
         #: called with the step after its update (and whether it is the last): checkpoints are written there
         self.after_step: Callable[[int, bool], None] | None = None
+        #: the last broadcast asked every rank to checkpoint the last step (--checkpoint-on-signal)
+        self.checkpoint_wished = False
 
     def state(self) -> dict[str, Any]:
         """The master's own counters for a checkpoint (the engine's state is saved beside them)."""
@@ -330,7 +335,7 @@ class Master:
             rate = self.rate = self.learning_rate(step, epoch)
             if replicated:
                 reason = self.should_stop(step)
-                broadcast(step, STOP_FINISHED if reason else STOP_NONE)
+                broadcast(step, self._stop_flag(reason))
                 broadcast_end = time.time()
                 if self.before_apply is not None:
                     self.before_apply()
@@ -343,7 +348,7 @@ class Master:
                 loss = self.engine.apply(reduced, rate)
                 apply_end = time.time()
                 reason = self.should_stop(step)
-                broadcast(step, STOP_FINISHED if reason else STOP_NONE)
+                broadcast(step, self._stop_flag(reason))
                 spans = [("collect", collect_start, collect_end, {}), ("apply", collect_end, apply_end, {}),
                          ("broadcast", apply_end, time.time(), {})]
             result = StepResult(step=step, applied_at=apply_end, loss=loss, learning_rate=rate, epoch=epoch,
@@ -360,6 +365,14 @@ class Master:
             if self.after_step is not None:
                 self.after_step(step, reason is not None)
         return step, reason
+
+    def _stop_flag(self, reason: str | None) -> float:
+        """What the last broadcast says: go on, stop, or stop and checkpoint (a --checkpoint-on-signal signal
+        arrived; decided here once, so that every rank agrees)."""
+        if reason is None:
+            return STOP_NONE
+        self.checkpoint_wished = bool(getattr(self.stopper, "checkpoint_requested", False))
+        return STOP_CHECKPOINT if self.checkpoint_wished else STOP_FINISHED
 
     def _finish_evaluation(self, result: StepResult, outcome: tuple[float, float]) -> None:
         result.test_loss, result.accuracy = outcome
@@ -388,6 +401,7 @@ def worker_loop(worker: Worker, comm: Any, param_buffer: np.ndarray, header: np.
         header = header_in
         stop = header[HEADER_STOP] != STOP_NONE
         worker.update_step = int(header[HEADER_STEP])
+        worker.checkpoint_wished = bool(header[HEADER_STOP] == STOP_CHECKPOINT)
         if stop and reduced is None:
             return steps
         if reduced is None or steps == 0 or header[HEADER_RESYNC]:
@@ -639,10 +653,11 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
         recorder.steps, recorder.examples = self.start_step, float(master.examples)
         recorder.row_count = int(self.resumed["rows"])
 
-    def _final_checkpoint(self, checkpointer: Any, step: int, epoch: float) -> None:
+    def _final_checkpoint(self, checkpointer: Any, step: int, epoch: float, wished: bool) -> None:
         """Every rank after the stop: save the last step where not saved yet; rank 0 then completes every
-        checkpoint still open, once a barrier says that every file is written."""
-        if not checkpointer.enabled:
+        checkpoint still open, once a barrier says that every file is written. `wished`: the master's stop asked
+        for a checkpoint (--checkpoint-on-signal), which every rank learnt from it, so all agree."""
+        if not (checkpointer.enabled or wished and checkpointer.can_write):
             return
         if checkpointer.last_saved != step and step > self.start_step:
             self.save_checkpoint(checkpointer, step, epoch)
@@ -708,7 +723,7 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
 
         worker_loop(self.worker, comm, params, np.zeros(HEADER_SIZE), replicated=self.replicated,
                     after_update=after_update)
-        self._final_checkpoint(checkpointer, self.worker.update_step, 0.0)
+        self._final_checkpoint(checkpointer, self.worker.update_step, 0.0, self.worker.checkpoint_wished)
 
     def _run_master(self) -> RunOutcome:
         context = self.context
@@ -760,7 +775,8 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
         step, reason = master.run(transport.collect, transport.broadcast, on_start=recorder.start_clock,
                                   replicated=replicated)
         self.master_step = step
-        self._final_checkpoint(checkpointer, step, master.examples / self.config.train_examples)
+        self._final_checkpoint(checkpointer, step, master.examples / self.config.train_examples,
+                               master.checkpoint_wished)
         summary: dict[str, Any] = {"time_limit": master.time_limit, "replicated_updates": replicated,
                                    "shared_memory": rank.size > 1 and rank.comm.uses_shared_memory is True}
         if replicated:
