@@ -154,7 +154,7 @@ def write_results(found: dict, out: Path, table: Path, figures: Path, seeds: int
         args = [str(out / part), "--group-by", group, "--stat", "median", "--target-accuracy", str(TARGET),
                 "--columns", columns, "--sort", "method,variant,workers"]
         shown = ["anytimectl", "runs", rel(out / part, Path.cwd()), *args[1:]]
-        done = anytimectl([*args, "--format", "markdown"], capture_output=True)
+        done = anytimectl(["runs", *args, "--format", "markdown"], capture_output=True)
         if done.returncode != 0:
             print(f"runs {part}: {done.stderr.strip()}", file=sys.stderr)
         lines += [f"## {TITLES[part]}", "", "```", shlex.join([*shown, "--format", "markdown"]), "```", "",
