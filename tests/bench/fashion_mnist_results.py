@@ -137,28 +137,31 @@ def rel(path: Path, to: Path) -> str:
     return os.path.relpath(path, to)
 
 
-def write_results(found: dict, out: Path, table: Path, figures: Path, seeds: int, command: str, loads: list,
-                  minutes: float) -> None:
-    table.parent.mkdir(parents=True, exist_ok=True)
+def sweep_span(out: Path) -> str:
+    """When the sweep's runs started, from their own run directories (so --report-only tells it as well)."""
+    done = anytimectl(["runs", "list", str(out), "--format", "json", "--columns", "started_at,wall_s"],
+                      capture_output=True)
+    rows = json.loads(done.stdout or "[]")
+    starts = sorted(r["started_at"] for r in rows if r.get("started_at"))
+    if not starts:
+        return "no runs found"
+    return f"{len(rows)} runs started between {starts[0][:16].replace('T', ' ')} and {starts[-1][11:16]} UTC"
+
+
+def collect(found: dict, out: Path, figures: Path) -> list[dict]:
+    """Each part's table (`runs ... --format markdown`) and figures (`plot --save`), with the commands that gave
+    them (paths relative to the working folder)."""
     figures.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Fashion-MNIST results ({time.strftime('%Y-%m-%d')})", "",
-             "Written by `tests/bench/fashion_mnist_results.py` (its docstring says what each run is):", "",
-             "```", command, "```", "",
-             f"{seeds} seed(s) per configuration, median [min, max] over the seeds; the sweep took {minutes:.0f} "
-             f"min on {len(os.sched_getaffinity(0))} shared cores, load average {loads[0]:.1f} at its start and "
-             f"{loads[1]:.1f} at its end (other work ran on the machine; times and rates carry that noise, "
-             "runs of one table were interleaved so it hits them alike). Time to target: the first logged "
-             f"evaluation at or above {TARGET:.0%} test accuracy; `reached` counts the seeds that got there.", ""]
+    sections = []
     for part in found:
         group, columns = TABLES[part]
         args = [str(out / part), "--group-by", group, "--stat", "median", "--target-accuracy", str(TARGET),
-                "--columns", columns, "--sort", "method,variant,workers"]
-        shown = ["anytimectl", "runs", rel(out / part, Path.cwd()), *args[1:]]
-        done = anytimectl(["runs", *args, "--format", "markdown"], capture_output=True)
+                "--columns", columns, "--sort", "method,variant,workers", "--format", "markdown"]
+        done = anytimectl(["runs", *args], capture_output=True)
         if done.returncode != 0:
             print(f"runs {part}: {done.stderr.strip()}", file=sys.stderr)
-        lines += [f"## {TITLES[part]}", "", "```", shlex.join([*shown, "--format", "markdown"]), "```", "",
-                  done.stdout.strip(), ""]
+        section = {"part": part, "command": shlex.join(["anytimectl", "runs", rel(out / part, Path.cwd()), *args[1:]]),
+                   "table": done.stdout.strip(), "figures": []}
         for kind, extra in FIGURES[part]:
             plotted = anytimectl(["plot", str(out / part), "--type", kind, *extra, "--save", "--ext", "png",
                                   "--out", str(figures / part)], capture_output=True)
@@ -168,12 +171,55 @@ def write_results(found: dict, out: Path, table: Path, figures: Path, seeds: int
                 continue
             shown = shlex.join(["anytimectl", "plot", rel(out / part, Path.cwd()), "--type", kind, *extra,
                                 "--save", "--ext", "png", "--out", rel(figures / part, Path.cwd())])
-            for path in paths:
-                final = figures / part / f"{kind}.png"
-                path.replace(final)
-                lines += [f"![{part}: {kind}]({rel(final, table.parent)})", "", f"`{shown}`", ""]
-    table.write_text("\n".join(lines))
+            final = figures / part / f"{kind}.png"
+            paths[0].replace(final)
+            section["figures"].append((final, shown))
+        sections.append(section)
+    return sections
+
+
+def render(sections: list[dict], where: Path, level: str) -> list[str]:
+    """The tables and figures as markdown for a file in folder `where`, sections at heading `level`."""
+    lines: list[str] = []
+    for section in sections:
+        lines += [f"{level} {TITLES[section['part']]}", "", "```", section["command"], "```", "",
+                  section["table"], ""]
+        lines += [f"![{section['part']}: {final.stem}]({rel(final, where)}) `{shown}`" + "\n"
+                  for final, shown in section["figures"]]
+        lines += [""] if section["figures"] else []
+    return lines
+
+
+README_START = "<!-- fashion-mnist-results: written by tests/bench/fashion_mnist_results.py -->"
+README_END = "<!-- fashion-mnist-results end -->"
+
+
+def write_results(found: dict, out: Path, table: Path, figures: Path, readme: Path | None, seeds: int,
+                  command: str) -> None:
+    sections = collect(found, out, figures)
+    about = (f"{seeds} seed(s) per configuration, median [min, max] over the seeds; {sweep_span(out)}, on "
+             f"{len(os.sched_getaffinity(0))} shared cores (load average {os.getloadavg()[0]:.1f} when this was "
+             "written; other work ran on the machine, so times and rates carry that noise, and the runs were "
+             "interleaved so that it hits every configuration alike). Time to target: the first logged evaluation "
+             f"at or above {TARGET:.0%} test accuracy; `reached` counts the seeds that got there, and only their "
+             "times are in the median.")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    head = [f"# Fashion-MNIST results ({time.strftime('%Y-%m-%d')})", "",
+            "Written by `tests/bench/fashion_mnist_results.py` (its docstring says what each run is):", "",
+            "```", command, "```", "", about, ""]
+    table.write_text("\n".join(head + render(sections, table.parent, "##")))
     print(f"wrote {table} and the figures under {figures}")
+    if readme is not None and readme.is_file():
+        text = readme.read_text()
+        if README_START in text and README_END in text:
+            before, rest = text.split(README_START, 1)
+            after = rest.split(README_END, 1)[1]
+            block = ["", "```", command, "```", "", about, "", *render(sections, readme.parent, "####")]
+            readme.write_text(before + README_START + "\n".join(block) + README_END + after)
+            print(f"wrote the results block of {readme}")
+        else:
+            print(f"{readme} has no results block ({README_START} ... {README_END}); left as it is",
+                  file=sys.stderr)
 
 
 def main() -> None:
@@ -184,6 +230,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/fmnist-results"))
     parser.add_argument("--table", type=Path, default=Path("docs/results/fashion-mnist.md"))
     parser.add_argument("--figures", type=Path, default=Path("docs/results/figures"))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"),
+                        help="a file whose results block (between its two marker comments) is replaced")
     parser.add_argument("--report-only", action="store_true", help="only write the tables and figures")
     parser.add_argument("--smoke", action="store_true", help="4 steps a run (checks the commands, not a result)")
     args = parser.parse_args()
@@ -195,12 +243,10 @@ def main() -> None:
         parser.error(f"--data-dir {args.data_dir}: no such folder (apt-get install dataset-fashion-mnist)")
     found = configurations(parts)
     command = "python " + shlex.join([rel(Path(__file__), Path.cwd()), *sys.argv[1:]])
-    start_load, started = os.getloadavg()[0], time.monotonic()
     if not args.report_only:
         run_sweep(found, args.data_dir, args.out, args.seeds, ["--steps", "4"] if args.smoke else [])
-    write_results(found, args.out, args.table, args.figures, args.seeds, command,
-                  [start_load, os.getloadavg()[0]], (time.monotonic() - started) / 60)
-
+    write_results(found, args.out, args.table, args.figures, None if args.smoke else args.readme, args.seeds,
+                  command)
 
 if __name__ == "__main__":
     main()
