@@ -35,13 +35,14 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from anytimectl.args_json import ARGS_FILE, original_args
 from anytimectl.checkpoints import CheckpointingMixin
 from anytimectl.data import BatchStream
+from anytimectl.engine import Engine
 from anytimectl.errors import UsageError
 from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome, TrainingProtocol
@@ -77,37 +78,6 @@ def replicated_updates(hosts: list[str], devices: list[str]) -> bool:
     if os.environ.get("ANYTIMECTL_REPLICATED", "1") in ("0", "false", "no", "off"):
         return False
     return len(set(hosts)) == 1 and all(device == "cpu" for device in devices)
-
-
-class Engine(Protocol):
-    """What a backend provides: a model as flat float32 buffers, and the arithmetic on it."""
-
-    #: Length of the parameter buffer (trainable then non-trainable values).
-    param_count: int
-
-    def get_params(self) -> np.ndarray: ...
-
-    def set_params(self, flat: np.ndarray) -> None: ...
-
-    def compute(self, x: np.ndarray, y: np.ndarray, micro_batches: int, deadline: float,
-                between: Callable[[], None] | None = None) -> tuple[np.ndarray, int, int]:
-        """Gradients of the summed loss over micro-batches of (x, y).
-
-        A micro-batch starts only when it is expected to end before `deadline` (time.time() seconds); at least
-        one always runs. Returns the contribution buffer of length param_count + 2 =
-        [Σ grads, n x non-trainable values, n, Σ loss], the examples used, and the micro-batches run.
-        `between`, where given, is called before each micro-batch but the first and may call set_params: the
-        asynchronous protocol hands over a newer model there."""
-        ...
-
-    def apply(self, reduced: np.ndarray, learning_rate: float) -> float:
-        """Apply the summed contributions as one update; return the mean training loss they carry. `reduced` is
-        read, never written: it may be a view of memory other ranks read too."""
-        ...
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(mean loss, accuracy) on a held-out set, without changing the model."""
-        ...
 
 
 @dataclass

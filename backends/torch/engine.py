@@ -1,4 +1,4 @@
-"""A PyTorch model behind the flat-buffer engine contract (protocols/master_worker.py `Engine`), so that every
+"""A PyTorch model behind the flat-buffer engine contract (anytimectl/engine.py `Engine`), so that every
 protocol (master-worker AMB/FMB, all-reduce, dynamic batching, gossip, compression) runs on it unchanged.
 
 Memory: every value the model holds lives in ONE flat float32 tensor, and every tensor of the model is a view of
