@@ -121,10 +121,10 @@ def test_bad_sizes_are_usage_errors():
 
 # --- through the command line ---------------------------------------------------------------------------------
 def test_a_sim_run_imports_no_framework(tmp_path):
-    code = ("import sys\nfrom anytimectl.cli import main\nsys.argv = ['anytimectl', 'train', 'amb', '--backend', "
+    code = ("import sys\nfrom anytimectl.cli import main\nargv = ['train', 'amb', '--backend', "
             f"'sim', '--workers', '0', '--steps', '3', '--out', {str(tmp_path)!r}, '--quiet', "
             "'--sim-example-time', '0.0005']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "try:\n    main(argv)\nexcept SystemExit:\n    pass\n"
             "print('tensorflow' in sys.modules, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
