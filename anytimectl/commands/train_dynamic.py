@@ -100,6 +100,9 @@ def dynamic(
     from anytimectl.comm.transport import check_transport  # the comm package: not loaded for --help
 
     workers = launch.workers
+    if backend == "tensorflow" and checkpoints.checkpoint_every is not None:
+        raise UsageError("--checkpoint-every: the tensorflow engine has no checkpoints yet (its state is not "
+                         "saved); use --backend torch")
     exchange.check(backend)
     check_transport(transport, backend)
     if batches.min_batch > batches.max_batch and batches.policy != "dbs":  # dbs has no per-worker ceiling
