@@ -73,7 +73,8 @@ def test_holdout_is_fixed_and_disjoint():
     (["--method", "elasticgossip2"], "elasticgossip2"),
     (["--val-size", "1437"], "--val-size 1437"),
     (["--resume", "/nonexistent/run"], "not a run directory"),
-    (["--resume", "/nonexistent/run", "--agg-prob", "0.5"], "--agg-prob cannot change"),
+    # options given with --resume are compared with the recorded ones (tests/test_resume_runs.py): the run comes first
+    (["--resume", "/nonexistent/run", "--agg-prob", "0.5"], "--resume /nonexistent/run: not a run directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = anytimectl("train", "gossip", *args, check=False, timeout=60)

@@ -240,7 +240,7 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
                 else:
                     recorder.step(record)
             wish = context.stopper.reason is not None or (target is not None and best is not None and best >= target)
-            if wish and getattr(context.stopper, "checkpoint_requested", False):
+            if wish and getattr(context.stopper, "checkpoint_requested", False) and hasattr(self.engine, "state"):
                 wish = 2  # --checkpoint-on-signal: every rank checkpoints the agreed last step
             if checkpointer.due(step):  # before the report: a completed report of this step means every file is written
                 self.save_checkpoint(checkpointer, step, epoch)
