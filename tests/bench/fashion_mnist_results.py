@@ -242,7 +242,10 @@ def main() -> None:
     if not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir}: no such folder (apt-get install dataset-fashion-mnist)")
     found = configurations(parts)
-    command = "python " + shlex.join([rel(Path(__file__), Path.cwd()), *sys.argv[1:]])
+    given = [arg for arg in sys.argv[1:] if arg != "--report-only"]
+    command = "python " + shlex.join([rel(Path(__file__), Path.cwd()), *given])
+    if args.report_only:
+        command += "    # the runs; this text and the figures: the same with --report-only, from the kept runs"
     if not args.report_only:
         run_sweep(found, args.data_dir, args.out, args.seeds, ["--steps", "4"] if args.smoke else [])
     write_results(found, args.out, args.table, args.figures, None if args.smoke else args.readme, args.seeds,
