@@ -132,6 +132,13 @@ class TransformedEngine:
             correct += accuracy * count
         return loss_sum / len(x), correct / len(x)
 
+    def state(self) -> dict[str, Any]:
+        """The engine's own (the transform is fixed by the run's options and holds no state)."""
+        return self._engine.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._engine.load_state(state)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from matplotlib import colormaps
 
 from . import style
+from .fig_compress import compressor_label
 from .fig_curves import time_label
 from .registry import Context, axis
 
@@ -19,8 +20,9 @@ MAX_LEGEND_WORKERS = 12
 
 @style.variant_label("dynamic")
 def policy_label(run) -> str:
-    """A dynamic-batching run's policy, as the labels of every figure show it."""
-    return str(run.config.get("policy") or "")
+    """A dynamic-batching run's policy and, with --compressor, how its gradients travel, as the labels of every
+    figure show them ("dbs, topk K=0.01 EF")."""
+    return ", ".join(p for p in (str(run.config.get("policy") or ""), compressor_label(run)) if p)
 
 
 @axis("batch_size", "per-worker batch size against wall-clock time (train dynamic's policies; AMB's batches)")

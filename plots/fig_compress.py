@@ -77,8 +77,15 @@ def compress_label(run) -> str:
     method = str(c.get("method") or "?")
     if method == "none":
         return "none (dense)"
-    # the casts have no mode; powersgd has only layerwise
-    parts = [method, "" if method in CASTS or method == "powersgd" else str(c.get("mode") or "")]
+    return exchange_words(c, method, run.meta)
+
+
+def exchange_words(c: dict, method: str, meta: dict | None = None, default_mode: str | None = None) -> str:
+    """How gradients travel, from the exchange options a run's config holds (`--compressor`'s group): the method,
+    its mode (not for the casts and powersgd, nor when it is `default_mode`), the option that method uses, then
+    error feedback, dtype and rescale when set. E.g. "topk layerwise K=0.01 EF"."""
+    mode = str(c.get("mode") or "")
+    parts = [method, "" if method in CASTS or method == "powersgd" or mode == default_mode else mode]
     if method in ("topk", "randomk"):
         parts.append(f"K={c.get('ratio'):g}")
     elif method == "threshold":
@@ -86,7 +93,7 @@ def compress_label(run) -> str:
     elif method == "qsgd":
         parts.append(f"s={c.get('levels')}")
     elif method == "powersgd":
-        rank = c.get("powersgd_rank") or (run.meta.get("compression") or {}).get("rank")
+        rank = c.get("powersgd_rank") or ((meta or {}).get("compression") or {}).get("rank")
         parts.append(f"r={rank}")
     if c.get("error_feedback") and method not in ALWAYS_EF:
         parts.append("EF")
@@ -100,6 +107,14 @@ def compress_label(run) -> str:
     if c.get("rescale"):
         parts.append("rescaled")
     return " ".join(p for p in parts if p)
+
+
+def compressor_label(run) -> str:
+    """`--compressor` of a `train dynamic` or `train gossip --method allreduce` run as its labels show it ("topk
+    K=0.01 EF"; the mode only when it is not layerwise); empty for uncompressed gradients."""
+    c = run.config
+    method = str(c.get("compressor") or "none")
+    return "" if method == "none" else exchange_words(c, method, run.meta, default_mode="layerwise")
 
 
 def _labels(ctx: Context) -> dict[int, str]:

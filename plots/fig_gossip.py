@@ -7,8 +7,8 @@
   worst to the best worker as a band: how far gossip lets the models drift apart.
 - gossip: the three side by side.
 
-Runs are labelled by what tells gossip runs apart (method, --agg-prob, --agg-period, --elastic-alpha, weighted);
-other runs keep their usual labels.
+Runs are labelled by what tells gossip runs apart (method, --agg-prob, --agg-period, --elastic-alpha, weighted,
+allreduce's --compressor); other runs keep their usual labels.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import style
+from .fig_compress import compressor_label
 from .fig_curves import time_label
 from .registry import Context, axis, panel
 
@@ -40,11 +41,14 @@ def _probability(p: float) -> str:
 
 @style.variant_label("gossip")
 def gossip_label(run) -> str:
-    """method, and for the gossiping methods what sets them apart: p, the period, alpha, weighted."""
+    """method, and for the gossiping methods what sets them apart: p, the period, alpha, weighted; for allreduce
+    with --compressor, the compressor and its options ("allreduce, topk K=0.01 EF")."""
     if not is_gossip(run):
         return run.label
     c = run.config
     method = str(c.get("method") or "gossip")
+    if method == "allreduce":  # with --compressor, how its gradients travel
+        return ", ".join(p for p in (method, compressor_label(run)) if p)
     parts = [method]
     if method in ("elastic", "gossip"):
         parts.append(f"p={_probability(float(c.get('agg_prob', 1.0)))}")

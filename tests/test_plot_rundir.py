@@ -268,3 +268,20 @@ def test_labels_tell_each_methods_variants_apart(tmp_path):
     assert "dbs" in labels[0] and "loss" in labels[1] and "elastic p=1/8" in labels[2]
     assert len(set(labels)) == len(labels) and not any("[" in label for label in labels), labels
     assert "tensorflow" in labels[3] and "torch" in labels[4] and "async every 200 ms" in labels[5]
+
+
+def test_labels_name_the_compressor_of_dynamic_and_allreduce_runs(tmp_path):
+    from anytimectl.plots import registry
+
+    registry.load_all()
+    exchange = {"compressor": "none", "mode": "layerwise", "ratio": 0.01, "error_feedback": False}
+    runs = [_run(tmp_path, "a", "dynamic", "dynamic", "torch", policy="dbs", **exchange),
+            _run(tmp_path, "b", "dynamic", "dynamic", "torch", policy="dbs",
+                 **{**exchange, "compressor": "topk", "error_feedback": True}),
+            _run(tmp_path, "c", "gossip", "gossip", "torch", method="allreduce", **exchange),
+            _run(tmp_path, "d", "gossip", "gossip", "torch", method="allreduce",
+                 **{**exchange, "compressor": "qsgd", "mode": "entire", "levels": 4}),
+            _run(tmp_path, "e", "gossip", "gossip", "torch", method="allreduce", **{**exchange, "compressor": "fp16"})]
+    style.assign_labels(runs)
+    assert [r.label for r in runs] == ["DYNAMIC dbs", "DYNAMIC dbs, topk K=0.01 EF", "GOSSIP allreduce",
+                                       "GOSSIP allreduce, qsgd entire s=4", "GOSSIP allreduce, fp16"]

@@ -102,6 +102,25 @@ def test_dynamic_dbs_resumes_exactly_with_its_decided_batches_and_history(tmp_pa
     assert [e["step"] for e in written] == [N, 2 * N] and all(e["seconds"] > 0 for e in written)
 
 
+def test_dynamic_on_tensorflow_resumes_exactly_through_its_input_transform(tmp_path):
+    """TensorFlow: every model and optimizer variable of every rank (Adam's moments and step count, the digits
+    CNN's dropout seed states), through the input transform's wrapper (--channels 3), and dbs's decided batches."""
+    args = (*DBS, "--backend", "tensorflow", "--optimizer", "adam", "--channels", "3", *COMMON)
+    anytimectl(*args, "--steps", str(2 * N), "--checkpoint-every", str(N), "--keep-checkpoints", "5",
+               "--out", str(tmp_path), "--name", "straight")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(checkpoints.step_dir(resumed, 2 * N))
+    anytimectl("train", "dynamic", "--resume", str(resumed), "--quiet")
+    assert metadata(resumed)["backend"] == "tensorflow"
+    engine = _final_state(straight, 2 * N)[0]["engine"]
+    assert set(engine) == {"model", "optimizer"} and len(engine["optimizer"]) > 1  # Adam's slots were saved
+    workers = table(straight, "worker_stats")
+    after = workers[workers["master_step"] > N]["batch_size"].tolist()
+    assert after[:2] != [16, 16] and sum(after[:2]) == 32
+    _compare(straight, resumed)
+
+
 def _ranks_of(marker: str) -> dict[int, int]:
     """rank -> pid of the MPI ranks started with ANYTIMECTL_TEST_PARENT=marker (other helpers' markers may be
     any text: compared as text)."""

@@ -109,9 +109,6 @@ def dynamic(
     from anytimectl.comm.transport import check_transport  # the comm package: not loaded for --help
 
     workers = launch.workers
-    if backend == "tensorflow" and checkpoints.checkpoint_every is not None:
-        raise UsageError("--checkpoint-every: train dynamic --backend tensorflow has no checkpoints yet (its "
-                         "protocol does not save the TensorFlow engine); use --backend torch")
     exchange.check(backend)
     check_transport(transport, backend)
     if batches.min_batch > batches.max_batch and batches.policy != "dbs":  # dbs has no per-worker ceiling
