@@ -87,6 +87,23 @@ def marked_processes(marker: str) -> list[int]:
     return found
 
 
+def ranks_of(parent: str | int) -> dict[int, int]:
+    """rank -> pid of the MPI ranks started by a launcher with ANYTIMECTL_TEST_PARENT=parent (compared as text:
+    other tests' markers may be any text)."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if variables.get(b"ANYTIMECTL_TEST_PARENT") == str(parent).encode() and b"PMI_RANK" in variables:
+            ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
+    return ranks
+
+
 def wait_for(predicate, what: str, seconds: float = 240) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, metadata, ranks_of, table
 
 from anytimectl import checkpoints
 
@@ -26,21 +26,6 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 SIM = ("--backend", "sim", "--sim-example-time", "0.01", "--sim-params", "4096", "--sim-half-examples", "200",
        "--batch-size", "16", "--seed", "7", "--test-size", "50", "--log-every", "4", "--quiet")
 
-
-def ranks_of(parent: str) -> dict[int, int]:
-    """rank -> pid of the MPI ranks started by a launcher with ANYTIMECTL_TEST_PARENT=parent."""
-    ranks = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-        if variables.get(b"ANYTIMECTL_TEST_PARENT") == parent.encode() and b"PMI_RANK" in variables:
-            ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
-    return ranks
 
 
 def kill_after_checkpoint(args: list[str], run: Path, step: int, timeout: float = 240) -> int:

@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, metadata, ranks_of, table
 from test_cli_errors import assert_one_line_error
-from test_train_runs import _ranks_of, _wait_for_rows
+from test_train_runs import _wait_for_rows
 
 from anytimectl.launch import find_mpiexec
 from anytimectl.protocols.dynamic import DynamicProtocol
@@ -255,7 +255,7 @@ def test_killed_rank_ends_the_job_and_marks_the_run_failed(tmp_path):
     run = tmp_path / "victim"
     try:
         _wait_for_rows(run / "worker_stats.csv", 10, process)
-        ranks = _ranks_of(int(marker))
+        ranks = ranks_of(int(marker))
         assert 1 in ranks, ranks
         os.kill(ranks[1], signal.SIGKILL)
         killed_at = time.time()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, anytimectl, metadata, table
+from helpers import REPO, anytimectl, metadata, ranks_of, table
 
 from anytimectl import checkpoints
 from anytimectl.rundir import read_trace
@@ -121,22 +121,6 @@ def test_dynamic_on_tensorflow_resumes_exactly_through_its_input_transform(tmp_p
     _compare(straight, resumed)
 
 
-def _ranks_of(marker: str) -> dict[int, int]:
-    """rank -> pid of the MPI ranks started with ANYTIMECTL_TEST_PARENT=marker (other helpers' markers may be
-    any text: compared as text)."""
-    ranks = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-        if variables.get(b"ANYTIMECTL_TEST_PARENT") == marker.encode() and b"PMI_RANK" in variables:
-            ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
-    return ranks
-
 
 def _run_and_kill_after_checkpoint(args: tuple[str, ...], out: Path, name: str) -> Path:
     """Start the run, wait for the checkpoint of step N to be complete, kill -9 rank 1; the job ends failed."""
@@ -152,7 +136,7 @@ def _run_and_kill_after_checkpoint(args: tuple[str, ...], out: Path, name: str) 
             assert process.poll() is None, f"the run ended before its checkpoint: {process.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint of step N"
             time.sleep(0.02)
-        ranks = _ranks_of(marker)
+        ranks = ranks_of(marker)
         os.kill(ranks[1], signal.SIGKILL)
         process.wait(timeout=60)
     finally:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, anytimectl, metadata, table
+from helpers import REPO, anytimectl, metadata, ranks_of, table
 
 from anytimectl.protocols.master_worker import MasterWorkerProtocol
 from anytimectl.rundir import read_trace
@@ -121,22 +121,6 @@ def _wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: fl
     raise AssertionError("no progress")
 
 
-def _ranks_of(parent: int) -> dict[int, int]:
-    """rank -> pid for the MPI ranks below a launcher process."""
-    ranks = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        variables = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-        if variables.get(b"ANYTIMECTL_RUN_DIR") and b"PMI_RANK" in variables:
-            if variables.get(b"ANYTIMECTL_TEST_PARENT") == str(parent).encode():  # others' markers may be any text
-                ranks[int(variables[b"PMI_RANK"])] = int(entry.name)
-    return ranks
-
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the ranks")
 def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
@@ -149,7 +133,7 @@ def test_killed_worker_ends_the_job_and_marks_the_run_failed(tmp_path):
         env={**os.environ, "ANYTIMECTL_TEST_PARENT": marker})
     run = tmp_path / "victim"
     _wait_for_rows(run / "master_stats.csv", 5, process)
-    ranks = _ranks_of(int(marker))
+    ranks = ranks_of(int(marker))
     assert 1 in ranks, ranks
     os.kill(ranks[1], signal.SIGKILL)
     killed_at = time.time()
