@@ -4,9 +4,11 @@ still maps, and anything that existed before, stay."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir() or not Path("/proc
                                 reason="needs /dev/shm and /proc (Linux)")
 
 
-def test_new_unused_leftovers_go_and_segments_in_use_stay():
+def test_new_unused_leftovers_go_and_files_in_use_or_being_made_stay():
     tag = uuid.uuid4().hex[:8]
     old = Path("/dev/shm") / f"mpich_shm_old{tag}"
     old.write_bytes(b"\0" * 4096)
@@ -26,8 +28,13 @@ def test_new_unused_leftovers_go_and_segments_in_use_stay():
     dead = Path("/dev/shm") / f"mpich_shm_dead{tag}"
     alive = Path("/dev/shm") / f"mpich_shm_alive{tag}"
     autograph = Path(tempfile.gettempdir()) / f"__autograph_generated_file{tag}.py"
-    for path in (dead, alive, autograph):
+    opened = Path("/dev/shm") / f"mpich_shm_open{tag}"
+    fresh = Path("/dev/shm") / f"mpich_shm_fresh{tag}"
+    for path in (dead, alive, autograph, opened):
         path.write_bytes(b"\0" * 4096)
+        os.utime(path, (time.time() - 60, time.time() - 60))  # written a minute ago: a killed rank's
+    fresh.write_bytes(b"\0" * 4096)  # just written: another job may be about to map it
+    reader = open(opened, "rb")  # noqa: SIM115 (held open across the clean-up, as another job would)
     holder = subprocess.Popen([sys.executable, "-c", f"import mmap, sys\nf = open({str(alive)!r}, 'r+b')\n"
                                "m = mmap.mmap(f.fileno(), 4096)\nprint('mapped', flush=True)\nsys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -36,8 +43,10 @@ def test_new_unused_leftovers_go_and_segments_in_use_stay():
         removed = leftovers.clean(before)
         assert dead in removed and autograph in removed and not dead.exists() and not autograph.exists()
         assert alive.exists() and alive not in removed  # another job's segment, in use
+        assert opened.exists() and fresh.exists()  # held open; being made
         assert old.exists()  # there before the job
     finally:
         holder.communicate("", timeout=30)
-        for path in (old, dead, alive, autograph):
+        reader.close()
+        for path in (old, dead, alive, autograph, opened, fresh):
             path.unlink(missing_ok=True)
