@@ -104,13 +104,16 @@ def test_help_lists_methods_and_the_originals_names():
 
 def test_batch_size_is_per_worker_and_says_so_once(capsys, monkeypatch):
     """`train gossip --batch-size` is per worker, as in every command; it meant the total before, so the launching
-    process says so in one line (a relaunched rank does not repeat it)."""
-    from anytimectl.commands.train_gossip import EXPERIMENTS, _batches
+    process says so in one line (a relaunched rank does not repeat it), once every check has passed (a refusal
+    stays one line: tests/test_reliability_inputs.py)."""
+    from anytimectl.commands.train_gossip import EXPERIMENTS, _batches, _note_batch_size_changed
     from anytimectl.launch import RELAUNCHED
 
     digits = EXPERIMENTS["digits"]
     monkeypatch.delenv(RELAUNCHED, raising=False)
     assert _batches(8, None, digits, 4, 4) == (8, 32)
+    assert capsys.readouterr().err == ""
+    _note_batch_size_changed(8)
     note = capsys.readouterr().err.strip().splitlines()
     assert len(note) == 1 and "--batch-size 8 is per worker now" in note[0] and "--global-batch-size" in note[0]
     assert _batches(None, 32, digits, 4, 4) == (8, 32)

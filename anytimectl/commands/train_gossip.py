@@ -172,6 +172,8 @@ def gossip(
                   global_batch_size=total, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
     config.update(exchange.config())
+    if batch_size is not None:  # once every check has passed: a refusal stays one line
+        _note_batch_size_changed(batch_size)
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
                           dataset=data.dataset, model=config["model"], config=config, launch=launch,
                           output=output, seed=stragglers.seed))
@@ -185,7 +187,6 @@ def _batches(batch_size: int | None, global_batch_size: int | None, experiment: 
     if batch_size is not None and global_batch_size is not None:
         raise UsageError("--batch-size (per worker) and --global-batch-size (across workers) say the same; give one")
     if batch_size is not None:
-        _note_batch_size_changed(batch_size)
         return batch_size, batch_size * workers if workers else (batch_size if workers is not None else None)
     total = global_batch_size if global_batch_size is not None else experiment.batch_size
     if total < ranks:
