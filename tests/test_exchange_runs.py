@@ -40,6 +40,7 @@ def _check_columns(run, steps: int) -> tuple[dict, object]:
     return meta, workers
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("command", ["dynamic", "gossip"])
 def test_topk_with_error_feedback_trains_dbs_and_gossip_allreduce(tmp_path, command):
     run = _run(tmp_path, command, "topk", "--compressor", "topk", "--ratio", "0.01", "--error-feedback", steps=6)
@@ -64,6 +65,7 @@ def _expected_payload(method: str, compression: dict) -> int:
     return 4 * tensors + math.ceil(trainable / 8)  # one float32 scale per tensor + one bit per element
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("method", ["fp16", "bf16", "signsgd", "ef-signsgd"])
 def test_each_new_exchange_trains_through_every_method(tmp_path, command, method):
@@ -89,6 +91,7 @@ def test_options_that_cannot_apply_are_one_line_errors(args, fragments, tmp_path
     assert_one_line_error(anytimectl(*args, "--out", str(tmp_path), check=False), *fragments)
 
 
+@pytest.mark.torch
 def test_bench_reports_the_new_exchanges_bytes_against_their_bound(tmp_path):
     result = anytimectl("compress", "bench", "--model", "digits-cnn", "--dataset", "digits", "--batch-size", "32",
                         "--methods", "fp16,bf16,signsgd,ef-signsgd", "--modes", "layerwise", "--repeats", "1",
@@ -106,6 +109,7 @@ def test_bench_reports_the_new_exchanges_bytes_against_their_bound(tmp_path):
     assert list(table(tmp_path / "b", "compress_bench").method) == list(rows)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("method", ["fp16", "bf16"])
 def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
     """Two ranks' 16-bit sum is correctly rounded whoever adds: MPI's user-defined sum and gloo's native one give the
@@ -121,6 +125,7 @@ def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
     assert (per_step["mpi"] == per_step["torch"]).all() and (per_step["mpi"] > 0).all()
 
 
+@pytest.mark.torch
 def test_a_resumed_gossip_allreduce_keeps_the_error_feedback_memory(tmp_path):
     """The exchange's residual is in the checkpoint: stopped at step 3 and resumed, a topk run with error feedback
     trains exactly as the uninterrupted one (a lost residual would change every later step)."""
