@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import anytimectl
+from helpers import anytimectl, anytimectl_each, selected_argvs
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -58,14 +57,8 @@ BAD_INPUTS = [
 
 @pytest.fixture(scope="module")
 def bad_input_results(request) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
-    """Each selected case's real CLI in a fresh interpreter of its own, as before, but a few at a time rather than
-    one after another: each spends most of its 0.4 s of CPU starting Python, and 33 of them in a row were the
-    fast loop's slowest file."""
-    selected = {tuple(item.callspec.params["args"]) for item in request.session.items
-                if getattr(item, "originalname", None) == "test_bad_input_is_one_line_and_exit_2"}
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        started = {args: pool.submit(anytimectl, *args, check=False, timeout=120) for args in selected}
-    return {args: job.result() for args, job in started.items()}
+    """The selected cases' real CLI, each in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    return anytimectl_each(selected_argvs(request, {"test_bad_input_is_one_line_and_exit_2": lambda args, **_: args}))
 
 
 @pytest.mark.parametrize(("args", "fragments"), BAD_INPUTS)
