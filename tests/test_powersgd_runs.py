@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
 from test_cli_errors import assert_one_line_error
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
@@ -84,14 +84,24 @@ def test_gossip_allreduce_takes_powersgd_and_keeps_the_workers_on_one_model(tmp_
     assert meta["compression"]["min_compression_rate"] == 4
 
 
+@pytest.fixture(scope="module")
+def refusals(request, tmp_path_factory):
+    """Each selected case's real CLI in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    out = tmp_path_factory.mktemp("refused")
+    return out, anytimectl_each(selected_argvs(request, {
+        "test_bad_powersgd_options_are_one_line_and_exit_2": lambda args, **_: (*args, "--steps", "2", "--out",
+                                                                                str(out))}))
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["compress", "train", "--compressor", "powersgd", "--mode", "entire"], ["--mode entire", "powersgd"]),
     (["compress", "train", "--compressor", "powersgd", "--rank", "0"], ["--rank"]),
     (["compress", "train", "--compressor", "powersgd", "--min-compression-rate", "-1"], ["--min-compression-rate"]),
     (["train", "dynamic", "--compressor", "powersgd", "--backend", "tensorflow"], ["powersgd", "--backend torch"]),
 ])
-def test_bad_powersgd_options_are_one_line_and_exit_2(args, fragments, tmp_path):
-    result = anytimectl(*args, "--steps", "2", "--out", str(tmp_path), check=False, timeout=60)
+def test_bad_powersgd_options_are_one_line_and_exit_2(refusals, args, fragments):
+    out, results = refusals
+    result = results[(*args, "--steps", "2", "--out", str(out))]
     assert_one_line_error(result, *fragments)
 
 
