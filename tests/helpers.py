@@ -29,11 +29,12 @@ def anytimectl(*args: str, timeout: float = RUN_TIMEOUT, check: bool = True,
     return result
 
 
-def anytimectl_each(argvs: Iterable[tuple[str, ...]], timeout: float = 120,
-                    at_once: int = 6) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+def anytimectl_each(argvs: Iterable[tuple[str, ...]], timeout: float = 180,
+                    at_once: int = 2) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
     """`anytimectl(*argv, check=False)` for each argv, each in a fresh interpreter of its own as a user would start
-    it, but a few at a time: checks that end before launching spend most of their 0.4 s of CPU starting Python, and
-    dozens of them one after another were the fast loop's slowest files."""
+    it, but two at a time (one per core of the 2-core machines we test on): checks that end before launching spend
+    most of their 0.4 s of CPU starting Python, and one after another they used one core of two. Not more at once:
+    on a loaded machine each would take that many times longer, towards its timeout."""
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         started = {argv: pool.submit(anytimectl, *argv, check=False, timeout=timeout) for argv in dict.fromkeys(argvs)}
     return {argv: job.result() for argv, job in started.items()}

@@ -57,7 +57,7 @@ BAD_INPUTS = [
 
 @pytest.fixture(scope="module")
 def bad_input_results(request) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
-    """The selected cases' real CLI, each in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    """The selected cases' real CLI, each in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
     return anytimectl_each(selected_argvs(request, {"test_bad_input_is_one_line_and_exit_2": lambda args, **_: args}))
 
 

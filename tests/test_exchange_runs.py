@@ -81,7 +81,7 @@ def test_each_new_exchange_trains_through_every_method(tmp_path, command, method
 
 @pytest.fixture(scope="module")
 def refusals(request, tmp_path_factory):
-    """Each selected case's real CLI in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
     out = tmp_path_factory.mktemp("refused")
     return out, anytimectl_each(selected_argvs(request, {
         "test_options_that_cannot_apply_are_one_line_errors": lambda args, **_: (*args, "--out", str(out))}))

@@ -65,7 +65,7 @@ def test_holdout_is_fixed_and_disjoint():
 
 @pytest.fixture(scope="module")
 def bad_input_results(request):
-    """Each selected case's real CLI in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
     return anytimectl_each(selected_argvs(request, {
         "test_bad_input_is_one_line_and_exit_2": lambda args, **_: ("train", "gossip", *args)}))
 

@@ -86,7 +86,7 @@ def test_gossip_allreduce_takes_powersgd_and_keeps_the_workers_on_one_model(tmp_
 
 @pytest.fixture(scope="module")
 def refusals(request, tmp_path_factory):
-    """Each selected case's real CLI in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
     out = tmp_path_factory.mktemp("refused")
     return out, anytimectl_each(selected_argvs(request, {
         "test_bad_powersgd_options_are_one_line_and_exit_2": lambda args, **_: (*args, "--steps", "2", "--out",

@@ -47,7 +47,7 @@ ARGV_OF = {
 
 @pytest.fixture(scope="module")
 def started(request, tmp_path_factory):
-    """The selected tests' real CLI, each in a fresh interpreter, started a few at a time (helpers.anytimectl_each);
+    """The selected tests' real CLI, each in a fresh interpreter, started two at a time (helpers.anytimectl_each);
     the model files are written first, each in a folder of its own."""
     _MODEL_FILES[:] = [tmp_path_factory.mktemp("model-files")]
     for item in request.session.items:

@@ -162,7 +162,7 @@ def test_many_sim_workers_on_a_small_machine(tmp_path):
 
 @pytest.fixture(scope="module")
 def bad_option_results(request, tmp_path_factory):
-    """Each selected case's real CLI in a fresh interpreter, started a few at a time (helpers.anytimectl_each)."""
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
     out = tmp_path_factory.mktemp("bad-options")
     return out, anytimectl_each(selected_argvs(request, {
         "test_bad_sim_and_protocol_options_are_one_line_errors": lambda args, **_: ("train", "fmb", "--out", str(out),
