@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,25 @@ def anytimectl(*args: str, timeout: float = RUN_TIMEOUT, check: bool = True,
     if check and result.returncode != 0:
         raise AssertionError(f"anytimectl {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
+
+
+def anytimectl_each(argvs: Iterable[tuple[str, ...]], timeout: float = 180,
+                    at_once: int = 2) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """`anytimectl(*argv, check=False)` for each argv, each in a fresh interpreter of its own as a user would start
+    it, but two at a time (one per core of the 2-core machines we test on): checks that end before launching spend
+    most of their 0.4 s of CPU starting Python, and one after another they used one core of two. Not more at once:
+    on a loaded machine each would take that many times longer, towards its timeout."""
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        started = {argv: pool.submit(anytimectl, *argv, check=False, timeout=timeout) for argv in dict.fromkeys(argvs)}
+    return {argv: job.result() for argv, job in started.items()}
+
+
+def selected_argvs(request, argv_of: dict[str, Callable[..., tuple[str, ...]]]) -> list[tuple[str, ...]]:
+    """For a module fixture that runs its tests' commands together: the command line of each test of this module
+    that this session will run (after -k/-m), from its parameters; `argv_of` maps a test's name to a function of
+    its parameters."""
+    return [tuple(argv_of[item.originalname](**item.callspec.params)) for item in request.session.items
+            if item.module is request.module and getattr(item, "originalname", None) in argv_of]
 
 
 def metadata(run: Path) -> dict:

@@ -140,6 +140,7 @@ def _one_line_refusal(result) -> str:
 
 
 @pytest.mark.mpi
+@pytest.mark.torch  # train gossip runs on torch
 @pytest.mark.slow
 def test_resume_with_a_crafted_checkpoint_runs_no_code(base, tmp_path):
     run = _copy(base, tmp_path)
@@ -162,6 +163,7 @@ def test_resume_with_a_crafted_checkpoint_runs_no_code(base, tmp_path):
 
 
 @pytest.mark.mpi
+@pytest.mark.torch  # train gossip runs on torch
 @pytest.mark.slow
 def test_resume_after_a_truncated_checkpoint_continues_from_the_previous_one(base, tmp_path):
     run = _copy(base, tmp_path)
@@ -175,6 +177,7 @@ def test_resume_after_a_truncated_checkpoint_continues_from_the_previous_one(bas
 
 
 @pytest.mark.mpi
+@pytest.mark.torch  # train gossip runs on torch
 def test_resume_refuses_a_checkpoint_of_another_model_or_a_damaged_metadata(base, tmp_path):
     run = _copy(base, tmp_path)
     line = _one_line_refusal(anytimectl("train", "gossip", "--resume", str(run), "--steps", "9", "--workers", "3",

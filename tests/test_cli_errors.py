@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import anytimectl
+from helpers import anytimectl, anytimectl_each, selected_argvs
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -18,7 +18,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize(("args", "fragments"), [
+BAD_INPUTS = [
     (["train", "amb", "--partitions", "300", "--batch-size", "256"], ["--partitions 300", "--batch-size 256"]),
     (["train", "amb", "--time-limit", "0"], ["--time-limit 0", "positive"]),
     (["train", "amb", "--time-limit", "-1.5"], ["--time-limit -1.5"]),
@@ -52,9 +52,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     (["train", "fmb", "--device", "tpu"], ["--device", "'tpu'"]),
     (["train", "fmb", "--backend", "jax"], ["--backend", "'jax'"]),
     (["train", "fmb", "--induce", "mix:1,2"], ["--induce"]),
-])
-def test_bad_input_is_one_line_and_exit_2(args, fragments):
-    assert_one_line_error(anytimectl(*args, check=False, timeout=60), *fragments)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(request) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """The selected cases' real CLI, each in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
+    return anytimectl_each(selected_argvs(request, {"test_bad_input_is_one_line_and_exit_2": lambda args, **_: args}))
+
+
+@pytest.mark.parametrize(("args", "fragments"), BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_2(bad_input_results, args, fragments):
+    assert_one_line_error(bad_input_results[tuple(args)], *fragments)
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):

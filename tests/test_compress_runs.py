@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
 from test_cli_errors import assert_one_line_error
 
 from anytimectl.protocols.compressed import CompressedProtocol
@@ -131,6 +131,23 @@ def test_bench_writes_a_run_directory_and_json(tmp_path):
     assert "compress_bench" in figure.stdout
 
 
+def _case_folder(args) -> str:
+    return f"case-{abs(hash(tuple(args)))}"
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(request, tmp_path_factory):
+    """Each selected case's real CLI in a fresh interpreter, with an empty --out folder of its own, started a few at
+    a time (helpers.anytimectl_each)."""
+    out = tmp_path_factory.mktemp("bad-input")
+
+    def argv(args, **_):
+        (out / _case_folder(args)).mkdir(exist_ok=True)
+        return ("compress", *args, "--out", str(out / _case_folder(args)))
+
+    return {"out": out, **anytimectl_each(selected_argvs(request, {"test_bad_input_is_one_line_and_exit_2": argv}))}
+
+
 @pytest.mark.parametrize(("args", "fragments"), [
     (["train", "--method", "sparsify"], ["'sparsify'", "topk"]),
     (["train", "--mode", "diagonal"], ["'diagonal'", "layerwise"]),
@@ -147,7 +164,8 @@ def test_bench_writes_a_run_directory_and_json(tmp_path):
     (["bench", "--ratio", "0"], ["--ratio 0"]),
     (["bench", "--model", "nosuchnet"], ["--model 'nosuchnet'", "--dataset"]),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
-    result = anytimectl("compress", *args, "--out", str(tmp_path), check=False, timeout=60)
+def test_bad_input_is_one_line_and_exit_2(bad_input_results, args, fragments):
+    out = bad_input_results["out"] / _case_folder(args)
+    result = bad_input_results[("compress", *args, "--out", str(out))]
     assert_one_line_error(result, *fragments)
-    assert not list(tmp_path.iterdir())  # nothing was created
+    assert not list(out.iterdir())  # nothing was created

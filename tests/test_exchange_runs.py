@@ -10,7 +10,7 @@ import json
 import math
 
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
 from test_cli_errors import assert_one_line_error
 
 from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS
@@ -40,6 +40,7 @@ def _check_columns(run, steps: int) -> tuple[dict, object]:
     return meta, workers
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("command", ["dynamic", "gossip"])
 def test_topk_with_error_feedback_trains_dbs_and_gossip_allreduce(tmp_path, command):
     run = _run(tmp_path, command, "topk", "--compressor", "topk", "--ratio", "0.01", "--error-feedback", steps=6)
@@ -64,6 +65,7 @@ def _expected_payload(method: str, compression: dict) -> int:
     return 4 * tensors + math.ceil(trainable / 8)  # one float32 scale per tensor + one bit per element
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("method", ["fp16", "bf16", "signsgd", "ef-signsgd"])
 def test_each_new_exchange_trains_through_every_method(tmp_path, command, method):
@@ -77,6 +79,14 @@ def test_each_new_exchange_trains_through_every_method(tmp_path, command, method
     assert workers["bound_bytes"].le(workers["payload_bytes"]).all()
 
 
+@pytest.fixture(scope="module")
+def refusals(request, tmp_path_factory):
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
+    out = tmp_path_factory.mktemp("refused")
+    return out, anytimectl_each(selected_argvs(request, {
+        "test_options_that_cannot_apply_are_one_line_errors": lambda args, **_: (*args, "--out", str(out))}))
+
+
 @pytest.mark.parametrize(("args", "fragments"), [
     (["train", "gossip", "--method", "elastic", "--compressor", "topk"], ["--compressor topk", "--method allreduce"]),
     (["train", "dynamic", "--backend", "tensorflow", "--compressor", "qsgd"], ["--compressor qsgd", "--backend torch"]),
@@ -85,10 +95,12 @@ def test_each_new_exchange_trains_through_every_method(tmp_path, command, method
     (["compress", "train", "--method", "topk", "--compressor", "qsgd"], ["--method topk", "--compressor qsgd"]),
     (["train", "dynamic", "--compressor", "zip"], ["'zip'", "topk", "signsgd"]),
 ])
-def test_options_that_cannot_apply_are_one_line_errors(args, fragments, tmp_path):
-    assert_one_line_error(anytimectl(*args, "--out", str(tmp_path), check=False), *fragments)
+def test_options_that_cannot_apply_are_one_line_errors(refusals, args, fragments):
+    out, results = refusals
+    assert_one_line_error(results[(*args, "--out", str(out))], *fragments)
 
 
+@pytest.mark.torch
 def test_bench_reports_the_new_exchanges_bytes_against_their_bound(tmp_path):
     result = anytimectl("compress", "bench", "--model", "digits-cnn", "--dataset", "digits", "--batch-size", "32",
                         "--methods", "fp16,bf16,signsgd,ef-signsgd", "--modes", "layerwise", "--repeats", "1",
@@ -106,6 +118,7 @@ def test_bench_reports_the_new_exchanges_bytes_against_their_bound(tmp_path):
     assert list(table(tmp_path / "b", "compress_bench").method) == list(rows)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("method", ["fp16", "bf16"])
 def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
     """Two ranks' 16-bit sum is correctly rounded whoever adds: MPI's user-defined sum and gloo's native one give the
@@ -121,6 +134,7 @@ def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
     assert (per_step["mpi"] == per_step["torch"]).all() and (per_step["mpi"] > 0).all()
 
 
+@pytest.mark.torch
 def test_a_resumed_gossip_allreduce_keeps_the_error_feedback_memory(tmp_path):
     """The exchange's residual is in the checkpoint: stopped at step 3 and resumed, a topk run with error feedback
     trains exactly as the uninterrupted one (a lost residual would change every later step)."""

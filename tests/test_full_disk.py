@@ -50,6 +50,7 @@ def test_the_final_metadata_is_written_when_the_disk_is_already_full(small_disk)
 
 @pytest.mark.mpi
 @pytest.mark.slow
+@pytest.mark.torch  # train gossip runs on torch
 def test_a_checkpoint_that_does_not_fit_fails_the_run_in_one_line(small_disk):
     result = anytimectl("train", "gossip", "--workers", "2", "--steps", "100000", "--checkpoint-every", "2",
                         "--test-size", "100", "--out", str(small_disk), "--name", "g", "--quiet", check=False)

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import anytimectl
+from helpers import anytimectl, anytimectl_each, selected_argvs
 
 from anytimectl.errors import UsageError
 from anytimectl.gossip_schedule import GossipSchedule
@@ -63,6 +63,13 @@ def test_holdout_is_fixed_and_disjoint():
         holdout(10, 10)
 
 
+@pytest.fixture(scope="module")
+def bad_input_results(request):
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
+    return anytimectl_each(selected_argvs(request, {
+        "test_bad_input_is_one_line_and_exit_2": lambda args, **_: ("train", "gossip", *args)}))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "local", "--workers", "3"], "--method local runs one process"),
     (["--workers", "4", "--global-batch-size", "3"], "--global-batch-size 3 is split over 4 workers"),
@@ -76,8 +83,8 @@ def test_holdout_is_fixed_and_disjoint():
     # options given with --resume are compared with the recorded ones (tests/test_resume_runs.py): the run comes first
     (["--resume", "/nonexistent/run", "--agg-prob", "0.5"], "--resume /nonexistent/run: not a run directory"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    result = anytimectl("train", "gossip", *args, check=False, timeout=60)
+def test_bad_input_is_one_line_and_exit_2(bad_input_results, args, message):
+    result = bad_input_results[("train", "gossip", *args)]
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
 from test_cli_errors import assert_one_line_error
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
@@ -50,6 +50,7 @@ def _check_bytes(run, start: int) -> dict:
     return meta
 
 
+@pytest.mark.torch
 def test_compress_train_with_powersgd_sends_the_factors_after_its_start_iteration(tmp_path):
     result = anytimectl("compress", "train", "--compressor", "powersgd", "--rank", "2", "--powersgd-start-iter", "2",
                         "--steps", "6", "--log-every", "3", *COMMON, "--out", str(tmp_path), "--name", "c")
@@ -60,6 +61,7 @@ def test_compress_train_with_powersgd_sends_the_factors_after_its_start_iteratio
     assert meta["config"]["powersgd_rank"] == 2
 
 
+@pytest.mark.torch
 def test_train_dynamic_takes_powersgd_as_its_exchange(tmp_path):
     result = anytimectl("train", "dynamic", "--policy", "static", "--batch-size", "24", "--backend", "torch",
                         "--compressor", "powersgd", "--rank", "1", "--no-warm-start", "--no-error-feedback",
@@ -70,6 +72,7 @@ def test_train_dynamic_takes_powersgd_as_its_exchange(tmp_path):
     assert meta["compression"]["rank"] == 1 and meta["compression"]["warm_start"] is False
 
 
+@pytest.mark.torch
 def test_gossip_allreduce_takes_powersgd_and_keeps_the_workers_on_one_model(tmp_path):
     result = anytimectl("train", "gossip", "--method", "allreduce", "--compressor", "powersgd",
                         "--min-compression-rate", "4", "--steps", "5", "--log-every", "5", *COMMON,
@@ -81,17 +84,28 @@ def test_gossip_allreduce_takes_powersgd_and_keeps_the_workers_on_one_model(tmp_
     assert meta["compression"]["min_compression_rate"] == 4
 
 
+@pytest.fixture(scope="module")
+def refusals(request, tmp_path_factory):
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
+    out = tmp_path_factory.mktemp("refused")
+    return out, anytimectl_each(selected_argvs(request, {
+        "test_bad_powersgd_options_are_one_line_and_exit_2": lambda args, **_: (*args, "--steps", "2", "--out",
+                                                                                str(out))}))
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["compress", "train", "--compressor", "powersgd", "--mode", "entire"], ["--mode entire", "powersgd"]),
     (["compress", "train", "--compressor", "powersgd", "--rank", "0"], ["--rank"]),
     (["compress", "train", "--compressor", "powersgd", "--min-compression-rate", "-1"], ["--min-compression-rate"]),
     (["train", "dynamic", "--compressor", "powersgd", "--backend", "tensorflow"], ["powersgd", "--backend torch"]),
 ])
-def test_bad_powersgd_options_are_one_line_and_exit_2(args, fragments, tmp_path):
-    result = anytimectl(*args, "--steps", "2", "--out", str(tmp_path), check=False, timeout=60)
+def test_bad_powersgd_options_are_one_line_and_exit_2(refusals, args, fragments):
+    out, results = refusals
+    result = results[(*args, "--steps", "2", "--out", str(out))]
     assert_one_line_error(result, *fragments)
 
 
+@pytest.mark.torch
 def test_a_resumed_gossip_allreduce_run_continues_powersgd_exactly(tmp_path):
     """The checkpoint carries PowerSGD's warm-start Q, each rank's error-feedback residual and its seed stream:
     8 steps in one go and 4 + a resume to 8 give the same losses and the same bytes at every step."""
@@ -107,6 +121,7 @@ def test_a_resumed_gossip_allreduce_run_continues_powersgd_exactly(tmp_path):
     assert workers_a["payload_bytes"].tolist() == workers_b["payload_bytes"].tolist()
 
 
+@pytest.mark.torch
 def test_compress_bench_measures_powersgd_in_its_one_mode(tmp_path):
     result = anytimectl("compress", "bench", "--model", "digits-cnn", "--dataset", "digits", "--batch-size", "32",
                         "--methods", "powersgd", "--repeats", "1", "--json", "--out", str(tmp_path), "--name", "b")

@@ -33,7 +33,7 @@ def _run(method: str, backend: str, mode: str = "broadcast", shared_memory: bool
     return report
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("torch", marks=pytest.mark.torch)])
 @pytest.mark.parametrize("method", ["fmb", "amb"])
 def test_distributed_steps_equal_single_process_steps_on_the_same_examples(method, backend):
     _run(method, backend)

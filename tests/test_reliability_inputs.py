@@ -6,17 +6,61 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
-from helpers import anytimectl
+from helpers import anytimectl, anytimectl_each, selected_argvs
 
 from anytimectl.records import RowLayout
 from anytimectl.round_clock import RoundClock
 from anytimectl.stragglers import make_model
 
 
-def _refused(*args: str) -> str:
-    result = anytimectl(*args, check=False, timeout=120)
+def _seed_argv(command, seed):
+    length = ("--steps", "1") if command[0] == "train" else ()
+    return (*command, "--seed", seed, *length)
+
+
+def _model_file_argv(source, words):
+    folder = _MODEL_FILES[0] / _model_name(source)
+    return ("train", "amb", "--model", str(folder / "model.py"), "--workers", "0", "--steps", "1", "--out",
+            str(folder / "out"))
+
+
+def _model_name(source: str) -> str:
+    return f"m{abs(hash(source))}"
+
+
+#: the folder the module fixture writes the model files into, one folder each
+_MODEL_FILES: list[Path] = []
+_MODEL_FILE_TEST = "test_a_model_file_that_exits_interrupts_or_does_not_fit_is_one_line"
+#: each test's command line from its parameters, for the module fixture that starts them together
+ARGV_OF = {
+    "test_a_seed_outside_what_generators_take_is_one_line": _seed_argv,
+    "test_compress_bench_refuses_an_endless_world_and_empty_lists": lambda args, **_: ("compress", "bench", *args),
+    "test_absurd_induced_delays_are_refused": lambda spec: ("train", "amb", "--induce", spec, "--steps", "1"),
+    _MODEL_FILE_TEST: _model_file_argv,
+    "test_a_batch_that_cannot_fit_in_memory_is_refused_before_launch":
+        lambda command: (*command, "--batch-size", "1000000000000", "--steps", "1"),
+}
+
+
+@pytest.fixture(scope="module")
+def started(request, tmp_path_factory):
+    """The selected tests' real CLI, each in a fresh interpreter, started two at a time (helpers.anytimectl_each);
+    the model files are written first, each in a folder of its own."""
+    _MODEL_FILES[:] = [tmp_path_factory.mktemp("model-files")]
+    for item in request.session.items:
+        if item.module is request.module and item.originalname == _MODEL_FILE_TEST:
+            folder = _MODEL_FILES[0] / _model_name(item.callspec.params["source"])
+            folder.mkdir()
+            (folder / "model.py").write_text(item.callspec.params["source"])
+    return anytimectl_each(selected_argvs(request, ARGV_OF))
+
+
+def _refused(*args: str, result=None) -> str:
+    if result is None:
+        result = anytimectl(*args, check=False, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
@@ -26,9 +70,8 @@ def _refused(*args: str) -> str:
 
 @pytest.mark.parametrize("command", [("train", "amb"), ("train", "gossip"), ("compress", "bench")])
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
-def test_a_seed_outside_what_generators_take_is_one_line(command, seed):
-    length = ("--steps", "1") if command[0] == "train" else ()
-    assert "--seed" in _refused(*command, "--seed", seed, *length)
+def test_a_seed_outside_what_generators_take_is_one_line(started, command, seed):
+    assert "--seed" in _refused(result=started[_seed_argv(command, seed)])
 
 
 def test_a_milestone_that_is_not_a_number_is_refused():
@@ -40,13 +83,13 @@ def test_a_milestone_that_is_not_a_number_is_refused():
     (("--world", "100000000"), "--world"), (("--methods", ""), "names no method"), (("--methods", ","),
                                                                                    "names no method"),
     (("--modes", ""), "names no mode")])
-def test_compress_bench_refuses_an_endless_world_and_empty_lists(args, words):
-    assert words in _refused("compress", "bench", *args)
+def test_compress_bench_refuses_an_endless_world_and_empty_lists(started, args, words):
+    assert words in _refused(result=started[("compress", "bench", *args)])
 
 
 @pytest.mark.parametrize("spec", ["mix:1e308,0,1", "niagara:1e300", "mix:0,1e9,1"])
-def test_absurd_induced_delays_are_refused(spec):
-    assert "exceeds the 1024 s" in _refused("train", "amb", "--induce", spec, "--steps", "1")
+def test_absurd_induced_delays_are_refused(started, spec):
+    assert "exceeds the 1024 s" in _refused(result=started[("train", "amb", "--induce", spec, "--steps", "1")])
 
 
 def test_an_induced_delay_is_cut_short_when_the_rank_is_asked_to_stop():
@@ -68,13 +111,11 @@ def test_an_induced_delay_is_cut_short_when_the_rank_is_asked_to_stop():
     ("def build(shape, classes):\n    import keras\n    return keras.Sequential([keras.Input(shape), "
      "keras.layers.Flatten(), keras.layers.Dense(classes + 3)])\n", "gave (1, 13), not logits of shape (1, 10)"),
 ])
-def test_a_model_file_that_exits_interrupts_or_does_not_fit_is_one_line(tmp_path, source, words):
-    model = tmp_path / "model.py"
-    model.write_text(source)
-    line = _refused("train", "amb", "--model", str(model), "--workers", "0", "--steps", "1", "--out",
-                    str(tmp_path / "out"))
+def test_a_model_file_that_exits_interrupts_or_does_not_fit_is_one_line(started, source, words):
+    argv = _model_file_argv(source, words)
+    line = _refused(result=started[argv])
     assert words in line
-    assert not (tmp_path / "out").exists()  # nor an empty --out folder left behind
+    assert not Path(argv[-1]).exists()  # nor an empty --out folder left behind
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a read-only tmpfs needs root")
@@ -94,8 +135,8 @@ def test_plot_into_a_read_only_file_system_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("command", [("train", "amb"), ("train", "fmb", "--workers", "2"), ("train", "gossip"),
                                      ("train", "dynamic"), ("compress", "train", "--workers", "2")])
-def test_a_batch_that_cannot_fit_in_memory_is_refused_before_launch(command):
-    line = _refused(*command, "--batch-size", "1000000000000", "--steps", "1")
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_launch(started, command):
+    line = _refused(result=started[(*command, "--batch-size", "1000000000000", "--steps", "1")])
     assert "--batch-size 1000000000000" in line and "memory available" in line
 
 

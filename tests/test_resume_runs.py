@@ -29,7 +29,8 @@ from anytimectl import checkpoints
 from anytimectl.rundir import read_trace
 
 #: three MPI runs a test: minutes when the machine is shared (load 30 seen), hence more than the default 300 s
-pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.timeout(900)]
+#: train dynamic and compress train run on torch
+pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(900)]
 
 N = 4
 COMMON = ("--workers", "2", "--test-size", "50", "--log-every", str(N), "--quiet")

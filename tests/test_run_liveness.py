@@ -31,6 +31,7 @@ def test_an_open_run_is_running_and_a_finished_one_its_status(tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.slow
+@pytest.mark.torch  # train gossip runs on torch
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; Linux only")
 def test_kill_9_of_the_launcher_leaves_a_run_that_reads_as_dead(tmp_path):
     marker = uuid.uuid4().hex

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
 
 from anytimectl.backends import EngineSpec, create_engine
 from anytimectl.backends.sim import Curve, synthetic_dataset
@@ -160,6 +160,15 @@ def test_many_sim_workers_on_a_small_machine(tmp_path):
     assert sorted(workers["rank"].unique()) == list(range(1, 17)) and len(workers) == 16 * 4
 
 
+@pytest.fixture(scope="module")
+def bad_option_results(request, tmp_path_factory):
+    """Each selected case's real CLI in a fresh interpreter, started two at a time (helpers.anytimectl_each)."""
+    out = tmp_path_factory.mktemp("bad-options")
+    return out, anytimectl_each(selected_argvs(request, {
+        "test_bad_sim_and_protocol_options_are_one_line_errors": lambda args, **_: ("train", "fmb", "--out", str(out),
+                                                                                     *args)}))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--backend", "tensorflow", "--sim-params", "10"], "--sim-params applies to --backend sim only"),
     (["--backend", "sim", "--dataset", "iris"], "--backend sim trains on no data"),
@@ -168,8 +177,9 @@ def test_many_sim_workers_on_a_small_machine(tmp_path):
     (["--async-batch-min", "3"], "applies to --protocol async only"),
     (["--protocol", "async", "--workers", "0"], "--protocol async needs workers"),
 ])
-def test_bad_sim_and_protocol_options_are_one_line_errors(tmp_path, args, message):
-    result = anytimectl("train", "fmb", "--out", str(tmp_path), *args, check=False)
+def test_bad_sim_and_protocol_options_are_one_line_errors(bad_option_results, args, message):
+    out, result = bad_option_results
+    result = result[("train", "fmb", "--out", str(out), *args)]
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 

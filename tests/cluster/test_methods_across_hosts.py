@@ -82,6 +82,7 @@ def _tables(path: Path) -> dict[str, pd.DataFrame]:
     return {csv.stem: pd.read_csv(csv) for csv in sorted(path.glob("*.csv"))}
 
 
+@pytest.mark.torch  # the module's runs include torch and torch-backed methods
 @pytest.mark.parametrize("name", list(RUNS))
 def test_method_runs_across_two_hosts_and_writes_a_complete_run_directory(runs, cluster, name):
     job = runs[name]
@@ -110,6 +111,7 @@ def test_method_runs_across_two_hosts_and_writes_a_complete_run_directory(runs, 
     assert sent > 100_000 and received > 100_000, job.link_bytes
 
 
+@pytest.mark.torch  # the module's runs include torch and torch-backed methods
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_deterministic_method_has_the_same_losses_across_hosts_as_on_one_host(runs, name):
     across, one_host = runs[name], runs[f"{name}@one-host"]
@@ -129,6 +131,7 @@ def job_losses(path: Path) -> list[float]:
     return list(values)
 
 
+@pytest.mark.torch  # the module's runs include torch and torch-backed methods
 @pytest.mark.parametrize("name", ["amb-async-tf", "amb-sync-torch"])
 def test_a_finished_job_across_hosts_exits_promptly(runs, name):
     """Once the run has recorded `completed`, the whole job (every rank and proxy on both hosts, and mpiexec) has
@@ -179,6 +182,7 @@ def test_cluster_tears_down_on_sigterm(tmp_path):
 LINK_OVERHEAD_SHARE, LINK_OVERHEAD_REVERSE_SHARE, LINK_OVERHEAD_CONSTANT = 0.08, 0.05, 2 * 2**20
 
 
+@pytest.mark.torch  # the module's runs include torch and torch-backed methods
 def test_bytes_that_crossed_the_link_agree_with_the_run_directory(runs):
     """2 hosts with 2 ranks each (the master and worker 1 on the first host): the step's sum is made within each
     host and crosses between hosts once (`anytimectl.comm.host_chain`), so the first host's link carries about
@@ -206,6 +210,7 @@ def test_bytes_that_crossed_the_link_agree_with_the_run_directory(runs):
                                    + LINK_OVERHEAD_CONSTANT)
 
 
+@pytest.mark.torch  # the module's runs include torch and torch-backed methods
 @pytest.mark.parametrize("name", list(RUNS))
 def test_timing_words_account_for_every_round_across_hosts(runs, name):
     """Each worker's round n is compute_time of row n plus the send / recv / exit of round n, which row n + 1
