@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from anytimectl.records import Columns, LiveColumn, RowLayout
+from anytimectl.run_config import RunConfig
 
 
 @dataclass
@@ -25,7 +26,7 @@ class RunRequest:
     backend: str  # tensorflow, torch
     dataset: str
     model: str
-    config: dict[str, Any]  # every resolved option, stored whole in metadata.json
+    config: RunConfig  # every resolved option, typed (anytimectl/run_config.py), stored whole in metadata.json
     launch: Any  # options.LaunchOptions
     output: Any  # options.OutputOptions
     seed: int = 0
@@ -46,6 +47,9 @@ class TrainingProtocol:
     #: Master-worker protocols use rank 0 as the master (`--workers N` starts N+1 ranks); the others train on
     #: every rank (N ranks).
     has_master: ClassVar[bool] = False
+    #: The typed config the protocol reads (anytimectl/run_config.py): its command builds one, the shell refuses
+    #: another class, metadata.json records it whole and --resume rebuilds it from there.
+    config_class: ClassVar[type[RunConfig]] = RunConfig
     #: The protocol writes checkpoints and resumes from them (--checkpoint-every, --resume, --checkpoint-on-signal);
     #: the contract it then meets is in anytimectl/commands/resume.py. The shell refuses those options otherwise.
     supports_checkpoints: ClassVar[bool] = False
