@@ -28,9 +28,15 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from anytimectl.checkpoints import ResumePoint
+    from anytimectl.live import LiveView
+    from anytimectl.recorder import Recorder
+    from anytimectl.stragglers import DelayModel
 
 from anytimectl import __version__
 from anytimectl.checkpoints import checkpoint_signal
@@ -122,7 +128,7 @@ class RunContext:
     request: RunRequest
     rank: RankInfo
     stopper: Stopper
-    delay: Any  # stragglers.DelayModel or None
+    delay: DelayModel | None
     slow: dict[int, float]
     device: str = "cpu"
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
@@ -130,13 +136,15 @@ class RunContext:
     pids: list[int] = field(default_factory=list)  # per rank (metadata.json): to match a process to its rank
     run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
     run_dir_path: Path | None = None  # every rank, once the run starts (checkpoints are written there)
-    resume: Any = None  # checkpoints.ResumePoint when the run continues one (config["resume"])
+    resume: ResumePoint | None = None  # when the run continues one (config.resume)
     run_dir: RunDirectory | None = None  # rank 0
-    recorder: Any = None  # recorder.Recorder on rank 0
-    view: Any = None  # live.LiveView on rank 0
+    recorder: Recorder | None = None  # rank 0
+    view: LiveView | None = None  # rank 0
 
     @property
-    def config(self) -> Any:  # the protocol's config_class (run_config.py): typed there
+    def config(self) -> Any:
+        """The request's config: an instance of the protocol's `config_class` (run_config.py; the shell checked it),
+        typed Any here so that each protocol reads its own class's fields."""
         return self.request.config
 
     def log(self, msg: str, **fields: Any) -> None:

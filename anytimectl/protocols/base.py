@@ -10,10 +10,13 @@ into one clean error for the whole job) and `run` (the steps, until the shell's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from anytimectl.records import Columns, LiveColumn, RowLayout
 from anytimectl.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from anytimectl.shell import RunContext
 
 
 @dataclass
@@ -64,7 +67,7 @@ class TrainingProtocol:
         super().__init_subclass__(**kwargs)
         cls.layout = RowLayout(cls.row_fields)
 
-    def __init__(self, context: Any):
+    def __init__(self, context: RunContext):
         self.context = context
 
     def setup(self) -> None:
