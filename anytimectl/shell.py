@@ -172,7 +172,9 @@ def run(request: RunRequest) -> int:
     if not isinstance(request.config, protocol_class.config_class):  # a command built the wrong class: a bug
         raise TypeError(f"{request.protocol} reads a {protocol_class.config_class.__name__}, "
                         f"not a {type(request.config).__name__}")
-    asked = [name for name in ("checkpoint_every", "resume") if getattr(request.config, name) is not None]
+    config = request.config
+    asked = [name for name, value in (("checkpoint_every", config.checkpoint_every), ("resume", config.resume))
+             if value is not None]
     if asked and not protocol_class.supports_checkpoints:  # the contract: anytimectl/commands/resume.py
         raise UsageError(f"--{asked[0].replace('_', '-')}: {request.command} {request.method} does not write "
                          "checkpoints yet")
