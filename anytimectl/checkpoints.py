@@ -522,8 +522,8 @@ class CheckpointingMixin:
     def make_checkpointer(self) -> Checkpointer:
         c = self.context.config  # type: ignore[attr-defined]
         recorder = getattr(self.context, "recorder", None)  # type: ignore[attr-defined]
-        return Checkpointer(getattr(self.context, "run_dir_path", None), c.get("checkpoint_every"),  # type: ignore
-                            int(c.get("keep_checkpoints") or 2), self.rank, self.size,  # type: ignore[attr-defined]
+        return Checkpointer(getattr(self.context, "run_dir_path", None), c.checkpoint_every,  # type: ignore
+                            int(c.keep_checkpoints or 2), self.rank, self.size,  # type: ignore[attr-defined]
                             self.context.request.backend, self.context.log,  # type: ignore[attr-defined]
                             identity(self.context.request),  # type: ignore[attr-defined]
                             on_written=getattr(recorder, "checkpoint_written", None))

@@ -9,7 +9,12 @@ beyond the first and the last; the compression study's 0 -> 0.4 at epoch 5 -> 0 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from anytimectl.run_config import RunConfig
 
 SCHEDULES = ("const", "linear", "exponential", "epochs", "milestones", "piecewise")
 
@@ -30,14 +35,16 @@ class Schedule:
     knots: tuple[tuple[float, float], ...] = ()
 
     @classmethod
-    def from_config(cls, config: dict, total_steps: int | None) -> Schedule:
-        """The schedule of a run's resolved options (the `--lr-*` names of options.OptimizerOptions)."""
-        return cls(kind=config["lr_schedule"], base=config["learning_rate"], linear_end=config["lr_linear_end"],
-                   total_steps=total_steps or 0, decay_steps=config["lr_decay_steps"],
-                   decay_rate=config["lr_decay_rate"], staircase=config["lr_staircase"],
-                   epochs_every=config["lr_epochs_every"], epochs_frac=config["lr_epochs_frac"],
-                   milestones=tuple(sorted(config.get("lr_milestones") or ())), anneal=config.get("lr_anneal", 0.1),
-                   knots=tuple((float(e), float(r)) for e, r in config.get("lr_knots") or ()))
+    def from_config(cls, config: RunConfig, total_steps: int | None,
+                    knots: Iterable[Iterable[float]] = ()) -> Schedule:
+        """The schedule of a run's resolved options (the `--lr-*` names of options.OptimizerOptions); `knots`: the
+        piecewise schedule's (epoch, rate) points (compress train's recipe)."""
+        return cls(kind=config.lr_schedule, base=config.learning_rate, linear_end=config.lr_linear_end,
+                   total_steps=total_steps or 0, decay_steps=config.lr_decay_steps,
+                   decay_rate=config.lr_decay_rate, staircase=config.lr_staircase,
+                   epochs_every=config.lr_epochs_every, epochs_frac=config.lr_epochs_frac,
+                   milestones=tuple(sorted(config.lr_milestones or ())), anneal=config.lr_anneal,
+                   knots=tuple((float(e), float(r)) for e, r in knots))
 
     def at(self, step: int, epoch: float) -> float:
         """The rate for update number `step` (1-based), `epoch` = examples seen / training examples."""

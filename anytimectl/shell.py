@@ -28,9 +28,15 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from anytimectl.checkpoints import ResumePoint
+    from anytimectl.live import LiveView
+    from anytimectl.recorder import Recorder
+    from anytimectl.stragglers import DelayModel
 
 from anytimectl import __version__
 from anytimectl.checkpoints import checkpoint_signal
@@ -122,7 +128,7 @@ class RunContext:
     request: RunRequest
     rank: RankInfo
     stopper: Stopper
-    delay: Any  # stragglers.DelayModel or None
+    delay: DelayModel | None
     slow: dict[int, float]
     device: str = "cpu"
     hosts: list[str] = field(default_factory=list)  # per rank, after the start-up agreement
@@ -130,13 +136,15 @@ class RunContext:
     pids: list[int] = field(default_factory=list)  # per rank (metadata.json): to match a process to its rank
     run_dir_reserved: Path | None = None  # rank 0: the folder the run directory will be
     run_dir_path: Path | None = None  # every rank, once the run starts (checkpoints are written there)
-    resume: Any = None  # checkpoints.ResumePoint when the run continues one (config["resume"])
+    resume: ResumePoint | None = None  # when the run continues one (config.resume)
     run_dir: RunDirectory | None = None  # rank 0
-    recorder: Any = None  # recorder.Recorder on rank 0
-    view: Any = None  # live.LiveView on rank 0
+    recorder: Recorder | None = None  # rank 0
+    view: LiveView | None = None  # rank 0
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> Any:
+        """The request's config: an instance of the protocol's `config_class` (run_config.py; the shell checked it),
+        typed Any here so that each protocol reads its own class's fields."""
         return self.request.config
 
     def log(self, msg: str, **fields: Any) -> None:
@@ -161,14 +169,19 @@ def ranks_for(workers: int, has_master: bool) -> int:
 def run(request: RunRequest) -> int:
     """Entry point on every process of a run; returns the exit code."""
     protocol_class = load_protocol(request.protocol)
-    asked = [name for name in ("checkpoint_every", "resume") if request.config.get(name) is not None]
+    if not isinstance(request.config, protocol_class.config_class):  # a command built the wrong class: a bug
+        raise TypeError(f"{request.protocol} reads a {protocol_class.config_class.__name__}, "
+                        f"not a {type(request.config).__name__}")
+    config = request.config
+    asked = [name for name, value in (("checkpoint_every", config.checkpoint_every), ("resume", config.resume))
+             if value is not None]
     if asked and not protocol_class.supports_checkpoints:  # the contract: anytimectl/commands/resume.py
         raise UsageError(f"--{asked[0].replace('_', '-')}: {request.command} {request.method} does not write "
                          "checkpoints yet")
     workers = request.launch.workers
     if not in_mpi_job() and workers:
         return _relaunch_as_job(request, ranks_for(workers, protocol_class.has_master), protocol_class.has_master)
-    stopper = Stopper(checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
+    stopper = Stopper(checkpoint_signal=checkpoint_signal(request.config.checkpoint_on_signal))
     stopper.install()  # first: the re-launching parent holds a stop signal until every rank can take it
     rank = start_rank(request.launch.threads)
     _check_world(rank, workers, protocol_class.has_master)
@@ -201,7 +214,7 @@ def _relaunch_as_job(request: RunRequest, ranks: int, has_master: bool) -> int:
     try:
         end = relaunch(ranks - 1, request.argv, request.launch.mpiexec, request.launch.hosts,
                        {RUN_DIR_VARIABLE: str(run_dir)},
-                       checkpoint_signal=checkpoint_signal(request.config.get("checkpoint_on_signal")))
+                       checkpoint_signal=checkpoint_signal(request.config.checkpoint_on_signal))
     except BaseException:
         _release(run_dir)
         raise
@@ -302,8 +315,8 @@ def _correct_reason(run_dir: Path, words: str) -> None:
 def _run_rank(request: RunRequest, protocol_class: type[TrainingProtocol], rank: RankInfo, stopper: Stopper) -> int:
     from anytimectl.stragglers import parse_induce, parse_slow
 
-    context = RunContext(request=request, rank=rank, stopper=stopper, delay=parse_induce(request.config.get("induce")),
-                         slow=parse_slow(request.config.get("slow")))
+    context = RunContext(request=request, rank=rank, stopper=stopper, delay=parse_induce(request.config.induce),
+                         slow=parse_slow(request.config.slow))
     protocol = protocol_class(context)
     try:
         return _start_and_run(request, protocol, context, rank)
@@ -322,10 +335,10 @@ def _start_and_run(request: RunRequest, protocol: TrainingProtocol, context: Run
                                        rank.local_rank, request.launch.gpus_per_node)
         if rank.rank == 0:
             context.run_dir_reserved = _reserve_run_dir(request, rank, protocol.has_master)
-        if request.config.get("resume"):
+        if request.config.resume:
             from anytimectl.checkpoints import resume_point
 
-            context.resume = resume_point(Path(request.config["resume"]), warn=False)  # the command warned
+            context.resume = resume_point(Path(request.config.resume), warn=False)  # the command warned
         protocol.setup()
     except UsageError as error:
         failure = (_USAGE, str(error))
@@ -390,7 +403,7 @@ def _device_choice(device: str, has_master: bool) -> str:
 
 def _resumed_dir(request: RunRequest) -> Path | None:
     """A resumed run continues in its own directory (non-empty, so releasing it never removes it)."""
-    resume = request.config.get("resume")
+    resume = request.config.resume
     return Path(resume) if resume else None
 
 
@@ -509,7 +522,7 @@ def _open_run_dir(request: RunRequest, protocol: TrainingProtocol, context: RunC
 
     rank = context.rank
     has_master = protocol.has_master
-    config = dict(request.config)
+    config = request.config.record()
     config["workers"] = _workers(rank, has_master) if rank.size > 1 else 0
     metadata = {
         "run_id": path.name, "command": request.command, "method": request.method, "protocol": request.protocol,

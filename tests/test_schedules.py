@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from run_configs import make_config
 
+from anytimectl.run_config import CompressedConfig
 from anytimectl.schedules import Schedule
 
 
@@ -46,7 +48,7 @@ def test_piecewise_holds_its_ends_and_jumps_at_a_repeated_knot():
 
 
 def test_piecewise_knots_come_from_the_config():
-    config = {"lr_schedule": "piecewise", "learning_rate": 0.4, "lr_linear_end": 1e-4, "lr_decay_steps": 50,
-              "lr_decay_rate": 0.9, "lr_staircase": True, "lr_epochs_every": 10.0, "lr_epochs_frac": 0.5,
-              "lr_knots": [[0, 0], [5, 0.4], [24, 0]]}
-    assert Schedule.from_config(config, None).at(1, 10) == pytest.approx(0.4 * 14 / 19)
+    config = make_config(CompressedConfig, lr_schedule="piecewise", learning_rate=0.4, method="topk", batch_size=8,
+                         lr_peak_epoch=None, lr_knots=[[0, 0], [5, 0.4], [24, 0]], momentum=0.9, nesterov=True,
+                         augment="none")
+    assert Schedule.from_config(config, None, config.lr_knots).at(1, 10) == pytest.approx(0.4 * 14 / 19)

@@ -169,8 +169,10 @@ def train(
     config.update(method=exchange.compressor, batch_size=batch, epochs=epochs, lr_schedule="piecewise",
                   lr_peak_epoch=lr_peak_epoch, lr_knots=None, momentum=momentum, nesterov=momentum > 0,
                   augment=chosen, log_every=length.log_every)
+    from anytimectl.run_config import CompressedConfig
+
     exit_with(run_request(command="compress", method="compress", protocol="compressed", backend=BACKEND,
-                          dataset=data.dataset, model=config["model"], config=config, launch=launch,
+                          dataset=data.dataset, model=config["model"], config=CompressedConfig(**config), launch=launch,
                           output=output, seed=stragglers.seed))
 
 

@@ -209,11 +209,12 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
     config.update(resume=str(run_dir), workers=launch.workers, threads=launch.threads, device=launch.device,
                   gpus_per_node=launch.gpus_per_node)
     output.out, output.name = run_dir.parent, run_dir.name
+    typed = protocol.config_class.from_record(config, where=f"--resume {run_dir}")
     check_devices(launch, backend)
     check_workers(launch, backend, ranks)
     return run_request(command=rules.command, method=rules.method, protocol=rules.protocol, backend=backend,
-                       dataset=config["dataset"], model=config["model"], config=config, launch=launch, output=output,
-                       seed=int(config.get("seed") or 0))
+                       dataset=typed.dataset, model=typed.model, config=typed, launch=launch, output=output,
+                       seed=int(typed.seed or 0))
 
 
 __all__ = ["ResumeRules", "check_supported", "given_options", "resume_run"]

@@ -209,9 +209,12 @@ def _train(method: str, launch: opt.LaunchOptions, data: opt.DataOptions, optimi
                      simulated=_sim_examples(sim_config) if sim_config else None)
     config.update(batch_size=batch_size, steps=default_steps(length, DEFAULT_STEPS), **amb, **sim_config,
                   **protocol_config)
+    from anytimectl.run_config import AsyncMasterWorkerConfig, MasterWorkerConfig
+
+    typed = (AsyncMasterWorkerConfig if protocol.protocol == "async" else MasterWorkerConfig)(**config)
     return run_request(command="train", method=method,
                        protocol="async_master_worker" if protocol.protocol == "async" else "master_worker",
-                       backend=backend, dataset=config["dataset"], model=config["model"], config=config,
+                       backend=backend, dataset=typed.dataset, model=typed.model, config=typed,
                        launch=launch, output=output, seed=stragglers.seed)
 
 

@@ -123,6 +123,8 @@ def dynamic(
     config.update(exchange.config())
     config.update(batch_size=batch_size, epochs=epochs, lr_scaling=lr_scaling, transport=transport, resize=resize,
                   channels=channels, normalize=normalize)
+    from anytimectl.run_config import DynamicConfig
+
     exit_with(run_request(command="train", method="dynamic", protocol="dynamic", backend=backend,
-                          dataset=data.dataset, model=config["model"], config=config, launch=launch,
+                          dataset=data.dataset, model=config["model"], config=DynamicConfig(**config), launch=launch,
                           output=output, seed=stragglers.seed))

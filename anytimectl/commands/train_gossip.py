@@ -172,10 +172,12 @@ def gossip(
                   global_batch_size=total, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
     config.update(exchange.config())
+    from anytimectl.run_config import GossipConfig
+
     if batch_size is not None:  # once every check has passed: a refusal stays one line
         _note_batch_size_changed(batch_size)
     exit_with(run_request(command="train", method="gossip", protocol="gossip", backend=BACKEND,
-                          dataset=data.dataset, model=config["model"], config=config, launch=launch,
+                          dataset=data.dataset, model=config["model"], config=GossipConfig(**config), launch=launch,
                           output=output, seed=stragglers.seed))
 
 

@@ -111,9 +111,3 @@ class ExchangeOptions:
     def config(self) -> dict[str, Any]:
         """The options as a run's metadata stores them (error feedback resolved to what the run applies)."""
         return {**asdict(self), "error_feedback": self.uses_error_feedback}
-
-
-def from_config(config: dict[str, Any]) -> ExchangeOptions:
-    """The options a run's config holds (what `ExchangeOptions.config` wrote)."""
-    fields = ExchangeOptions.__dataclass_fields__
-    return ExchangeOptions(**{name: config[name] for name in fields if name in config})

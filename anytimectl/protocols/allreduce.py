@@ -28,17 +28,18 @@ import numpy as np
 
 from anytimectl.comm.transport import check_transport
 from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS, ExchangeSpec, make_exchange
-from anytimectl.exchange.options import ExchangeOptions, from_config
+from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.protocols.peer import PeerProtocol, PeerStep
 from anytimectl.records import Columns, LiveColumn, RowLayout
+from anytimectl.run_config import ExchangeConfig
 
 
-def open_transport(context: Any, comm: Any) -> Any:
+def open_transport(context: Any, comm: Any, name: str = "mpi") -> Any:
     """The transport `--transport` names for a peer protocol's own traffic (None in a single process).
 
     `torch` starts a torch.distributed process group over the MPI job's ranks; its byte counts go to the MPI
-    layer's counter, so the tables count every byte the method moves whichever transport moved it."""
-    name = context.config.get("transport") or "mpi"
+    layer's counter, so the tables count every byte the method moves whichever transport moved it (`name`: the
+    method's --transport; train dynamic's, mpi for the methods without the option)."""
     check_transport(name, context.request.backend)
     if comm is None or name == "mpi":
         return comm
@@ -70,10 +71,15 @@ class AllReduceProtocol(PeerProtocol):
     #: Whether the exchange's columns are written even for the dense exchange (`compress train` always has them,
     #: and declares them in its class); otherwise they are this run's when its exchange is not the dense one.
     always_exchange_columns: ClassVar[bool] = False
+    config_class = ExchangeConfig
+
+    def transport_name(self) -> str:
+        """The transport of the method's own traffic (train dynamic has --transport)."""
+        return "mpi"
 
     def __init__(self, context: Any):
         super().__init__(context)
-        self.exchange_options: ExchangeOptions = from_config(context.config)
+        self.exchange_options: ExchangeOptions = context.config.exchange_options()
         self.exchange_columns = self.always_exchange_columns or self.exchanges_compressed()
         if self.exchange_columns and ROW_FIELDS[0] not in self.row_fields:  # the method's fields, then the exchange's
             cls = type(self)
@@ -88,7 +94,7 @@ class AllReduceProtocol(PeerProtocol):
         return self.exchange_options.compressor != "none"
 
     def prepare(self) -> None:
-        self.transport = open_transport(self.context, self.comm)
+        self.transport = open_transport(self.context, self.comm, self.transport_name())
         self.spec = ExchangeSpec.of(self.engine, self.rank, self.size, self.seed)
         self.exchange = make_exchange(self.exchange_options, self.spec, self.transport)
         self.exchange_totals = np.zeros(5)  # payload, dense, extra bytes, encode, decode seconds (this rank)
@@ -156,7 +162,7 @@ class AllReduceProtocol(PeerProtocol):
     # --- the hooks ---------------------------------------------------------------------------------------------
     def batch_for(self, step: int) -> int:
         """This rank's batch in `step`."""
-        return int(self.context.config["batch_size"])
+        return int(self.context.config.batch_size)
 
     def examples_for(self, step: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """The examples this rank trains on in `step` (consumed once the step computed them)."""

@@ -64,6 +64,7 @@ from anytimectl.protocols.master_worker import (
     Worker,
 )
 from anytimectl.records import Columns, LiveColumn, RowLayout, StepRecord
+from anytimectl.run_config import AsyncMasterWorkerConfig
 from anytimectl.schedules import Schedule
 
 ASYNC_FIELDS = ("worker_step", "worker_master_step", "last_queued_update_count", "staleness", "comm_delay")
@@ -402,14 +403,15 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
     row_fields = (*ROW_FIELDS, *ASYNC_FIELDS)
     columns = Columns(worker=("partitions_done", *ASYNC_FIELDS), collect=("time_limit",))
     live_columns = (LiveColumn("stale", "staleness", "{:.0f}"),)
+    config_class = AsyncMasterWorkerConfig
 
     def setup(self) -> None:
         if self.context.rank.size < 2:
             raise UsageError("--protocol async needs workers: use --workers 1 or more (or -n 2+ under mpiexec)")
         super().setup()
         c = self.context.config
-        self.settings = AsyncConfig(master=c["async_master"], batch_min=c["async_batch_min"],
-                                    time_limit=c["async_time_limit"], delay_std=c["async_delay_std"])
+        self.settings = AsyncConfig(master=c.async_master, batch_min=c.async_batch_min,
+                                    time_limit=c.async_time_limit, delay_std=c.async_delay_std)
 
     def recorded_rows(self) -> int:
         """One row per contribution applied."""

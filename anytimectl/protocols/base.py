@@ -10,9 +10,13 @@ into one clean error for the whole job) and `run` (the steps, until the shell's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from anytimectl.records import Columns, LiveColumn, RowLayout
+from anytimectl.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from anytimectl.shell import RunContext
 
 
 @dataclass
@@ -25,7 +29,7 @@ class RunRequest:
     backend: str  # tensorflow, torch
     dataset: str
     model: str
-    config: dict[str, Any]  # every resolved option, stored whole in metadata.json
+    config: RunConfig  # every resolved option, typed (anytimectl/run_config.py), stored whole in metadata.json
     launch: Any  # options.LaunchOptions
     output: Any  # options.OutputOptions
     seed: int = 0
@@ -46,6 +50,9 @@ class TrainingProtocol:
     #: Master-worker protocols use rank 0 as the master (`--workers N` starts N+1 ranks); the others train on
     #: every rank (N ranks).
     has_master: ClassVar[bool] = False
+    #: The typed config the protocol reads (anytimectl/run_config.py): its command builds one, the shell refuses
+    #: another class, metadata.json records it whole and --resume rebuilds it from there.
+    config_class: ClassVar[type[RunConfig]] = RunConfig
     #: The protocol writes checkpoints and resumes from them (--checkpoint-every, --resume, --checkpoint-on-signal);
     #: the contract it then meets is in anytimectl/commands/resume.py. The shell refuses those options otherwise.
     supports_checkpoints: ClassVar[bool] = False
@@ -60,7 +67,7 @@ class TrainingProtocol:
         super().__init_subclass__(**kwargs)
         cls.layout = RowLayout(cls.row_fields)
 
-    def __init__(self, context: Any):
+    def __init__(self, context: RunContext):
         self.context = context
 
     def setup(self) -> None:

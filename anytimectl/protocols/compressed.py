@@ -53,6 +53,7 @@ from anytimectl.exchange import MASTER_FIELDS
 from anytimectl.exchange import ROW_FIELDS as EXCHANGE_FIELDS
 from anytimectl.protocols.allreduce import AllReduceProtocol
 from anytimectl.records import Columns, LiveColumn
+from anytimectl.run_config import CompressedConfig
 from anytimectl.schedules import Schedule
 
 ROW_FIELDS = ("batch_size", *EXCHANGE_FIELDS)
@@ -84,6 +85,7 @@ class CompressedProtocol(AllReduceProtocol):
     """All-reduce SGD (protocols/allreduce.py) with the recipe above and the exchange's columns always written."""
 
     always_exchange_columns = True
+    config_class = CompressedConfig
     row_fields = ROW_FIELDS
     columns = Columns(worker=ROW_FIELDS, master=MASTER_FIELDS)
     live_columns = (LiveColumn("payload", "payload_bytes", "{:,.0f} B"),)
@@ -91,27 +93,31 @@ class CompressedProtocol(AllReduceProtocol):
     # --- set-up --------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         c = self.context.config
-        self.batch = int(c["batch_size"])
+        self.batch = int(c.batch_size)
         if self.batch * self.size > len(self.dataset.x_train):
             raise UsageError(f"--batch-size {self.batch} x {self.size} workers is more than the "
                              f"{len(self.dataset.x_train)} training examples; lower --batch-size")
         super().prepare()
         self.method = self.exchange_options.compressor
         end = self._end_epoch()
-        self.knots = schedule_knots(float(c["learning_rate"]), end, c.get("lr_peak_epoch"))
-        self.schedule = Schedule("piecewise", base=float(c["learning_rate"]), knots=self.knots)
-        c["lr_knots"] = [list(k) for k in self.knots]
-        if not c.get("log_every"):  # the recipe evaluates once an epoch
-            c["log_every"] = max(1, round(len(self.dataset.x_train) / (self.batch * self.size)))
+        self.knots = schedule_knots(float(c.learning_rate), end, c.lr_peak_epoch)
+        self.schedule = Schedule("piecewise", base=float(c.learning_rate), knots=self.knots)
+        # resolved here (the job's size is known to the ranks only), recorded in metadata.json's config: the
+        # typed config is replaced by the resolved one before the run directory records it
+        log_every = c.log_every or max(1, round(len(self.dataset.x_train) / (self.batch * self.size)))  # an epoch
+        self.context.request.config = c.replace(lr_knots=[list(k) for k in self.knots], log_every=log_every)
+
+    def augment_name(self) -> str | None:
+        return self.context.config.augment
 
     def _end_epoch(self) -> float:
         """Where the schedule reaches 0: the run's --epochs, or where its --steps end."""
         c = self.context.config
         ends = []
-        if c.get("epochs") is not None:
-            ends.append(float(c["epochs"]))
-        if c.get("steps") is not None:
-            ends.append(int(c["steps"]) * self.batch * self.size / len(self.dataset.x_train))
+        if c.epochs is not None:
+            ends.append(float(c.epochs))
+        if c.steps is not None:
+            ends.append(int(c.steps) * self.batch * self.size / len(self.dataset.x_train))
         if not ends:
             raise UsageError("compress train needs --epochs or --steps: its learning rate falls to 0 at the end")
         return min(ends)
@@ -121,8 +127,8 @@ class CompressedProtocol(AllReduceProtocol):
         return {**super().metadata(),
                 "recipe": {"schedule": "piecewise", "knots": [list(k) for k in self.knots],
                            "augmentation": self.augment.describe() if self.augment else "none",
-                           "momentum": c["momentum"], "nesterov": c["nesterov"],
-                           **recipe_mapping(float(c["learning_rate"]), float(c["weight_decay"]), self.batch)}}
+                           "momentum": c.momentum, "nesterov": c.nesterov,
+                           **recipe_mapping(float(c.learning_rate), float(c.weight_decay), self.batch)}}
 
     def batch_for(self, step: int) -> int:
         return self.batch

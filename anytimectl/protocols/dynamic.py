@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from anytimectl.batch_policies import BatchPolicy, PeriodStats, PolicyOptions
+from anytimectl.batch_policies import BatchPolicy, PeriodStats
 from anytimectl.data import check_whole_batches
 from anytimectl.errors import UsageError
 from anytimectl.input_transform import InputTransform, TransformedEngine
 from anytimectl.protocols.allreduce import AllReduceProtocol
 from anytimectl.protocols.peer import PeerStep
 from anytimectl.records import Columns
+from anytimectl.run_config import DynamicConfig
 
 LR_SCALINGS = ("linear", "sqrt", "none")
 #: the figures each rank contributes at a period's end
@@ -124,19 +125,23 @@ class _ScaledSchedule:
 class DynamicProtocol(AllReduceProtocol):
     row_fields = ("batch_size",)
     columns = Columns(worker=("batch_size",), master=("global_batch",))
+    config_class = DynamicConfig
 
     # --- set-up ------------------------------------------------------------------------------------------------
     def make_engine(self) -> Any:
         from anytimectl.backends import EngineSpec, create_engine
 
         c, d = self.context.config, self.dataset
-        self.transform = InputTransform(c.get("resize"), c.get("channels"), c.get("normalize") or "none")
+        self.transform = InputTransform(c.resize, c.channels, c.normalize or "none")
         self.transform.check(d.input_shape)
         engine = create_engine(self.context.request.backend, EngineSpec(
-            model=c["model"], input_shape=self.transform.output_shape(d.input_shape), num_classes=d.num_classes,
-            optimizer=c["optimizer"], learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
-            momentum=c.get("momentum"), nesterov=bool(c.get("nesterov", False)), device=self.context.device))
+            model=c.model, input_shape=self.transform.output_shape(d.input_shape), num_classes=d.num_classes,
+            optimizer=c.optimizer, learning_rate=c.learning_rate, weight_decay=c.weight_decay,
+            momentum=None, nesterov=False, device=self.context.device))
         return engine if self.transform.identity else TransformedEngine(engine, self.transform)
+
+    def transport_name(self) -> str:
+        return self.context.config.transport or "mpi"
 
     def make_stream(self) -> SharedEpochStream:
         return SharedEpochStream(self.dataset.x_train, self.dataset.y_train, self.seed)
@@ -144,12 +149,11 @@ class DynamicProtocol(AllReduceProtocol):
     def prepare(self) -> None:
         super().prepare()
         c = self.context.config
-        options = PolicyOptions(**{name: c[name] for name in PolicyOptions.__dataclass_fields__ if name in c})
-        self.policy: BatchPolicy = options.make(self.size, int(c["batch_size"]))
+        self.policy: BatchPolicy = c.policy_options().make(self.size, int(c.batch_size))
         # under the user's mpiexec the command did not know the workers: the check `prepare` makes, made here
-        check_whole_batches(int(c["batch_size"]), self.size, len(self.dataset.x_train), c["dataset"])
+        check_whole_batches(int(c.batch_size), self.size, len(self.dataset.x_train), c.dataset)
         self.start_global_batch = self.policy.global_batch
-        self.lr_scaling = c.get("lr_scaling") or "linear"
+        self.lr_scaling = c.lr_scaling or "linear"
         lr_factor(self.lr_scaling, 1, 1)  # checks the name
         self.schedule = _ScaledSchedule(self.schedule, self)
         self.periods = 0
@@ -164,7 +168,7 @@ class DynamicProtocol(AllReduceProtocol):
                 "batch_policy": {"policy": self.policy.name, "start_batches": list(self.policy.batches),
                                  "start_global_batch": self.start_global_batch, "lr_scaling": self.lr_scaling,
                                  "window": self.policy.window, "input_transform": self.transform.describe(),
-                                 "transport": c.get("transport") or "mpi"}}
+                                 "transport": c.transport or "mpi"}}
 
     # --- the hooks ---------------------------------------------------------------------------------------------
     def batch_for(self, step: int) -> int:
@@ -231,7 +235,7 @@ class DynamicProtocol(AllReduceProtocol):
     def _last_step(self, step: int) -> bool:
         """The run ends after this step by its length (every rank knows it alike): nothing left to decide for."""
         c = self.context.config
-        steps, epochs = c.get("steps"), c.get("epochs")
+        steps, epochs = c.steps, c.epochs
         return (steps is not None and step >= steps) or (epochs is not None and self.stream.epochs >= epochs)
 
     def _gather(self, mine: np.ndarray) -> list[np.ndarray]:

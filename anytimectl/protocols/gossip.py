@@ -49,6 +49,7 @@ from anytimectl.gossip_schedule import (
 from anytimectl.protocols.allreduce import AllReduceProtocol
 from anytimectl.protocols.peer import PeerStep
 from anytimectl.records import Columns, LiveColumn
+from anytimectl.run_config import GossipConfig
 
 METHODS = ("local", "nocomm", "allreduce", "elastic", "gossip")
 #: The original's --agg-method spellings.
@@ -96,13 +97,17 @@ class GossipProtocol(AllReduceProtocol):
     live_columns = (LiveColumn("batch", "batch_size"), LiveColumn("partners", "partner_count"),
                     LiveColumn("val acc", "val_accuracy_last", "{:.3f}"))
     lag = GOSSIP_LAG
+    config_class = GossipConfig
+
+    def augment_name(self) -> str | None:
+        return self.context.config.augment
 
     # --- set-up --------------------------------------------------------------------------------------------------
     def make_stream(self) -> Any:
         """Hold the validation split out of the training data first, then shard what is left."""
         c = self.context.config
         d = self.dataset
-        train, val = holdout(len(d.x_train), int(c.get("val_size") or 0))
+        train, val = holdout(len(d.x_train), int(c.val_size or 0))
         self.x_val, self.y_val = d.x_train[val], d.y_train[val]
         self.dataset = dataclasses.replace(d, x_train=d.x_train[train], y_train=d.y_train[train])
         if len(self.dataset.x_train) < self.size:
@@ -116,10 +121,10 @@ class GossipProtocol(AllReduceProtocol):
 
         super().prepare()  # AllReduceProtocol's transport and gradient exchange, for the allreduce method
         c = self.context.config
-        if self.exchange_options.compressor != "none" and c["method"] != "allreduce":
+        if self.exchange_options.compressor != "none" and c.method != "allreduce":
             raise UsageError(f"--compressor {self.exchange_options.compressor} compresses gradients, which only "
                              f"--method allreduce exchanges; drop --compressor or use --method allreduce")
-        requested = c["method"]
+        requested = c.method
         if requested == "local" and self.size > 1:
             raise UsageError(f"--method local runs one process, not {self.size}; drop --workers (or use 1)")
         #: one worker is local training whatever was asked, as in the original
@@ -128,21 +133,21 @@ class GossipProtocol(AllReduceProtocol):
         # initial parameters are rank 0's (broadcast by PeerProtocol), so they do not depend on it.
         configure(self.context.request.backend, self.context.rank.threads, self.seed + self.rank)
         # batch_size: per worker; under the user's own mpiexec only --global-batch-size may be known, split here
-        self.per_worker = int(c["batch_size"] or int(c["global_batch_size"]) // self.size)
+        self.per_worker = int(c.batch_size or int(c.global_batch_size) // self.size)
         if self.per_worker < 1:
-            raise UsageError(f"--global-batch-size {c['global_batch_size']} is split over the workers: it must be at "
+            raise UsageError(f"--global-batch-size {c.global_batch_size} is split over the workers: it must be at "
                              f"least the number of workers ({self.size})")
         self.lag = 1 if self.method in ("allreduce", "local") else GOSSIP_LAG
-        self.gossip = GossipSchedule.create(self.size, self.seed, prob=float(c["agg_prob"]),
-                                            period=int(c["agg_period"]), weighted=bool(c["weighted"]),
-                                            penalty=float(c["penalty"]))
-        self.alpha = float(c["elastic_alpha"])
+        self.gossip = GossipSchedule.create(self.size, self.seed, prob=float(c.agg_prob),
+                                            period=int(c.agg_period), weighted=bool(c.weighted),
+                                            penalty=float(c.penalty))
+        self.alpha = float(c.elastic_alpha)
         self.trainable = int(getattr(self.engine, "trainable_count", self.engine.param_count))
-        self.log_every = int(c.get("log_every") or 1)
+        self.log_every = int(c.log_every or 1)
         if self.rank == 0:
             self.x_final, self.y_final = self.x_test, self.y_test
         else:
-            self.x_final, self.y_final = test_subset(self.dataset, c["test_size"], self.seed)
+            self.x_final, self.y_final = test_subset(self.dataset, c.test_size, self.seed)
         self._header_out = np.zeros(1, dtype=np.int64)
         self._last_step = 0
         self._bytes_at_start: tuple[int, int] | None = None  # set by the first step

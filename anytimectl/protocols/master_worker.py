@@ -48,6 +48,7 @@ from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome, TrainingProtocol
 from anytimectl.records import Columns, RowLayout, StepRecord
 from anytimectl.round_clock import RoundClock
+from anytimectl.run_config import MasterWorkerConfig
 from anytimectl.rundir import write_json_atomic
 from anytimectl.schedules import Schedule
 
@@ -515,6 +516,7 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
 
     has_master = True
     supports_checkpoints = True
+    config_class = MasterWorkerConfig
     row_fields = ROW_FIELDS
     columns = Columns(worker=("partitions_done",), collect=("time_limit",))
 
@@ -526,24 +528,24 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
         c = context.config
         rank = context.rank
         self.workers = rank.size - 1 if rank.size > 1 else 1
-        configure(context.request.backend, rank.threads, c["seed"])
-        dataset = backend_dataset(context.request.backend, c) or load_dataset(c["dataset"], c["data_dir"])
+        configure(context.request.backend, rank.threads, c.seed)
+        dataset = backend_dataset(context.request.backend, c) or load_dataset(c.dataset, c.data_dir)
         if len(dataset.x_train) < self.workers:
-            raise UsageError(f"--dataset {c['dataset']} has {len(dataset.x_train)} training examples, fewer than "
+            raise UsageError(f"--dataset {c.dataset} has {len(dataset.x_train)} training examples, fewer than "
                              f"the {self.workers} workers; use fewer workers")
         self.dataset = dataset
         self.engine = create_engine(context.request.backend, EngineSpec(
-            model=c["model"], input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-            optimizer=c["optimizer"], learning_rate=c["learning_rate"], weight_decay=c["weight_decay"],
-            device=context.device, options=c.get("backend_options") or {}))
+            model=c.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+            optimizer=c.optimizer, learning_rate=c.learning_rate, weight_decay=c.weight_decay,
+            device=context.device, options=c.backend_options or {}))
         self.config = ProtocolConfig(
-            method=context.request.method, batch_size=c["batch_size"], partitions=c["partitions"],
-            time_limit=c["time_limit"], match_batch=c["match_batch"], steps=c["steps"], epochs=c["epochs"],
-            target_accuracy=c["target_accuracy"], log_every=c["log_every"], seed=c["seed"],
+            method=context.request.method, batch_size=c.batch_size, partitions=c.partitions,
+            time_limit=c.time_limit, match_batch=c.match_batch, steps=c.steps, epochs=c.epochs,
+            target_accuracy=c.target_accuracy, log_every=c.log_every, seed=c.seed,
             train_examples=len(dataset.x_train))
         self.calibration = 0.0
         if rank.rank == 0:
-            self.x_test, self.y_test = test_subset(dataset, c["test_size"], c["seed"])
+            self.x_test, self.y_test = test_subset(dataset, c.test_size, c.seed)
             if rank.size == 1:
                 self.local_worker = self._make_worker(1)
                 self.calibration = self.local_worker.warm_up(calibrate=self._needs_calibration)
@@ -754,7 +756,7 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
         return RunOutcome(reason, summary)
 
 
-def backend_dataset(backend: str, config: dict[str, Any]) -> Any:
+def backend_dataset(backend: str, config: MasterWorkerConfig) -> Any:
     """The data a backend brings itself (the simulated backend's example numbers), or None: load the dataset."""
     import importlib
 

@@ -79,11 +79,11 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
         rank = context.rank
         self.comm = rank.comm
         self.rank, self.size = rank.rank, rank.size
-        self.seed = c["seed"]
+        self.seed = c.seed
         configure(context.request.backend, rank.threads, self.seed)
-        self.dataset = load_dataset(c["dataset"], c["data_dir"])
+        self.dataset = load_dataset(c.dataset, c.data_dir)
         if len(self.dataset.x_train) < self.size:
-            raise UsageError(f"--dataset {c['dataset']} has {len(self.dataset.x_train)} training examples, fewer "
+            raise UsageError(f"--dataset {c.dataset} has {len(self.dataset.x_train)} training examples, fewer "
                              f"than the {self.size} workers; use fewer workers")
         self.engine = self.make_engine()
         self._share_initial_parameters()
@@ -94,10 +94,10 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
         self.clock = RoundClock(self.layout, self.worker, self.seed, context.delay,
                                 context.slow.get(self.worker, 1.0))
         self.clock.stopped = lambda: context.stopper.reason is not None
-        self.schedule = Schedule.from_config(c, c.get("steps"))
-        self.augment = augmentation(c.get("augment"), self.dataset.input_shape)
+        self.schedule = Schedule.from_config(c, c.steps)
+        self.augment = augmentation(self.augment_name(), self.dataset.input_shape)
         if self.rank == 0:
-            self.x_test, self.y_test = test_subset(self.dataset, c["test_size"], self.seed)
+            self.x_test, self.y_test = test_subset(self.dataset, c.test_size, self.seed)
             self.evaluator = Evaluator(self.make_engine(), self.x_test, self.y_test, snapshot_of=self.engine)
         self.prepare()
         self.warm_up()
@@ -110,7 +110,7 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
         """Compile the framework's functions now, so that the first step's compute time is a real one."""
         import math
 
-        x, y = self.stream.peek(int(self.context.config.get("batch_size") or 32))
+        x, y = self.stream.peek(int(self.context.config.batch_size or 32))
         self.engine.compute(x, y, 1, math.inf)
         trace = getattr(self.engine, "trace", None)
         if trace is not None:
@@ -123,9 +123,17 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
 
         c, d = self.context.config, self.dataset
         return create_engine(self.context.request.backend, EngineSpec(
-            model=c["model"], input_shape=d.input_shape, num_classes=d.num_classes, optimizer=c["optimizer"],
-            learning_rate=c["learning_rate"], weight_decay=c["weight_decay"], momentum=c.get("momentum"),
-            nesterov=bool(c.get("nesterov", False)), device=self.context.device))
+            model=c.model, input_shape=d.input_shape, num_classes=d.num_classes, optimizer=c.optimizer,
+            learning_rate=c.learning_rate, weight_decay=c.weight_decay, momentum=c.momentum,
+            nesterov=bool(c.nesterov), device=self.context.device))
+
+    def augment_name(self) -> str | None:
+        """The training batches' augmentation (--augment, resolved), or None: the methods with the option say."""
+        return None
+
+    def log_every_steps(self) -> int:
+        """Steps between evaluations (--log-every; a method may resolve its own, compress train's once an epoch)."""
+        return self.context.config.log_every or 1
 
     def make_stream(self) -> Any:
         """This rank's disjoint shard of the training set, reshuffled each epoch with its own seed."""
@@ -182,8 +190,8 @@ class PeerProtocol(CheckpointingMixin, TrainingProtocol):
     def run(self) -> RunOutcome:
         context = self.context
         c = context.config
-        steps, epochs, target = c.get("steps"), c.get("epochs"), c.get("target_accuracy")
-        log_every = c.get("log_every") or 1
+        steps, epochs, target = c.steps, c.epochs, c.target_accuracy
+        log_every = self.log_every_steps()
         reports = StepReports(self.comm, len(self.layout), self.lag)
         reporter = self.rank == 0
         recorder = context.recorder

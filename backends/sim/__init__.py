@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,6 @@ def synthetic_dataset(train_examples: int, test_examples: int = TEST_EXAMPLES):
                    np.zeros(test_examples, dtype=np.int64), num_classes=NUM_CLASSES)
 
 
-def make_dataset(config: dict):
+def make_dataset(config: Any):
     """The run's data for the master-worker protocols: `--sim-examples` training examples."""
-    return synthetic_dataset(int(config["backend_options"]["examples"]))
+    return synthetic_dataset(int(config.backend_options["examples"]))

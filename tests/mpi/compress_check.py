@@ -32,7 +32,11 @@ from anytimectl.launch import start_rank
 from anytimectl.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.compressed import CompressedProtocol
+from anytimectl.run_config import CompressedConfig
 from anytimectl.shell import RunContext, Stopper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: run_configs
+from run_configs import make_config  # noqa: E402
 
 MODEL = str(Path(__file__).with_name("compress_tiny_model.py")) + ":build"
 SEED, STEPS, BATCH, LR, RATIO = 3, 3, 16, 0.1, 0.05
@@ -75,7 +79,8 @@ def make(method: str, mode: str, dtype: str, feedback: bool, rescale: bool, thre
                   threshold=threshold,
                   levels=255, value_dtype=dtype, rescale=rescale, error_feedback=feedback, momentum=0.0,
                   nesterov=False, augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None,
-                  lr_knots=None)
+                  lr_knots=None, method=method)
+    config = make_config(CompressedConfig, **config)
     request = RunRequest(command="compress", method="compress", protocol="compressed", backend="torch",
                          dataset="digits", model=MODEL, config=config, launch=None, output=None, seed=SEED)
     protocol = CompressedProtocol(RunContext(request=request, rank=rank_info, stopper=Stopper(), delay=None, slow={}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +21,11 @@ from anytimectl.launch import start_rank
 from anytimectl.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.gossip import GossipProtocol
+from anytimectl.run_config import GossipConfig
 from anytimectl.shell import RunContext, Stopper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: run_configs
+from run_configs import make_config  # noqa: E402
 
 backend = sys.argv[1]
 MODEL = {"torch": "iris-mlp", "tensorflow": "mlp"}[backend]
@@ -33,7 +38,8 @@ config = dataclasses.asdict(OptimizerOptions(optimizer="sgd", learning_rate=0.1,
 config.update(dataset="iris", data_dir=None, model=MODEL, seed=SEED, test_size=-1, val_size=25, steps=None,
               epochs=None, batch_size=4, global_batch_size=4 * size, momentum=0.9 if backend == "torch" else None,
               nesterov=backend == "torch", method="elastic", agg_prob=0.5, agg_period=1, weighted=False, penalty=1.0,
-              elastic_alpha=0.5, log_every=1000)
+              elastic_alpha=0.5, log_every=1000, augment=None)
+config = make_config(GossipConfig, **config)
 request = RunRequest(command="train", method="gossip", protocol="gossip", backend=backend, dataset="iris",
                      model=MODEL, config=config, launch=None, output=None, seed=SEED)
 context = RunContext(request=request, rank=rank_info, stopper=Stopper(), delay=None, slow={})

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from run_configs import make_config
 from torch.nn import functional
 
 from anytimectl.backends.torch.compression import canonical_method, canonical_mode, method_names
@@ -25,6 +26,7 @@ from anytimectl.launch import RankInfo
 from anytimectl.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.compressed import CompressedProtocol, schedule_knots
+from anytimectl.run_config import CompressedConfig
 from anytimectl.schedules import Schedule
 from anytimectl.shell import RunContext, Stopper
 
@@ -50,8 +52,10 @@ def _protocol(**overrides) -> tuple[CompressedProtocol, RunContext]:
     config.update(dataset="digits", data_dir=None, model="digits-cnn", seed=0, test_size=30, steps=None, epochs=1.0,
                   target_accuracy=None, batch_size=64, compressor="topk", mode="layerwise", ratio=0.01, threshold=0.001,
                   levels=255, value_dtype="float32", rescale=False, error_feedback=True, momentum=0.9, nesterov=True,
-                  augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None, lr_knots=None)
+                  augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None, lr_knots=None,
+                  method="topk")
     config.update(overrides)
+    config = make_config(CompressedConfig, **config)
     request = RunRequest(command="compress", method="compress", protocol="compressed", backend="torch",
                          dataset="digits", model="digits-cnn", config=config, launch=SimpleNamespace(workers=0),
                          output=None)
@@ -116,13 +120,13 @@ def test_the_rate_applied_is_the_piecewise_schedules_and_the_one_logged():
     protocol.run()
     records = context.recorder.records
     knots = schedule_knots(0.4, 2.0, None)
-    assert context.config["lr_knots"] == [list(k) for k in knots] and knots[1][0] == pytest.approx(2 * 5 / 24)
+    assert context.config.lr_knots == [list(k) for k in knots] and knots[1][0] == pytest.approx(2 * 5 / 24)
     expected = Schedule("piecewise", knots=knots)
     assert [r.learning_rate for r in records] == pytest.approx(applied)
     assert [r.learning_rate for r in records] == pytest.approx([expected.at(1, r.epoch - 64 / 1437) for r in records])
     assert max(applied) > 0.3 and applied[0] == 0.0 and applied[-1] < 0.05
     # once an epoch by default: 1437 / 64 steps
-    assert context.config["log_every"] == round(1437 / 64)
+    assert context.config.log_every == round(1437 / 64)
     evaluated = [r.step for r in records if r.accuracy is not None]
     assert evaluated == [22, 44, len(records)] and len(records) == 45 and records[-1].accuracy > 0.5
     assert records[-1].master["compression_ratio"] > 50  # top-1% of the digits CNN with 32-bit values

@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from run_configs import make_config
 
 from anytimectl.batch_policies import PolicyOptions
 from anytimectl.launch import RankInfo
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.dynamic import DynamicProtocol, SharedEpochStream
+from anytimectl.run_config import DynamicConfig
 from anytimectl.schedules import Schedule
 from anytimectl.shell import RunContext, Stopper
 
@@ -51,7 +53,7 @@ def _config(**overrides) -> dict:
 
 
 def _protocol(**overrides) -> tuple[DynamicProtocol, RunContext, list]:
-    config = _config(**overrides)
+    config = make_config(DynamicConfig, **_config(**overrides))
     request = RunRequest(command="train", method="dynamic", protocol="dynamic", backend="torch", dataset="digits",
                          model="digits-cnn", config=config, launch=SimpleNamespace(workers=0), output=None)
     context = RunContext(request=request, rank=RankInfo(0, 1, socket.gethostname(), 0, 1, 1, None),
