@@ -722,12 +722,13 @@ def leave_process(code: int) -> NoReturn:
 
     The process flushes its output, runs the atexit handlers, finalizes MPI (with code 0 every rank of a job
     arrives here together, after its last collective; a non-zero code must come after `end_rank`, or the process
-    exits normally) and leaves with `os._exit`: nothing of ours is left to do (the run directory's files are closed
-    by then), and tearing down the modules is skipped: TensorFlow's and torch's C++ teardown, which made finished
-    jobs linger for seconds (once for minutes), and also the plain interpreter's, which took 1-2.4 s on a busy
-    2-core machine for the launching process (scipy, pandas and scikit-learn come in with the data checks) and
-    about 1 s for a simulated rank (docs/platform-facts.md, "A process's exit is a teardown too"; README, "How runs
-    end": tests/bench/teardown.py). A job ends only when its last process has.
+    exits normally) and leaves without tearing down its modules, which took 1-2.4 s on a busy 2-core machine for
+    the launching process (scipy, pandas and scikit-learn come in with the data checks) and about 1 s for a
+    simulated rank (docs/platform-facts.md, "A process's exit is a teardown too"; README, "How runs end":
+    tests/bench/teardown.py). A process that is not an MPI rank leaves with `os._exit`, which also skips
+    TensorFlow's and torch's C++ teardown (seconds); an MPI rank leaves with the C library's `exit`, because MPICH
+    completes a rank's exit in a C atexit handler, and the C++ destructors then run too. A job ends only when its
+    last process has.
     """
     if code and _mpi_running():
         # A non-zero exit with MPI still running is one rank leaving alone: the normal exit (MPI_Abort under
@@ -741,12 +742,21 @@ def leave_process(code: int) -> NoReturn:
         except (AttributeError, OSError, ValueError):
             pass
     atexit._run_exitfuncs()
+    mpi = sys.modules.get("mpi4py.MPI")
+    was_rank = mpi is not None and mpi.Is_initialized()  # finalized here or before (end_rank): a rank all the same
     end_rank()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
+    if was_rank:
+        # MPICH completes a rank's exit in a C atexit handler that os._exit skips: Hydra then takes the exit for a
+        # crash and SIGKILLs every rank still finalizing (a completed 8-rank job ended with exit code 9;
+        # docs/platform-facts.md). The C library's exit runs those handlers and still skips Python's teardown.
+        import ctypes
+
+        ctypes.CDLL(None).exit(code)
     os._exit(code)
 
 
