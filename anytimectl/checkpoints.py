@@ -156,9 +156,12 @@ def _encode(value: Any, arrays: list[tuple[np.ndarray, str | None]]) -> Any:
                     "strings, lists, tuples, dicts, numpy arrays and torch tensors)")
 
 
-def _decode(tree: Any, arrays: Callable[[int], np.ndarray], dtypes: dict[int, str]) -> Any:
+def _decode(tree: Any, arrays: Callable[[int], np.ndarray], dtypes: dict[int, str],
+            tensors: bool = True) -> Any:
+    """The value `_encode` wrote; torch tensors come back as tensors, or (`tensors=False`, for a process that must
+    not import torch, such as TensorFlow's) as the numpy arrays they were stored as."""
     if isinstance(tree, list):
-        return [_decode(v, arrays, dtypes) for v in tree]
+        return [_decode(v, arrays, dtypes, tensors) for v in tree]
     if not isinstance(tree, dict):
         return tree
     if len(tree) == 1:
@@ -168,20 +171,23 @@ def _decode(tree: Any, arrays: Callable[[int], np.ndarray], dtypes: dict[int, st
         if key == _TAG + "scalar":
             return arrays(int(inner))[()]
         if key == _TAG + "tensor":
+            array = arrays(int(inner))
+            if not tensors:
+                return array
             import torch
 
-            array = arrays(int(inner))
             tensor = torch.from_numpy(array)
             wanted = getattr(torch, dtypes.get(int(inner), ""), None)
             return tensor.to(wanted) if isinstance(wanted, torch.dtype) and tensor.dtype != wanted else tensor
         if key == _TAG + "deque":
             items, maxlen = inner
-            return deque((_decode(v, arrays, dtypes) for v in items), maxlen=maxlen)
+            return deque((_decode(v, arrays, dtypes, tensors) for v in items), maxlen=maxlen)
         if key == _TAG + "tuple":
-            return tuple(_decode(v, arrays, dtypes) for v in inner)
+            return tuple(_decode(v, arrays, dtypes, tensors) for v in inner)
         if key == _TAG + "items":
-            return {_hashable(_decode(k, arrays, dtypes)): _decode(v, arrays, dtypes) for k, v in inner}
-    return {k: _decode(v, arrays, dtypes) for k, v in tree.items()}
+            return {_hashable(_decode(k, arrays, dtypes, tensors)): _decode(v, arrays, dtypes, tensors)
+                    for k, v in inner}
+    return {k: _decode(v, arrays, dtypes, tensors) for k, v in tree.items()}
 
 
 def _hashable(key: Any) -> Any:
@@ -203,8 +209,9 @@ def dump_state(state: dict[str, Any], stream: BinaryIO) -> None:
                 np.lib.format.write_array(entry, array, allow_pickle=False)
 
 
-def load_state(stream: BinaryIO) -> dict[str, Any]:
-    """Read what `dump_state` wrote. Raises ValueError (or zipfile/OSError) for a file that is not whole."""
+def load_state(stream: BinaryIO, tensors: bool = True) -> dict[str, Any]:
+    """Read what `dump_state` wrote (`tensors=False`: torch tensors as numpy arrays, without importing torch).
+    Raises ValueError (or zipfile/OSError) for a file that is not whole."""
     with zipfile.ZipFile(stream) as archive:
         head = json.loads(archive.read(_TREE))
         if not isinstance(head, dict) or head.get("format") != FORMAT:
@@ -220,7 +227,7 @@ def load_state(stream: BinaryIO) -> dict[str, Any]:
             return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
         dtypes = {int(k): str(v) for k, v in dict(head.get("torch_dtypes") or {}).items()}
-        state = _decode(head["tree"], array, dtypes)
+        state = _decode(head["tree"], array, dtypes, tensors)
     if not isinstance(state, dict):
         raise ValueError("the checkpoint's state is not a mapping")
     return state
@@ -258,9 +265,10 @@ class CheckpointWriteError(OutputError):
         super().__init__(path, error, "write checkpoint")
 
 
-def load_rank(point: ResumePoint, rank: int, backend: str | None = None) -> dict[str, Any]:
+def load_rank(point: ResumePoint, rank: int, backend: str | None = None, tensors: bool = True) -> dict[str, Any]:
     """This rank's state of the checkpoint, or a one-line error: a missing, truncated or altered file, or one in
-    the first format (pickle, which can run code when read: never loaded)."""
+    the first format (pickle, which can run code when read: never loaded). `tensors=False`: torch tensors as numpy
+    arrays (see load_state)."""
     path = point.rank_file(rank)
     expected = (point.manifest.get("sizes") or {}).get(path.name)
     try:
@@ -268,7 +276,7 @@ def load_rank(point: ResumePoint, rank: int, backend: str | None = None) -> dict
             raise ValueError(f"{path.stat().st_size} bytes where the manifest says {expected}: the file is cut short "
                              "or was changed")
         with open(path, "rb") as stream:
-            state = load_state(stream)
+            state = load_state(stream, tensors)
     except FileNotFoundError:
         raise UsageError(f"checkpoint {point.directory} has no file for rank {rank} ({path.name}); it was written "
                          f"by a job of {point.manifest.get('ranks')} ranks") from None

@@ -1,8 +1,8 @@
 """Checkpoints and exact resume of `train amb` and `train fmb`, synchronous and asynchronous, through the real
 command line and real MPI jobs: a run of 2N steps against a run killed with kill -9 of a worker right after its
 checkpoint at step N and resumed; refusals of a checkpoint that another method, protocol, worker count or model
-wrote. The simulated backend here (no framework start-up); the TensorFlow and PyTorch backends in
-test_amb_fmb_checkpoints_tf.py and tests/torch/test_torch_checkpoints.py."""
+wrote. Mostly the simulated backend (no framework start-up); one torch FMB and one TensorFlow AMB run too (their
+checkpoints are read here as numpy arrays: this process must not import torch beside TensorFlow)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def kill_after_checkpoint(args: list[str], run: Path, step: int, timeout: float 
 
 def engine_state(run: Path, step: int, rank: int = 0) -> dict:
     point = checkpoints.ResumePoint(run, step, checkpoints.read_manifest(run, step))
-    return checkpoints.load_rank(point, rank)
+    return checkpoints.load_rank(point, rank, tensors=False)  # this process may hold TensorFlow: never torch
 
 
 def straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int) -> tuple[Path, Path, int]:

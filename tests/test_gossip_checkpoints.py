@@ -32,7 +32,7 @@ def test_rank_files_round_trip_and_manifest_completes_a_checkpoint(tmp_path):
     point = checkpoints.latest(tmp_path)
     assert point.step == 5 and point.manifest["ranks"] == 3 and point.manifest["elapsed"] == 1.5
     for rank in range(3):
-        loaded = checkpoints.load_rank(point, rank, backend=None)
+        loaded = checkpoints.load_rank(point, rank, backend=None, tensors=False)
         expected = _state(rank)
         assert loaded["step"] == 5 and loaded["rank"] == rank
         assert np.array_equal(loaded["engine"]["params"], expected["engine"]["params"])
