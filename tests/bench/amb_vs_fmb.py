@@ -28,16 +28,20 @@ from anytimectl.stragglers import amb_fmb_bound, parse_induce
 SKIP = 3  # first steps, which include warm-up effects
 
 
+def batch_options(method: str, batch_size: int, micro_batch: int) -> list[str]:
+    """FMB's batch, or AMB's: a capacity of 1.5x in micro-batches, its time limit matched to FMB's batch."""
+    if method != "amb":
+        return ["--batch-size", str(batch_size)]
+    capacity = int(round(batch_size * 1.5))
+    return ["--batch-size", str(capacity), "--partitions", str(max(1, capacity // micro_batch)),
+            "--match-batch", str(batch_size), "--time-limit", "auto"]
+
+
 def run(method: str, args: argparse.Namespace, out: Path) -> Path:
     command = [sys.executable, "-m", "anytimectl", "train", method, "--workers", str(args.workers),
                "--induce", args.induce, "--steps", str(args.steps), "--log-every", str(args.log_every),
-               "--test-size", "-1", "--seed", str(args.seed), "--out", str(out), "--name", method, "--quiet"]
-    if method == "amb":
-        capacity = int(round(args.batch_size * 1.5))
-        command += ["--batch-size", str(capacity), "--partitions", str(max(1, capacity // args.micro_batch)),
-                    "--match-batch", str(args.batch_size), "--time-limit", "auto"]
-    else:
-        command += ["--batch-size", str(args.batch_size)]
+               "--test-size", "-1", "--seed", str(args.seed), "--out", str(out), "--name", method, "--quiet",
+               *batch_options(method, args.batch_size, args.micro_batch)]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return out / method
 

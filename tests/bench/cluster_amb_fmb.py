@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from amb_vs_fmb import figures  # noqa: E402
+from amb_vs_fmb import batch_options, figures  # noqa: E402
 from cluster.emulated import EmulatedCluster, missing_requirements  # noqa: E402
 from cluster.jobs import run_across, threads_for  # noqa: E402
 
@@ -51,13 +51,8 @@ def main() -> None:
             EmulatedCluster(args.hosts, rate=args.rate) as cluster:
         for method in ("fmb", "amb"):
             command = ["train", method, "--induce", args.induce, "--steps", str(args.steps), "--log-every", "5",
-                       "--test-size", "-1", "--seed", str(args.seed)]
-            if method == "amb":
-                capacity = int(round(args.batch_size * 1.5))
-                command += ["--batch-size", str(capacity), "--partitions", str(max(1, capacity // args.micro_batch)),
-                            "--match-batch", str(args.batch_size), "--time-limit", "auto"]
-            else:
-                command += ["--batch-size", str(args.batch_size)]
+                       "--test-size", "-1", "--seed", str(args.seed),
+                       *batch_options(method, args.batch_size, args.micro_batch)]
             job = run_across(cluster, per_host, command, Path(out), method, timeout=1800)
             if job.returncode != 0:
                 raise SystemExit(f"{method} failed ({job.returncode}):\n{job.stderr[-3000:]}")
