@@ -225,7 +225,8 @@ def _relaunch_as_job(request: RunRequest, ranks: int, has_master: bool) -> int:
 
         remove_temporary(run_dir)  # a rank stopped while writing a checkpoint leaves no partial file
         leftovers.clean(before)  # killed ranks' MPICH segments and autograph files
-        if _recorded_status(run_dir) == "running":  # rank 0 did not close its tables: it may have been mid-step
+        # rank 0 did not close its tables: it may have been mid-step
+        if _recorded_metadata(run_dir).get("status") == "running":
             trimmed = trim_to_complete_step(run_dir)
     if forwarded is not None:
         # the ranks saw the SIGTERM we passed on; the run's reason names the signal the user sent
@@ -260,10 +261,7 @@ def _record_failure(run_dir: Path, code: int, first_ended: Any, has_master: bool
         return
     if blamed is None:
         return
-    try:
-        metadata = json.loads((run_dir / "metadata.json").read_text())
-    except (OSError, ValueError):
-        return
+    metadata = _recorded_metadata(run_dir)
     recorded = str(metadata.get("reason") or "")
     rank = blamed[0]
     by_itself = recorded.startswith(f"rank {rank}:") or (rank == 0 and not recorded.startswith("rank "))
@@ -281,11 +279,13 @@ def _blame(first_ended: Any, has_master: bool) -> tuple[int, str] | None:
     return rank, f"rank {rank} ({role}, pid {pid}) ended first, killed or crashed"
 
 
-def _recorded_status(run_dir: Path) -> str | None:
+def _recorded_metadata(run_dir: Path) -> dict[str, Any]:
+    """What the run's metadata.json says now ({} where it is missing or unreadable: nothing to correct)."""
     try:
-        return json.loads((run_dir / "metadata.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+        metadata = json.loads((run_dir / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _job_end(end: Any) -> tuple[int, int | None]:
@@ -302,10 +302,7 @@ def _release(run_dir: Path) -> None:
 
 def _correct_reason(run_dir: Path, words: str) -> None:
     """Rank 0 recorded the SIGTERM we passed on: name the signal the user sent instead."""
-    try:
-        metadata = json.loads((run_dir / "metadata.json").read_text())
-    except (OSError, ValueError):
-        return
+    metadata = _recorded_metadata(run_dir)
     reason = metadata.get("reason")
     if metadata.get("status") == "interrupted" and isinstance(reason, str):
         update_metadata(run_dir, reason=reason.replace("interrupted by SIGTERM", words))
