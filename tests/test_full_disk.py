@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 from helpers import anytimectl, metadata
@@ -25,7 +26,19 @@ def small_disk(tmp_path):
     try:
         yield target
     finally:
-        subprocess.run(["umount", str(target)], check=False)
+        _unmount(target)
+
+
+def _unmount(target) -> None:
+    """Unmount, waiting for a failed job's ranks: mpiexec returns when one rank aborts, and the others are still
+    being killed (holding the run's files) for about 0.1 s after. Still busy after 10 s is a rank left running,
+    which the test reports (after detaching the tmpfs, so that nothing stays mounted)."""
+    deadline = time.monotonic() + 10
+    while subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["umount", "--lazy", str(target)], check=False)
+            pytest.fail(f"{target} was still in use 10 s after the test: a process of the run was left running")
+        time.sleep(0.1)
 
 
 def _fill(folder, leave: int) -> None:
