@@ -94,3 +94,20 @@ def test_the_view_shows_progress_and_eta_in_the_table_and_the_plain_lines(mode):
     assert "step 3/10 (30%), ETA " in output and "ETA -" in output  # the first step: no pace yet
     if mode == "lines":
         assert output.strip().splitlines()[-1].startswith("demo: step 3/10 (30%), ETA ")
+
+
+def test_the_plain_line_shows_a_dash_until_a_worker_has_reported():
+    """The first step's header comes before its rows: no `mean batch 0.0  utilisation nan`, a dash until there is
+    data (utilisation needs two rounds of a rank)."""
+    view = LiveView("demo", hosts("a", "b"), LAYOUT, mode="lines", interval=0)
+    view.console = Console(file=io.StringIO(), force_terminal=False, width=300)
+    first = step(1)
+    with view:
+        view.update(first)  # the header, as the recorder gives it, before the rows
+        view.update(ranks=first.ranks, rows=first.rows)
+        feed(view, step(2))
+    lines = view.console.file.getvalue().strip().splitlines()
+    assert lines[0].endswith("mean batch -  utilisation -"), lines[0]
+    assert lines[1].endswith("mean batch 48.0  utilisation -"), lines[1]  # (32 + 64) / 2; one round each
+    assert lines[-1].endswith("mean batch 48.0  utilisation 0.45"), lines[-1]  # 0.5 and 0.4 (compute - sleep) / 1 s
+    assert "nan" not in view.console.file.getvalue()

@@ -353,12 +353,32 @@ def read_manifest(run_dir: Path, step: int) -> dict[str, Any]:
     return manifest
 
 
-def latest(run_dir: Path, skipped: list[str] | None = None) -> ResumePoint | None:
-    """The newest complete checkpoint that is whole (manifest readable, every file of its recorded size); the
-    reasons newer ones were passed over go to `skipped`."""
+def check_contents(run_dir: Path, step: int, manifest: dict[str, Any]) -> None:
+    """Read every file of the checkpoint through as a rank will (`load_state`, which checks each entry's CRC-32
+    and that every array the state names is there; torch tensors as numpy arrays): a file changed in place without
+    a change of size fails with a ValueError naming it. A byte changed where the zip format keeps what the reader
+    does not use (an entry's time stamp) passes: the state read is the same."""
+    for name in manifest["files"]:
+        path = step_dir(run_dir, step) / str(name)
+        try:
+            with open(path, "rb") as stream:
+                state = load_state(stream, tensors=False)
+        except Exception as error:  # noqa: BLE001 - whatever a damaged zip raises
+            raise ValueError(f"{path} is damaged ({type(error).__name__}: {error})".splitlines()[0]) from None
+        if state.get("format") != FORMAT or state.get("step") != step:
+            raise ValueError(f"{path} is not a checkpoint of step {step} in this format")
+
+
+def latest(run_dir: Path, skipped: list[str] | None = None, contents: bool = False) -> ResumePoint | None:
+    """The newest complete checkpoint that is whole (manifest readable, every file of its recorded size, and with
+    `contents` every file read through: `check_contents`); the reasons newer ones were passed
+    over go to `skipped`."""
     for step in reversed(complete_steps(run_dir)):
         try:
-            return ResumePoint(Path(run_dir), step, read_manifest(run_dir, step))
+            manifest = read_manifest(run_dir, step)
+            if contents:
+                check_contents(run_dir, step, manifest)
+            return ResumePoint(Path(run_dir), step, manifest)
         except ValueError as error:
             if skipped is not None:
                 skipped.append(str(error))
@@ -367,7 +387,9 @@ def latest(run_dir: Path, skipped: list[str] | None = None) -> ResumePoint | Non
 
 def resume_point(run_dir: Path, metadata: dict[str, Any] | None = None, warn: bool = True) -> ResumePoint:
     """The latest usable checkpoint of a run, or a one-line error saying what is missing or wrong. A newer
-    checkpoint that is damaged is passed over with a warning on stderr when an older one is whole. With the run's
+    checkpoint that is damaged (cut short, or a byte changed: every file is read through once, see
+    `check_contents`) is passed over with a warning on stderr when an older one is whole; the command and every
+    rank call this and so agree on the checkpoint. With the run's
     `metadata`, a checkpoint that another kind of run wrote is refused (`check_identity`)."""
     import sys
 
@@ -381,7 +403,7 @@ def resume_point(run_dir: Path, metadata: dict[str, Any] | None = None, warn: bo
         raise UsageError(f"--resume {run_dir}: the run is still running (pid {writer.get('pid')} on "
                          f"{writer.get('host')}); stop it first (Ctrl-C or SIGTERM)")
     skipped: list[str] = []
-    point = latest(run_dir, skipped)
+    point = latest(run_dir, skipped, contents=True)
     if point is None and skipped:
         raise UsageError(f"--resume {run_dir}: no usable checkpoint: {skipped[0]}")
     if point is None:

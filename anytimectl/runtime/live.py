@@ -224,10 +224,13 @@ class LiveView:
                 f"{epoch}{rate:.2f} steps/s{self._checkpoint}")
 
     def _line(self) -> str:
-        utilisation = [w.utilisation for w in self.ranks.values()]
-        mean_util = np.nanmean(utilisation) if any(np.isfinite(utilisation)) else float("nan")
-        batch = np.mean([w.examples / max(1, w.steps) for w in self.ranks.values()])
-        return f"{self.title}: {self._header()}  mean batch {batch:.1f}  utilisation {mean_util:.2f}"
+        """The plain line; the worker figures are over the ranks that reported a row, a dash until one has (the
+        first step's header comes before its rows) and for utilisation until a rank has two rounds."""
+        seen = [w for w in self.ranks.values() if w.steps]
+        batch = f"{np.mean([w.examples / w.steps for w in seen]):.1f}" if seen else "-"
+        utilisation = [w.utilisation for w in seen if np.isfinite(w.utilisation)]
+        mean_util = f"{np.mean(utilisation):.2f}" if utilisation else "-"
+        return f"{self.title}: {self._header()}  mean batch {batch}  utilisation {mean_util}"
 
     def _table(self) -> Table:
         table = Table(title=f"{self.title}\n{self._header()}", title_justify="left")

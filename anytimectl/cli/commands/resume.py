@@ -176,7 +176,7 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
         raise UsageError(f"--resume continues the run with its recorded options; {differ[0].split()[0]} cannot "
                          f"change them: {'; '.join(differ)} (only {allowed}, the launch options, "
                          "--checkpoint-every/--keep-checkpoints and --quiet/--json/--live may change)")
-    point = resume_point(run_dir, metadata)
+    point = resume_point(run_dir, metadata, warn=_says_warnings())
     protocol = load_protocol(rules.protocol)
     if not getattr(protocol, "supports_checkpoints", False):
         raise UsageError(f"--resume: {rules.words} does not write checkpoints yet")
@@ -218,3 +218,18 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
 
 
 __all__ = ["ResumeRules", "check_supported", "given_options", "resume_run"]
+
+
+def _says_warnings() -> bool:
+    """Whether this process prints the warning that a damaged checkpoint was passed over, so that it appears once:
+    the command the user started, or rank 0 under the user's own mpiexec/srun (every rank prepares the run; the
+    ranks that --workers started leave it to the command that started them)."""
+    import os
+
+    from anytimectl.launch import _RANK_VARIABLES, RELAUNCHED, in_mpi_job
+
+    if not in_mpi_job():
+        return True
+    if os.environ.get(RELAUNCHED):
+        return False
+    return all(os.environ[name] == "0" for name in _RANK_VARIABLES if name in os.environ)
