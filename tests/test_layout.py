@@ -141,3 +141,37 @@ def test_a_run_and_its_checkpoints_name_no_module(tmp_path) -> None:
     assert {k: v for k, v in named.items() if v} == {}
     protocol = metadata(run)["protocol"]
     assert importlib.import_module(f"anytimectl.protocols.{protocol}").PROTOCOL.__name__
+
+
+def test_every_import_of_anytimectl_names_a_module() -> None:
+    """Imports inside functions too (the lazy ones that keep `--help` fast), in the package and in the tests: a
+    module moved without its importers being updated fails here, not at run time on the path that imports it."""
+    modules = _modules()
+    wrong = []
+    for path in [*modules.values(), *(ROOT / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
+                      if name.startswith("anytimectl") and name not in modules]
+            if isinstance(node, ast.ImportFrom) and node.module in modules and node.level == 0:
+                package = modules[node.module]
+                if package.name == "__init__.py":  # `from anytimectl.runtime import shell`: a name or a module
+                    wrong += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}"
+                              for alias in node.names if not _defines(package, alias.name)
+                              and f"{node.module}.{alias.name}" not in modules]
+    assert wrong == []
+
+
+def _defines(init: Path, name: str) -> bool:
+    tree = ast.parse(init.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef) and node.name == name:
+            return True
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if isinstance(node, ast.ImportFrom | ast.Import) and any((a.asname or a.name) == name for a in node.names):
+            return True
+    return False

@@ -226,7 +226,7 @@ def _says_warnings() -> bool:
     ranks that --workers started leave it to the command that started them)."""
     import os
 
-    from anytimectl.launch import _RANK_VARIABLES, RELAUNCHED, in_mpi_job
+    from anytimectl.runtime.launch import _RANK_VARIABLES, RELAUNCHED, in_mpi_job
 
     if not in_mpi_job():
         return True
