@@ -16,6 +16,7 @@ from anytimectl.runtime.run_config import (
     DynamicConfig,
     GossipConfig,
     MasterWorkerConfig,
+    PeerConfig,
     RunConfig,
 )
 
@@ -77,3 +78,34 @@ def test_a_run_records_its_protocols_class_whole_and_resume_refuses_a_record_of_
     assert refused.returncode == 2, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key(s) renamed_option" in lines[0] and "missing key(s) partitions" in lines[0]
+
+
+@pytest.mark.parametrize(("name", "cls"), [("master_worker", MasterWorkerConfig),
+                                           ("async_master_worker", AsyncMasterWorkerConfig),
+                                           ("dynamic", DynamicConfig), ("gossip", GossipConfig),
+                                           ("compressed", CompressedConfig), ("allreduce", PeerConfig)])
+def test_each_protocol_reads_the_class_of_its_type_argument(name, cls):
+    """`class DynamicProtocol(AllReduceProtocol[DynamicConfig])`: the class the shell checks (and --resume
+    rebuilds) is the one a type checker sees as `context.config`; an intermediate base gets its variable's bound."""
+    from anytimectl.runtime.shell import load_protocol
+
+    assert load_protocol(name).config_class is cls
+
+
+def test_a_protocol_names_its_config_once():
+    from anytimectl.protocols.base import TrainingProtocol
+
+    with pytest.raises(TypeError, match="do not set config_class too"):
+        class Twice(TrainingProtocol[DynamicConfig]):
+            config_class = DynamicConfig
+    with pytest.raises(TypeError, match="does not name a RunConfig class"):
+        class NotAConfig(TrainingProtocol[dict]):  # type: ignore[type-var]
+            pass
+
+    class Plain(TrainingProtocol[GossipConfig]):
+        pass
+
+    class Inherited(Plain):  # no type argument of its own: keeps its base's
+        pass
+
+    assert Plain.config_class is GossipConfig and Inherited.config_class is GossipConfig

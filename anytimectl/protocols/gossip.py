@@ -91,13 +91,12 @@ def holdout(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[size:]), np.sort(order[:size])
 
 
-class GossipProtocol(AllReduceProtocol):
+class GossipProtocol(AllReduceProtocol[GossipConfig]):
     row_fields = ("batch_size", "peer", "partners", "partner_count", "val_loss", "val_accuracy", "val_accuracy_last")
     columns = Columns(worker=("batch_size", "peer", "partners", "partner_count", "val_loss", "val_accuracy"))
     live_columns = (LiveColumn("batch", "batch_size"), LiveColumn("partners", "partner_count"),
                     LiveColumn("val acc", "val_accuracy_last", "{:.3f}"))
     lag = GOSSIP_LAG
-    config_class = GossipConfig
 
     def augment_name(self) -> str | None:
         return self.context.config.augment

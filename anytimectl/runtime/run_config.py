@@ -123,6 +123,17 @@ class ExchangeConfig(RunConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeerConfig(ExchangeConfig):
+    """What every method without a master reads in `protocols/peer.py`: the batch per worker (`None` in `train
+    gossip` when only `--global-batch-size` is known) and the optimizer's momentum (`None`: plain SGD, as `train
+    dynamic` trains; its runs record `momentum: null, nesterov: false`)."""
+
+    batch_size: int | None
+    momentum: float | None = None
+    nesterov: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class MasterWorkerConfig(RunConfig):
     """`train amb` / `train fmb`, synchronous (protocols/master_worker.py)."""
 
@@ -146,7 +157,7 @@ class AsyncMasterWorkerConfig(MasterWorkerConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DynamicConfig(ExchangeConfig):
+class DynamicConfig(PeerConfig):
     """`train dynamic` (protocols/dynamic.py): the batch policy's knobs (batch_policies.PolicyOptions) and more."""
 
     batch_size: int
@@ -176,7 +187,7 @@ class DynamicConfig(ExchangeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class GossipConfig(ExchangeConfig):
+class GossipConfig(PeerConfig):
     """`train gossip` (protocols/gossip.py)."""
 
     method: str  # elastic, gossip, allreduce, local
@@ -194,7 +205,7 @@ class GossipConfig(ExchangeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompressedConfig(ExchangeConfig):
+class CompressedConfig(PeerConfig):
     """`compress train` (protocols/compressed.py)."""
 
     method: str  # the compressor under its former key (earlier run directories and plots read it)
@@ -207,4 +218,4 @@ class CompressedConfig(ExchangeConfig):
 
 
 __all__ = ["AsyncMasterWorkerConfig", "CompressedConfig", "DynamicConfig", "ExchangeConfig", "GossipConfig",
-           "MasterWorkerConfig", "RunConfig"]
+           "MasterWorkerConfig", "PeerConfig", "RunConfig"]
