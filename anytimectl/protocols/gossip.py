@@ -120,10 +120,10 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
 
         super().prepare()  # AllReduceProtocol's transport and gradient exchange, for the allreduce method
         c = self.context.config
-        if self.exchange_options.compressor != "none" and c.method != "allreduce":
+        if self.exchange_options.compressor != "none" and c.rule != "allreduce":
             raise UsageError(f"--compressor {self.exchange_options.compressor} compresses gradients, which only "
                              f"--method allreduce exchanges; drop --compressor or use --method allreduce")
-        requested = c.method
+        requested = c.rule
         if requested == "local" and self.size > 1:
             raise UsageError(f"--method local runs one process, not {self.size}; drop --workers (or use 1)")
         #: one worker is local training whatever was asked, as in the original
