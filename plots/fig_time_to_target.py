@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from . import style
 from .registry import Context, figure

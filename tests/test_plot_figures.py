@@ -15,12 +15,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from anytimectl.errors import UsageError
 from anytimectl.plots import registry, render, style
 from anytimectl.plots.command import plot
 from anytimectl.plots.fig_panels import PANEL_MAIN
 from anytimectl.plots.fig_time_to_target import Target, reach, resolve_baseline, speedups
 from anytimectl.plots.rundir import STUDY_FIGURES
+from anytimectl.runtime.errors import UsageError
 
 AMB_LABEL, FMB_LABEL = "AMB B=192 T=auto (batch 128) P=12", "FMB B=128"
 
