@@ -141,6 +141,9 @@ def test_resume_of_a_job_whose_newest_checkpoint_has_a_changed_byte_continues_fr
     anytimectl("train", "fmb", "--workers", "2", *sim, "--steps", "6", "--checkpoint-every", "3", "--out",
                str(tmp_path), "--name", "r")
     run = tmp_path / "r"
+    # every rank's write time reached the manifest (the master's and both workers': tests/test_checkpoint_times.py)
+    seconds = checkpoints.read_manifest(run, 6)["save_seconds_ranks"]
+    assert len(seconds) == 3 and all(s is not None and s > 0 for s in seconds), seconds
     path = checkpoints.rank_path(run, 6, 1)
     whole = path.read_bytes()
     middle = max(_entry_data(whole), key=len)  # the model's array

@@ -519,6 +519,9 @@ class Checkpointer:
         path = save_rank(self.run_dir, step, self.rank, state, self.backend)
         ended = time.time()
         self.last_saved = step
+        if self.rank != 0:  # for rank 0's manifest: every rank's write time (before this rank reports the step)
+            with contextlib.suppress(OSError):
+                _seconds_path(self.run_dir, step, self.rank).write_text(f"{ended - started:.4f}\n")
         if self.rank == 0:
             size = path.stat().st_size
             self._unconfirmed[step] = {**self.identity, **info, "save_seconds": round(ended - started, 4),
@@ -531,10 +534,27 @@ class Checkpointer:
         info = self._unconfirmed.pop(step, None)
         if info is None:
             return
+        seconds = [info.get("save_seconds"), *(_read_seconds(self.run_dir, step, r) for r in range(1, self.size))]
+        known = [s for s in seconds if s is not None]
+        info = {**info, "save_seconds_ranks": seconds, "save_seconds_max": max(known) if known else None}
         write_manifest(self.run_dir, step, self.size, info)
         removed = prune(self.run_dir, self.keep)
         self.log("checkpoint written", step=step, folder=str(step_dir(self.run_dir, step)), removed=removed,
-                 seconds=info.get("save_seconds"), rank0_bytes=info.get("rank0_bytes"))
+                 seconds=info.get("save_seconds"), seconds_max=info["save_seconds_max"],
+                 rank0_bytes=info.get("rank0_bytes"))
+
+
+def _seconds_path(run_dir: Path, step: int, rank: int) -> Path:
+    """Where a rank other than 0 notes how long its file of `step` took to write (gathering the state included)."""
+    return step_dir(run_dir, step) / f"rank-{rank}.seconds"
+
+
+def _read_seconds(run_dir: Path, step: int, rank: int) -> float | None:
+    """A rank's write time of `step`, or None where it left none (written by an older version, or lost)."""
+    try:
+        return float(_seconds_path(run_dir, step, rank).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class CheckpointingMixin:
