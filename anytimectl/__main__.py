@@ -1,3 +1,3 @@
-from anytimectl.cli import main
+from anytimectl.cli.app import main
 
 main()

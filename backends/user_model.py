@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 DEFAULT_FUNCTION = "build"
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 _EXTS = ("png", "pdf", "svg")
 

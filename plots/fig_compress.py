@@ -356,7 +356,7 @@ def layerwise_vs_entire(ctx: Context):
             method, mode, ratio = run.method, "dense", 1.0
         rows.append({"method": method, "mode": mode, "accuracy": float(accuracy.iloc[-1]), "ratio": ratio})
     if not rows:
-        from anytimectl.errors import UsageError
+        from anytimectl.runtime.errors import UsageError
 
         raise UsageError("cannot draw layerwise_vs_entire: no run has an evaluated test accuracy")
     df = pd.DataFrame(rows).groupby(["method", "mode"], sort=False).agg(

@@ -8,7 +8,7 @@ sweep of a dozen sizes stays readable (the original's colours repeated every fiv
 
 from __future__ import annotations
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from . import style
 from .registry import Context, figure

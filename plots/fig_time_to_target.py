@@ -4,6 +4,11 @@ The time of a run is that of the first logged row at which its curve reaches the
 or loss <= target); with --smooth the EWM-smoothed curve is used, else the raw one. The test accuracy is logged
 only every --log-every steps, so its resolution is that of the evaluations. Speedup of a run = baseline time /
 run time (above 1: faster than the baseline).
+
+Runs of several seeds (a sweep) are compared seed by seed: with the default baseline (FMB) or one named by its
+method, each run's baseline is that method's run of the same seed, because a speedup against another seed's run
+mixes the method's effect with the seed's (the seeds of one method differ by as much as the methods). A run whose
+seed has no baseline run gets no speedup. A baseline named by number or run name is one run for all.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from . import style
 from .registry import Context, figure
@@ -61,6 +66,32 @@ def speedups(times: list[float | None], baseline: int) -> list[float | None]:
     return [None if (t is None or base is None or t <= 0) else base / t for t in times]
 
 
+def _seed(run) -> object:
+    return run.config.get("seed", run.meta.get("seed"))
+
+
+def baselines_of(runs, spec: str | None) -> list[int | None]:
+    """The baseline run of each run: one run for all, or, across seeds, the baseline method's run of the same
+    seed (None where that seed has none)."""
+    base = resolve_baseline(runs, spec)
+    by_method = spec is None or _names_a_method(runs, spec)
+    if not by_method or len({_seed(r) for r in runs}) < 2:
+        return [base] * len(runs)
+    method = runs[base].method
+    first_of_seed: dict[object, int] = {}
+    for i, run in enumerate(runs):
+        if run.method == method:
+            first_of_seed.setdefault(_seed(run), i)
+    return [first_of_seed.get(_seed(run)) for run in runs]
+
+
+def _names_a_method(runs, spec: str) -> bool:
+    text = spec.strip().lower()
+    if text.isdigit() or any(text in (r.name.lower(), r.label.lower(), r.label.split(" (")[0].lower()) for r in runs):
+        return False
+    return any(r.method == text for r in runs)
+
+
 def resolve_baseline(runs, spec: str | None) -> int:
     """Index of the baseline run: --baseline as a 1-based index, a run name, a label or a method; by default
     the first FMB run, else the first run."""
@@ -89,24 +120,32 @@ def time_to_target(ctx: Context):
     target = target_of(ctx)
     span = ctx.opts.smooth if ctx.opts.smooth and ctx.opts.smooth > 1 else 0.0
     runs = ctx.runs
-    base = resolve_baseline(runs, ctx.opts.baseline)
+    bases = baselines_of(runs, ctx.opts.baseline)
     reached = [reach(r.master, target, span) for r in runs]
     times = [x[0] if x else None for x in reached]
-    ups = speedups(times, base)
+    ups = [None if b is None else speedups(times, b)[i] for i, b in enumerate(bases)]
     how = f"EWM span {span:g}" if span else "raw curve"
 
-    ctx.note(
-        f"time to {target.text} ({how}; first logged row at or past the target), "
-        f"baseline [{base + 1}] {runs[base].label}:"
-    )
+    if len(set(bases)) == 1:
+        against = f"baseline [{bases[0] + 1}] {runs[bases[0]].label}"
+    else:
+        method = runs[resolve_baseline(runs, ctx.opts.baseline)].method
+        against = f"baseline: the {method} run of the same seed"
+    ctx.note(f"time to {target.text} ({how}; first logged row at or past the target), {against}:")
     for i, (run, hit, up) in enumerate(zip(runs, reached, ups, strict=True)):
+        seed = f" seed {_seed(run)}" if len(set(bases)) > 1 else ""
         if hit is None:
             best = _best(run.master, target)
-            ctx.note(f"  [{i + 1}] {run.label}: not reached (best {best:.4g})")
+            ctx.note(f"  [{i + 1}] {run.label}{seed}: not reached (best {best:.4g})")
             continue
         t, step = hit
-        extra = " (baseline)" if i == base else (f", speedup ×{up:.2f}" if up is not None else "")
-        ctx.note(f"  [{i + 1}] {run.label}: {style.format_duration(t)} at step {step}{extra}")
+        if bases[i] == i:
+            extra = " (baseline)"
+        elif bases[i] is None:
+            extra = ", no baseline run of this seed"
+        else:
+            extra = f", speedup ×{up:.2f}" if up is not None else ""
+        ctx.note(f"  [{i + 1}] {run.label}{seed}: {style.format_duration(t)} at step {step}{extra}")
 
     fig = ctx.new_figure(2 * style.AX_SIZE[0], style.AX_SIZE[1] + 0.3 * len(runs))
     ax_curve, ax_bar = fig.subplots(1, 2, width_ratios=[1.2, 1])
@@ -154,11 +193,13 @@ def time_to_target(ctx: Context):
             ax_bar.text(0, i, "  not reached", va="center", ha="left", fontsize=9, color="0.35")
             continue
         ax_bar.barh(
-            i, t / scale_b, color=run.color, height=0.5, edgecolor="black" if i == base else "none", linewidth=1.2
+            i, t / scale_b, color=run.color, height=0.5, edgecolor="black" if bases[i] == i else "none",
+            linewidth=1.2
         )
-        text = "(baseline)" if i == base else (f"speedup ×{up:.2f}" if up is not None else "")
+        text = "(baseline)" if bases[i] == i else (f"speedup ×{up:.2f}" if up is not None else "")
         ax_bar.text(t / scale_b, i, f"  {style.format_duration(t)}  {text}", va="center", ha="left", fontsize=9)
-    ax_bar.set_yticks(y, [r.label for r in runs], fontsize=9)
+    per_seed = len(set(bases)) > 1
+    ax_bar.set_yticks(y, [f"{r.label} seed {_seed(r)}" if per_seed else r.label for r in runs], fontsize=9)
     ax_bar.set_ylim(len(runs) - 0.4, -0.6)
     ax_bar.grid(axis="y", visible=False)
     right = max(reached_times) / scale_b if reached_times else 1.0

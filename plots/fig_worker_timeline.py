@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from . import style
 from .registry import Context, figure

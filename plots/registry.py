@@ -18,7 +18,7 @@ import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from . import style
 from .rundir import MissingTable, Run

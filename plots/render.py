@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from . import registry, style
 from .rundir import Run, load_runs

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anytimectl.errors import UsageError
-from anytimectl.rundir import (
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.rundir import (
     ORIGINAL_COLLECT_COLUMNS,
     ORIGINAL_MASTER_COLUMNS,
     ORIGINAL_WORKER_COLUMNS,

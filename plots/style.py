@@ -84,7 +84,7 @@ def _slow(value) -> dict[int, float]:
         return {}
     if isinstance(value, dict):
         return {int(k): float(v) for k, v in value.items()}
-    from anytimectl.stragglers import parse_slow
+    from anytimectl.runtime.stragglers import parse_slow
 
     try:
         return parse_slow(list(value))

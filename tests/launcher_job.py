@@ -1,6 +1,6 @@
 """A stand-in job for the launcher tests: `relaunch` starts this file as every rank instead of anytimectl.
 
-As the parent: `python launcher_job.py parent BEHAVIOUR LOG_DIR` calls `anytimectl.launch.relaunch` with one
+As the parent: `python launcher_job.py parent BEHAVIOUR LOG_DIR` calls `anytimectl.runtime.launch.relaunch` with one
 worker, prints the JobEnd as JSON on stdout and exits with its exit code. As a rank (started by mpiexec with
 the arguments relaunch gives, which include `-m mpi4py -m anytimectl` and so look like our ranks), it does not
 touch MPI; it writes what happens to LOG_DIR/rank-PID.log and behaves as BEHAVIOUR says:
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from anytimectl import launch
+from anytimectl.runtime import launch
 
 
 def rank(behaviour: str, log_dir: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from anytimectl.cli.options import OptimizerOptions
 from anytimectl.exchange.options import ExchangeOptions
-from anytimectl.options import OptimizerOptions
 
 #: what `commands.common.prepare` resolves for a run with the default options (data facts: the test's own)
 BASE = {

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import anytimectl, metadata, ranks_of, table
 
-from anytimectl import checkpoints
+from anytimectl.runtime import checkpoints
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 

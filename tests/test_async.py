@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from helpers import anytimectl, metadata, table
 
-from anytimectl.launch import find_mpiexec
 from anytimectl.protocols.async_master_worker import ASYNC_FIELDS, AsyncMasterWorkerProtocol
+from anytimectl.runtime.launch import find_mpiexec
 
 pytestmark = pytest.mark.mpi
 

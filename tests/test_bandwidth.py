@@ -12,8 +12,8 @@ import pytest
 from helpers import anytimectl, metadata, table
 from test_cli_errors import assert_one_line_error
 
-from anytimectl.bandwidth import COLUMNS, ratio_table, target_met
-from anytimectl.launch import find_mpiexec
+from anytimectl.runtime.launch import find_mpiexec
+from anytimectl.studies.bandwidth import COLUMNS, ratio_table, target_met
 
 pytestmark = pytest.mark.mpi
 

@@ -1,4 +1,4 @@
-"""The all-reduce pattern for `anytimectl bandwidth` (anytimectl/bandwidth_allreduce.py): a real job of 2 and 3
+"""The all-reduce pattern for `anytimectl bandwidth` (anytimectl/studies/bandwidth_allreduce.py): a real job of 2 and 3
 ranks measures Comm.allreduce_sum against raw Allreduce and writes rows in bandwidth.csv's columns."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from anytimectl.bandwidth import ratio_table, target_met
-from anytimectl.bandwidth_allreduce import COLUMNS
-from anytimectl.launch import find_mpiexec
+from anytimectl.runtime.launch import find_mpiexec
+from anytimectl.studies.bandwidth import ratio_table, target_met
+from anytimectl.studies.bandwidth_allreduce import COLUMNS
 
 pytestmark = pytest.mark.mpi
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_an_mpi_job_measures_both_layers_interleaved(ranks):
     result = subprocess.run([find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m",
-                             "anytimectl.bandwidth_allreduce", "--sizes", "2^10,2^12", "--rounds", "3",
+                             "anytimectl.studies.bandwidth_allreduce", "--sizes", "2^10,2^12", "--rounds", "3",
                              "--warmup", "1", "--json"],
                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anytimectl.batch_policies import (
+from anytimectl.protocols.batch_policies import (
     POLICIES,
     PeriodStats,
     PolicyOptions,
@@ -12,7 +12,7 @@ from anytimectl.batch_policies import (
     proportional,
     training_progress,
 )
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 
 def epoch(index: int, loss: float = 1.0, time: float = 1.0, workers: int = 2,

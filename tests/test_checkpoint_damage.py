@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from helpers import anytimectl, metadata, table
 
-from anytimectl import checkpoints
-from anytimectl.errors import UsageError
+from anytimectl.runtime import checkpoints
+from anytimectl.runtime.errors import UsageError
 
 SEED = 18
 CUTS = 200

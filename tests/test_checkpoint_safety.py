@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from helpers import anytimectl, metadata, table
 
-from anytimectl import checkpoints
-from anytimectl.errors import UsageError
+from anytimectl.runtime import checkpoints
+from anytimectl.runtime.errors import UsageError
 
 COMMON = ("--test-size", "100", "--log-every", "3", "--quiet")
 
@@ -200,7 +200,7 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_a_damaged_metadata(base
 def test_every_batch_policy_survives_the_data_only_format(tmp_path, name):
     """train dynamic checkpoints its policy as the policy's attributes (vars): each must be plain data that the
     format stores and gives back equal, after some decisions have filled its history."""
-    from anytimectl.batch_policies import PeriodStats, make_policy
+    from anytimectl.protocols.batch_policies import PeriodStats, make_policy
 
     policy = make_policy(name, 2, 32)
     for period in range(1, 5):
@@ -218,7 +218,7 @@ def test_every_batch_policy_survives_the_data_only_format(tmp_path, name):
 def test_a_zero_dimensional_array_keeps_its_shape():
     import io
 
-    from anytimectl.checkpoints import dump_state, load_state
+    from anytimectl.runtime.checkpoints import dump_state, load_state
 
     stream = io.BytesIO()
     dump_state({"count": np.array(7, dtype=np.int64), "v": np.arange(6.0).reshape(2, 3).T}, stream)

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from anytimectl import checkpoints
+from anytimectl.runtime import checkpoints
 
 
 def _started(rank: int) -> float:

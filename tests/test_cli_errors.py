@@ -83,7 +83,7 @@ def test_existing_run_directory_is_refused_before_launching_workers(tmp_path):
 def test_help_imports_neither_tensorflow_nor_torch():
     code = (
         "import sys\n"
-        "from anytimectl.cli import main\n"
+        "from anytimectl.cli.app import main\n"
         "for argv in (['--help'], ['train', 'amb', '--help'], ['train', 'fmb', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
@@ -103,7 +103,7 @@ def test_a_caller_that_passes_argv_keeps_its_process_even_with_a_framework_loade
     code = (
         "import sys, types\n"
         "sys.modules.setdefault('torch', types.ModuleType('torch'))  # a loaded framework, as far as the exit sees\n"
-        "from anytimectl.cli import main\n"
+        "from anytimectl.cli.app import main\n"
         "try:\n"
         "    main(['--version'])\n"
         "except SystemExit as done:\n"

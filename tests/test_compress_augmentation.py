@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anytimectl.errors import UsageError
-from anytimectl.input_transform import Augmentation
+from anytimectl.data.input_transform import Augmentation
+from anytimectl.runtime.errors import UsageError
 
 
 def batch(count: int = 64, side: int = 32, channels: int = 3) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from anytimectl import data
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 # ---------------------------------------------------------------------------------------------- built-in sets
 

@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 from helpers import anytimectl
 
-from anytimectl import doctor
+from anytimectl.runtime import doctor
 
 
 def test_version_names_the_installed_frameworks_without_importing_them():
@@ -45,8 +45,8 @@ def test_doctor_reports_each_framework_s_build_the_mpi_library_and_a_launcher_th
 
 
 def test_a_launcher_that_is_missing_or_broken_is_a_failed_check(monkeypatch, tmp_path):
-    from anytimectl import launch
-    from anytimectl.errors import UsageError
+    from anytimectl.runtime import launch
+    from anytimectl.runtime.errors import UsageError
 
     def missing(override=None):
         raise UsageError("no mpiexec found next to this Python or on PATH")

@@ -16,8 +16,8 @@ from helpers import anytimectl, metadata, ranks_of, table
 from test_cli_errors import assert_one_line_error
 from test_train_runs import _wait_for_rows
 
-from anytimectl.launch import find_mpiexec
 from anytimectl.protocols.dynamic import DynamicProtocol
+from anytimectl.runtime.launch import find_mpiexec
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
 
@@ -214,7 +214,7 @@ def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
 
 def test_more_workers_than_memory_holds_are_refused_before_launch(tmp_path):
     """The memory guard every training command runs: without it the job would start the ranks and swap."""
-    from anytimectl.commands.common import RANK_MEMORY_BYTES
+    from anytimectl.cli.commands.common import RANK_MEMORY_BYTES
     from anytimectl.studies import available_memory
 
     available = available_memory()

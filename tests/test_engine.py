@@ -165,7 +165,7 @@ def test_state_through_a_checkpoint_file_lets_a_fresh_engine_take_the_same_next_
     batch norm; Adam has moments and a step count)."""
     import io
 
-    from anytimectl.checkpoints import dump_state, load_state
+    from anytimectl.runtime.checkpoints import dump_state, load_state
 
     def fresh():
         return engine_module.TensorFlowEngine("cifar10", (32, 32, 3), 10, "adam", 1e-3, 0.0)

@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers import anytimectl, metadata
 
-from anytimectl.rundir import RESERVE_BYTES, RunDirectory
+from anytimectl.runtime.rundir import RESERVE_BYTES, RunDirectory
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anytimectl import checkpoints
-from anytimectl.errors import UsageError
-from anytimectl.rundir import RunDirectory, read_trace
+from anytimectl.runtime import checkpoints
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.rundir import RunDirectory, read_trace
 
 TABLES = {"master_stats": ("time", "step", "loss"), "worker_stats": ("time", "master_step", "rank", "partners")}
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import anytimectl, anytimectl_each, selected_argvs
 
-from anytimectl.errors import UsageError
-from anytimectl.gossip_schedule import GossipSchedule
 from anytimectl.protocols.gossip import elastic_correction, holdout, pull_correction
+from anytimectl.protocols.gossip_schedule import GossipSchedule
+from anytimectl.runtime.errors import UsageError
 
 
 def _asymmetric(size: int, n: int = 50) -> list[np.ndarray]:
@@ -113,8 +113,8 @@ def test_batch_size_is_per_worker_and_says_so_once(capsys, monkeypatch):
     """`train gossip --batch-size` is per worker, as in every command; it meant the total before, so the launching
     process says so in one line (a relaunched rank does not repeat it), once every check has passed (a refusal
     stays one line: tests/test_reliability_inputs.py)."""
-    from anytimectl.commands.train_gossip import EXPERIMENTS, _batches, _note_batch_size_changed
-    from anytimectl.launch import RELAUNCHED
+    from anytimectl.cli.commands.train_gossip import EXPERIMENTS, _batches, _note_batch_size_changed
+    from anytimectl.runtime.launch import RELAUNCHED
 
     digits = EXPERIMENTS["digits"]
     monkeypatch.delenv(RELAUNCHED, raising=False)

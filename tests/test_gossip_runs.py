@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from helpers import REPO, anytimectl, metadata, table
 
-from anytimectl.gossip_schedule import GossipSchedule
 from anytimectl.protocols.gossip import GossipProtocol
+from anytimectl.protocols.gossip_schedule import GossipSchedule
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch]
 

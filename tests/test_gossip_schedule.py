@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anytimectl.gossip_schedule import (
+from anytimectl.protocols.gossip_schedule import (
     NO_PEER,
     GossipSchedule,
     location_weights,

@@ -11,7 +11,7 @@ import sys
 import pytest
 import typer
 
-from anytimectl.cli import app, main
+from anytimectl.cli.app import app, main
 
 
 def _commands(command, path=()):
@@ -125,7 +125,7 @@ def _entry(text: str, flag: str) -> str:
 def test_help_imports_no_framework():
     """`--help` of a training command imports neither TensorFlow nor torch (nor rich: plain help is enough)."""
     code = ("import sys, contextlib, io\n"
-            "from anytimectl.cli import main\n"
+            "from anytimectl.cli.app import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    for path in (['train', 'amb'], ['train', 'gossip'], ['compress', 'train'], ['train', 'dynamic']):\n"
             "        try:\n"

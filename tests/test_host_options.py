@@ -6,8 +6,8 @@ import pytest
 from helpers import anytimectl
 from test_cli_errors import assert_one_line_error
 
-from anytimectl.errors import UsageError
-from anytimectl.launch import host_options
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.launch import host_options
 
 
 def test_a_host_list_becomes_mpiexec_hosts():
@@ -41,7 +41,7 @@ def test_hydras_dump_is_left_out_even_when_its_message_arrives_in_pieces(capfdbi
     import threading
     import time
 
-    from anytimectl.launch import _LaunchWatcher
+    from anytimectl.runtime.launch import _LaunchWatcher
 
     pieces = [b"emulated cluster: no host h1x\n[mpiexec@h0] ui_cmd_cb (pmiserv_pmci.c:51): Launch pro",
               b"xy failed.\n[mpiexec@h0] HYDT_dmxu_poll_wait_for_event (demux_poll.c:76): callback returned error\n",

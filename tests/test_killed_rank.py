@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from helpers import PROCESS_MARKER, marked_processes, metadata
 
-from anytimectl.rundir import STEP_TABLES, RunDirectory, trim_to_complete_step
-from anytimectl.shell import _record_failure
+from anytimectl.runtime.rundir import STEP_TABLES, RunDirectory, trim_to_complete_step
+from anytimectl.runtime.shell import _record_failure
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks in /proc")
 
@@ -132,7 +132,7 @@ def test_the_tables_are_trimmed_to_the_last_step_they_all_hold(tmp_path):
 def test_the_rank_watch_names_the_first_to_end_only_when_it_sees_every_rank(job_ranks):
     """Two stand-in ranks below a stand-in mpiexec (a shell); one is killed. With a third rank that the watch
     cannot see (another node's), nobody is named: the first of ours to end may be a survivor killed after it."""
-    from anytimectl.launch import _RankWatch
+    from anytimectl.runtime.launch import _RankWatch
 
     script = " & ".join(f"PMI_RANK={r} {sys.executable} -c 'import time; time.sleep(60)' mpi4py anytimectl"
                         for r in (0, 1)) + " & wait"  # the words the watch looks for in a rank's command line
@@ -158,8 +158,8 @@ def test_the_rank_watch_names_the_first_to_end_only_when_it_sees_every_rank(job_
 def test_a_rank_whose_mpi_call_failed_does_not_blame_itself():
     """Under your own mpiexec no launching process names the killed rank: a survivor whose MPI call failed says it
     lost contact, instead of recording the failure as its own ("rank 2: Exception: ...")."""
-    from anytimectl.launch import RankInfo
-    from anytimectl.shell import Stopper, _describe_failure
+    from anytimectl.runtime.launch import RankInfo
+    from anytimectl.runtime.shell import Stopper, _describe_failure
 
     mpi_error = type("Exception", (RuntimeError,), {"__module__": "mpi4py.MPI"})("Other MPI error, connection reset")
     status, reason = _describe_failure(mpi_error, Stopper(), RankInfo(2, 3, "h", 0, 1, 1, None))

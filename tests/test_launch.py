@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from anytimectl import launch
-from anytimectl.errors import UsageError
+from anytimectl.runtime import launch
+from anytimectl.runtime.errors import UsageError
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from helpers import metadata
 
-from anytimectl import launch
+from anytimectl.runtime import launch
 
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; Linux only"),
               pytest.mark.mpi]

@@ -1,4 +1,4 @@
-"""The launching parent removes what killed ranks leave (anytimectl.leftovers): MPICH's /dev/shm segments and
+"""The launching parent removes what killed ranks leave (anytimectl.runtime.leftovers): MPICH's /dev/shm segments and
 TensorFlow's autograph files that appeared during the job and are no longer in use; a segment a live process
 still maps, and anything that existed before, stay."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from anytimectl import leftovers
+from anytimectl.runtime import leftovers
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir() or not Path("/proc/self/maps").is_file(),
                                 reason="needs /dev/shm and /proc (Linux)")

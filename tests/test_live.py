@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from anytimectl.live import LiveView, Progress
-from anytimectl.records import LiveColumn, RowLayout, StepRecord
+from anytimectl.runtime.live import LiveView, Progress
+from anytimectl.runtime.records import LiveColumn, RowLayout, StepRecord
 
 LAYOUT = RowLayout(("batch_size",))
 

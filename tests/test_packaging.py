@@ -1,5 +1,5 @@
 """Every package in the source tree is in pyproject's package list: an editable install finds a missing one, a
-real `pip install .` / `pipx install .` does not (anytimectl.commands was once missing that way)."""
+real `pip install .` / `pipx install .` does not (anytimectl.cli.commands was once missing that way)."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import pytest
 from helpers import anytimectl, metadata, table
 from test_cli_errors import assert_one_line_error
 
-from anytimectl.errors import UsageError
-from anytimectl.partitions import COLUMNS, overheads, recommend
-from anytimectl.ranges import parse_counts
+from anytimectl.cli.ranges import parse_counts
+from anytimectl.runtime.errors import UsageError
+from anytimectl.studies.partitions import COLUMNS, overheads, recommend
 
 
 def test_ranges_are_powers_of_two_lists_or_single_values():
@@ -131,8 +131,7 @@ def test_help_has_examples():
 
 
 def test_running_out_of_memory_while_measuring_is_a_usage_error(monkeypatch):
-    from anytimectl import partitions
-
+    from anytimectl.studies import partitions
     class ResourceExhaustedError(Exception):  # what tf.errors raises, by name
         pass
 

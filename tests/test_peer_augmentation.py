@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anytimectl.errors import UsageError
 from anytimectl.protocols.peer import augmentation
+from anytimectl.runtime.errors import UsageError
 
 
 def test_names_choose_the_recipe():

@@ -21,7 +21,7 @@ import plot_fixtures as fx
 import pytest
 from test_cli_errors import assert_one_line_error
 
-from anytimectl.rundir import write_json_atomic
+from anytimectl.runtime.rundir import write_json_atomic
 
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2

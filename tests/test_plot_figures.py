@@ -15,12 +15,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from anytimectl.errors import UsageError
 from anytimectl.plots import registry, render, style
 from anytimectl.plots.command import plot
 from anytimectl.plots.fig_panels import PANEL_MAIN
 from anytimectl.plots.fig_time_to_target import Target, reach, resolve_baseline, speedups
 from anytimectl.plots.rundir import STUDY_FIGURES
+from anytimectl.runtime.errors import UsageError
 
 AMB_LABEL, FMB_LABEL = "AMB B=192 T=auto (batch 128) P=12", "FMB B=128"
 
@@ -455,3 +455,33 @@ def test_cli_help_and_list_types(cli):
     result = CliRunner().invoke(cli, ["plot", "--list-types"])
     assert result.exit_code == 0
     assert "time_to_target" in result.output and "panel_main" in result.output
+
+
+def test_time_to_target_compares_each_seed_with_the_baseline_of_that_seed(tmp_path):
+    # seed 0: AMB 20 s, FMB 60 s (x3.00); seed 1: AMB 30 s, FMB 45 s (x1.50); seed 2: AMB only
+    runs_by_seed = {0: ([5.0, 10, 20], [40.0, 50, 60]), 1: ([10.0, 20, 30], [15.0, 30, 45]), 2: ([10.0, 20, 30], None)}
+    for seed, (amb_times, fmb_times) in runs_by_seed.items():
+        amb = write_constructed_run(tmp_path, f"amb-{seed}", "amb", amb_times, [0.2, 0.5, 0.95])
+        _set_seed(amb, seed)
+        if fmb_times:
+            _set_seed(write_constructed_run(tmp_path, f"fmb-{seed}", "fmb", fmb_times, [0.2, 0.5, 0.95]), seed)
+    runs = render.prepare([tmp_path])
+    figures, ctx = build(runs, "time_to_target", target_accuracy=0.9)
+    assert "baseline: the fmb run of the same seed" in ctx.notes[0]
+    notes = {line.split(":")[0].strip(): line for line in ctx.notes[1:]}
+    by_run = {f"{r.method}-{r.config['seed']}": notes[f"[{i + 1}] {r.label} seed {r.config['seed']}"]
+              for i, r in enumerate(runs)}
+    assert by_run["amb-0"].endswith("speedup ×3.00") and by_run["amb-1"].endswith("speedup ×1.50")
+    assert by_run["fmb-0"].endswith("(baseline)") and by_run["fmb-1"].endswith("(baseline)")
+    assert by_run["amb-2"].endswith("no baseline run of this seed")
+    # one run named as the baseline is the baseline of every seed
+    _, ctx = build(runs, "time_to_target", target_accuracy=0.9, baseline="fmb-1")
+    assert "baseline [" in ctx.notes[0] and "same seed" not in ctx.notes[0]
+
+
+def _set_seed(path: Path, seed: int) -> None:
+    import json
+
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["config"]["seed"] = seed
+    (path / "metadata.json").write_text(json.dumps(meta))

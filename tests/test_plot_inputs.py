@@ -11,7 +11,7 @@ from helpers import anytimectl
 from test_cli_errors import assert_one_line_error
 
 from anytimectl.plots import registry, render
-from anytimectl.rundir import write_view
+from anytimectl.runtime.rundir import write_view
 
 
 @pytest.fixture(scope="module")

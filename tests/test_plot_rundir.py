@@ -10,8 +10,8 @@ import pandas as pd
 import plot_fixtures as fx
 import pytest
 
-from anytimectl.errors import UsageError
 from anytimectl.plots import render, rundir, style, workers
+from anytimectl.runtime.errors import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from anytimectl.launch import find_mpiexec
+from anytimectl.runtime.launch import find_mpiexec
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 

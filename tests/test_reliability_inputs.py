@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import anytimectl, anytimectl_each, selected_argvs
 
-from anytimectl.records import RowLayout
-from anytimectl.round_clock import RoundClock
-from anytimectl.stragglers import make_model
+from anytimectl.runtime.records import RowLayout
+from anytimectl.runtime.round_clock import RoundClock
+from anytimectl.runtime.stragglers import make_model
 
 
 def _seed_argv(command, seed):

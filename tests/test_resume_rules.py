@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from anytimectl.checkpoints import checkpoint_signal
-from anytimectl.commands.resume import ResumeRules, changed_options
-from anytimectl.errors import UsageError
-from anytimectl.launch import STOP_SIGNALS, heeded_signals
-from anytimectl.step_reports import StepReports
+from anytimectl.cli.commands.resume import ResumeRules, changed_options
+from anytimectl.runtime.checkpoints import checkpoint_signal
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.launch import STOP_SIGNALS, heeded_signals
+from anytimectl.runtime.step_reports import StepReports
 
 RULES = ResumeRules(command="train", method="dynamic", protocol="dynamic")
 RECORDED = {"learning_rate": 0.05, "lr_milestones": [2.0, 4.0], "data_dir": "/data", "steps": 10, "policy": "dbs"}
@@ -62,7 +62,7 @@ def test_a_checkpoint_wish_is_agreed_with_the_stop():
 
 
 def test_peer_protocols_declare_checkpoints():
-    from anytimectl.shell import load_protocol
+    from anytimectl.runtime.shell import load_protocol
 
     for name in ("dynamic", "gossip", "compressed", "allreduce"):
         assert load_protocol(name).supports_checkpoints, name

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from helpers import REPO, anytimectl, metadata, ranks_of, table
 
-from anytimectl import checkpoints
-from anytimectl.rundir import read_trace
+from anytimectl.runtime import checkpoints
+from anytimectl.runtime.rundir import read_trace
 
 #: three MPI runs a test: minutes when the machine is shared (load 30 seen), hence more than the default 300 s
 #: train dynamic and compress train run on torch

@@ -1,4 +1,4 @@
-"""The typed run configs (anytimectl/run_config.py): what a command records is its protocol's class, field for
+"""The typed run configs (anytimectl/runtime/run_config.py): what a command records is its protocol's class, field for
 field, and --resume rebuilds it, refusing in one line a record that does not fit this version's class."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from helpers import anytimectl, metadata
 from run_configs import make_config
 
-from anytimectl.errors import UsageError
-from anytimectl.run_config import (
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.run_config import (
     AsyncMasterWorkerConfig,
     CompressedConfig,
     DynamicConfig,

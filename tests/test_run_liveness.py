@@ -14,7 +14,7 @@ import pytest
 from helpers import PROCESS_MARKER as MARKER
 from helpers import REPO, marked_processes, metadata, wait_for
 
-from anytimectl.rundir import LOCK_FILE, RunDirectory, run_liveness
+from anytimectl.runtime.rundir import LOCK_FILE, RunDirectory, run_liveness
 from plots.rundir import Run
 from plots.style import status_suffix
 

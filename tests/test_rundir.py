@@ -13,10 +13,10 @@ import pytest
 from helpers import anytimectl
 from test_cli_errors import assert_one_line_error
 
-from anytimectl.args_json import original_args
-from anytimectl.errors import UsageError
-from anytimectl.records import MASTER_COLUMNS
-from anytimectl.rundir import (
+from anytimectl.protocols.args_json import original_args
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.records import MASTER_COLUMNS
+from anytimectl.runtime.rundir import (
     EVALUATED_MASTER_VIEW,
     EventLog,
     RunDirectory,
@@ -30,7 +30,7 @@ from anytimectl.rundir import (
     write_json_atomic,
     write_view,
 )
-from anytimectl.stragglers import parse_induce
+from anytimectl.runtime.stragglers import parse_induce
 
 
 def test_generated_names_never_collide(tmp_path):

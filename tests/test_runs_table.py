@@ -29,10 +29,10 @@ class Result:
 
 @pytest.fixture
 def cli(capsys):
-    """The real CLI's entry point (`anytimectl.cli.main`, as the console script calls it), run in this process: the
+    """The real CLI's entry point (`anytimectl.cli.app.main`, as the console script calls it), run in this process: the
     many filter and bad-input cases each save an interpreter start (the subprocess cases check stdout alone, the
     imports and the working directory)."""
-    from anytimectl.cli import main
+    from anytimectl.cli.app import main
 
     def run(*args: str, check: bool = True) -> Result:
         capsys.readouterr()

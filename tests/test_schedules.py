@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from run_configs import make_config
 
-from anytimectl.run_config import CompressedConfig
-from anytimectl.schedules import Schedule
+from anytimectl.runtime.run_config import CompressedConfig
+from anytimectl.runtime.schedules import Schedule
 
 
 def test_constant():

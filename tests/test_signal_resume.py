@@ -21,7 +21,7 @@ from helpers import REPO, anytimectl, metadata, table, wait_for
 from test_amb_fmb_checkpoints import SIM, assert_same_final_state
 from test_resume_runs import _assert_equal_states, _final_state
 
-from anytimectl import checkpoints
+from anytimectl.runtime import checkpoints
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 

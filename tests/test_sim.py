@@ -16,7 +16,7 @@ from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
 from anytimectl.backends import EngineSpec, create_engine
 from anytimectl.backends.sim import Curve, synthetic_dataset
 from anytimectl.backends.sim.engine import SimEngine
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 pytestmark = pytest.mark.mpi
 
@@ -121,7 +121,7 @@ def test_bad_sizes_are_usage_errors():
 
 # --- through the command line ---------------------------------------------------------------------------------
 def test_a_sim_run_imports_no_framework(tmp_path):
-    code = ("import sys\nfrom anytimectl.cli import main\nargv = ['train', 'amb', '--backend', "
+    code = ("import sys\nfrom anytimectl.cli.app import main\nargv = ['train', 'amb', '--backend', "
             f"'sim', '--workers', '0', '--steps', '3', '--out', {str(tmp_path)!r}, '--quiet', "
             "'--sim-example-time', '0.0005']\n"
             "try:\n    main(argv)\nexcept SystemExit:\n    pass\n"
@@ -209,8 +209,7 @@ def test_one_process_run_resumes_exactly_from_its_checkpoint(tmp_path):
     """`--workers 0` (master and worker in one process): a run of 6 steps with a checkpoint at 3, continued to 10
     with --resume, has the losses and the final model of a straight run of 10 (tests/test_amb_fmb_checkpoints.py
     has the MPI jobs, the kill -9 and the asynchronous protocol)."""
-    from anytimectl import checkpoints
-
+    from anytimectl.runtime import checkpoints
     common = ["train", "fmb", "--backend", "sim", "--workers", "0", "--seed", "3", "--batch-size", "16",
               "--sim-example-time", "0", "--sim-half-examples", "100", "--out", str(tmp_path), "--quiet"]
     anytimectl(*common, "--steps", "10", "--checkpoint-every", "10", "--name", "straight")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from anytimectl.errors import UsageError
-from anytimectl.stragglers import (
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.stragglers import (
     NAMED_MIXTURES,
     amb_fmb_bound,
     make_model,

@@ -14,7 +14,7 @@ import pytest
 from helpers import REPO, anytimectl, metadata, ranks_of, table
 
 from anytimectl.protocols.master_worker import MasterWorkerProtocol
-from anytimectl.rundir import read_trace
+from anytimectl.runtime.rundir import read_trace
 
 pytestmark = pytest.mark.mpi
 
@@ -174,7 +174,7 @@ def test_python_dash_m_and_console_script_agree():
 
 @pytest.mark.slow
 def test_a_job_started_with_mpiexec_takes_its_size_from_the_job(tmp_path):
-    from anytimectl.launch import find_mpiexec
+    from anytimectl.runtime.launch import find_mpiexec
 
     script = Path(sys.executable).parent / "anytimectl"
     if not script.exists():

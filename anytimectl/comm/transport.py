@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from anytimectl.comm.waiting import ByteCounter
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 #: the transports `--transport` names: MPI (`Comm`), or torch.distributed (`TorchTransport`)
 TRANSPORTS = ("mpi", "torch")

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from anytimectl.comm.transport import Transport
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 #: The per-step worker_stats columns every exchange fills (what `compress train` has always written).
 ROW_FIELDS = ("payload_bytes", "bound_bytes", "dense_bytes", "extra_bytes", "values_sent", "encode_time",

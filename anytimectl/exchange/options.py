@@ -1,5 +1,5 @@
 """The compressor options, declared once: `compress train`, `train dynamic` and `train gossip` take this group
-(`anytimectl.options.with_option_groups`), so `--compressor topk --ratio 0.01 --error-feedback` means the same in
+(`anytimectl.cli.options.with_option_groups`), so `--compressor topk --ratio 0.01 --error-feedback` means the same in
 every method. Choices come from the exchange registry (`anytimectl.exchange`); importing this imports no framework.
 """
 
@@ -10,9 +10,9 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from anytimectl import exchange as registry
-from anytimectl.errors import UsageError
+from anytimectl.cli.options import aliased_choice, option
 from anytimectl.exchange import MODE_ALIASES, MODES
-from anytimectl.options import aliased_choice, option
+from anytimectl.runtime.errors import UsageError
 
 PANEL_COMPRESSION = "Compression"
 MAX_LEVELS = 1 << 30

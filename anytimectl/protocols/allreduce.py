@@ -30,8 +30,8 @@ from anytimectl.comm.transport import check_transport
 from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS, ExchangeSpec, make_exchange
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.protocols.peer import PeerProtocol, PeerStep
-from anytimectl.records import Columns, LiveColumn, RowLayout
-from anytimectl.run_config import ExchangeConfig
+from anytimectl.runtime.records import Columns, LiveColumn, RowLayout
+from anytimectl.runtime.run_config import ExchangeConfig
 
 
 def open_transport(context: Any, comm: Any, name: str = "mpi") -> Any:

@@ -45,8 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from anytimectl.errors import UsageError
-from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome
 from anytimectl.protocols.master_worker import (
     HEADER_RESYNC,
@@ -63,9 +61,11 @@ from anytimectl.protocols.master_worker import (
     StepResult,
     Worker,
 )
-from anytimectl.records import Columns, LiveColumn, RowLayout, StepRecord
-from anytimectl.run_config import AsyncMasterWorkerConfig
-from anytimectl.schedules import Schedule
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.evaluation import Evaluator
+from anytimectl.runtime.records import Columns, LiveColumn, RowLayout, StepRecord
+from anytimectl.runtime.run_config import AsyncMasterWorkerConfig
+from anytimectl.runtime.schedules import Schedule
 
 ASYNC_FIELDS = ("worker_step", "worker_master_step", "last_queued_update_count", "staleness", "comm_delay")
 ASYNC_LAYOUT = RowLayout((*ROW_FIELDS, *ASYNC_FIELDS))

@@ -1,7 +1,7 @@
 """The contract between the run shell and a training protocol.
 
 A protocol says what one step does between ranks; everything around it (launch, the run directory, the live view,
-signals, failures, output) is the shell's (`anytimectl.shell`). A protocol class declares its shape as data (has
+signals, failures, output) is the shell's (`anytimectl.runtime.shell`). A protocol class declares its shape as data (has
 it a master, its row fields, its extra columns) and implements two calls that run on every rank: `setup` (load
 data, build the engine, warm up: anything that may fail on some ranks but not others, which the shell then turns
 into one clean error for the whole job) and `run` (the steps, until the shell's stop conditions).
@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from anytimectl.records import Columns, LiveColumn, RowLayout
-from anytimectl.run_config import RunConfig
+from anytimectl.runtime.records import Columns, LiveColumn, RowLayout
+from anytimectl.runtime.run_config import RunConfig
 
 if TYPE_CHECKING:
-    from anytimectl.shell import RunContext
+    from anytimectl.runtime.shell import RunContext
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RunRequest:
     backend: str  # tensorflow, torch
     dataset: str
     model: str
-    config: RunConfig  # every resolved option, typed (anytimectl/run_config.py), stored whole in metadata.json
+    config: RunConfig  # every resolved option, typed (anytimectl/runtime/run_config.py), stored whole in metadata.json
     launch: Any  # options.LaunchOptions
     output: Any  # options.OutputOptions
     seed: int = 0
@@ -50,11 +50,11 @@ class TrainingProtocol:
     #: Master-worker protocols use rank 0 as the master (`--workers N` starts N+1 ranks); the others train on
     #: every rank (N ranks).
     has_master: ClassVar[bool] = False
-    #: The typed config the protocol reads (anytimectl/run_config.py): its command builds one, the shell refuses
+    #: The typed config the protocol reads (anytimectl/runtime/run_config.py): its command builds one, the shell refuses
     #: another class, metadata.json records it whole and --resume rebuilds it from there.
     config_class: ClassVar[type[RunConfig]] = RunConfig
     #: The protocol writes checkpoints and resumes from them (--checkpoint-every, --resume, --checkpoint-on-signal);
-    #: the contract it then meets is in anytimectl/commands/resume.py. The shell refuses those options otherwise.
+    #: the contract it then meets is in anytimectl/cli/commands/resume.py. The shell refuses those options otherwise.
     supports_checkpoints: ClassVar[bool] = False
     #: The method's own row fields (appended to the common ones) and CSV columns.
     row_fields: ClassVar[tuple[str, ...]] = ()

@@ -48,13 +48,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from anytimectl.errors import UsageError
 from anytimectl.exchange import MASTER_FIELDS
 from anytimectl.exchange import ROW_FIELDS as EXCHANGE_FIELDS
 from anytimectl.protocols.allreduce import AllReduceProtocol
-from anytimectl.records import Columns, LiveColumn
-from anytimectl.run_config import CompressedConfig
-from anytimectl.schedules import Schedule
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.records import Columns, LiveColumn
+from anytimectl.runtime.run_config import CompressedConfig
+from anytimectl.runtime.schedules import Schedule
 
 ROW_FIELDS = ("batch_size", *EXCHANGE_FIELDS)
 #: The recipe's warm-up: the rate peaks after 5 of cifar10-fast's 24 epochs (scaled to other lengths).

@@ -1,5 +1,5 @@
 """`train dynamic`: synchronous all-reduce SGD (protocols/allreduce.py) whose per-worker batches a policy
-(anytimectl/batch_policies.py) changes after every epoch, or for DBS every `--window` steps.
+(anytimectl/protocols/batch_policies.py) changes after every epoch, or for DBS every `--window` steps.
 
 What an epoch is. Every rank holds the whole training set and walks one shared sequence of it: the set reshuffled
 for each epoch with the run's seed, identical on every rank. A step takes the next B examples of that sequence
@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from anytimectl.batch_policies import BatchPolicy, PeriodStats
 from anytimectl.data import check_whole_batches
-from anytimectl.errors import UsageError
-from anytimectl.input_transform import InputTransform, TransformedEngine
+from anytimectl.data.input_transform import InputTransform, TransformedEngine
 from anytimectl.protocols.allreduce import AllReduceProtocol
+from anytimectl.protocols.batch_policies import BatchPolicy, PeriodStats
 from anytimectl.protocols.peer import PeerStep
-from anytimectl.records import Columns
-from anytimectl.run_config import DynamicConfig
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.records import Columns
+from anytimectl.runtime.run_config import DynamicConfig
 
 LR_SCALINGS = ("linear", "sqrt", "none")
 #: the figures each rank contributes at a period's end

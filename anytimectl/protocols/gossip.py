@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from anytimectl.errors import UsageError
-from anytimectl.gossip_schedule import (
+from anytimectl.protocols.allreduce import AllReduceProtocol
+from anytimectl.protocols.gossip_schedule import (
     MASK_RANKS,
     NO_PEER,
     GossipSchedule,
@@ -46,10 +46,10 @@ from anytimectl.gossip_schedule import (
     partner_mask,
     partners_of,
 )
-from anytimectl.protocols.allreduce import AllReduceProtocol
 from anytimectl.protocols.peer import PeerStep
-from anytimectl.records import Columns, LiveColumn
-from anytimectl.run_config import GossipConfig
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.records import Columns, LiveColumn
+from anytimectl.runtime.run_config import GossipConfig
 
 METHODS = ("local", "nocomm", "allreduce", "elastic", "gossip")
 #: The original's --agg-method spellings.

@@ -16,7 +16,7 @@ Two ways to finish a step, with the same updates, tables and stop rules:
   is a CPU rank on one host (the same arithmetic in every process gives the same bits); every CHECK_EVERY steps
   the workers report a checksum of their parameters and the master re-sends its own if any copy ever differs.
 
-Checkpoints (`--checkpoint-every N`, `--resume RUN_DIR`; anytimectl.checkpoints): after the update of every N-th
+Checkpoints (`--checkpoint-every N`, `--resume RUN_DIR`; anytimectl.runtime.checkpoints): after the update of every N-th
 step, before the next round, every rank writes its state: the master its engine (model, optimizer, generators),
 its counters (examples, best accuracy), AMB's time limit with the calibration's running sums and (replicated)
 the checksum it will compare next; a worker its engine (replicated updates step its own optimizer; its generators
@@ -39,18 +39,18 @@ from typing import Any
 
 import numpy as np
 
-from anytimectl.args_json import ARGS_FILE, original_args
-from anytimectl.checkpoints import CheckpointingMixin
 from anytimectl.data import BatchStream
-from anytimectl.engine import Engine
-from anytimectl.errors import UsageError
-from anytimectl.evaluation import Evaluator
+from anytimectl.protocols.args_json import ARGS_FILE, original_args
 from anytimectl.protocols.base import RunOutcome, TrainingProtocol
-from anytimectl.records import Columns, RowLayout, StepRecord
-from anytimectl.round_clock import RoundClock
-from anytimectl.run_config import MasterWorkerConfig
-from anytimectl.rundir import write_json_atomic
-from anytimectl.schedules import Schedule
+from anytimectl.runtime.checkpoints import CheckpointingMixin
+from anytimectl.runtime.engine import Engine
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.evaluation import Evaluator
+from anytimectl.runtime.records import Columns, RowLayout, StepRecord
+from anytimectl.runtime.round_clock import RoundClock
+from anytimectl.runtime.run_config import MasterWorkerConfig
+from anytimectl.runtime.rundir import write_json_atomic
+from anytimectl.runtime.schedules import Schedule
 
 #: The method's own row fields: AMB's micro-batches done, the warm-up's seconds per micro-batch, and (replicated
 #: updates) a checksum of the worker's parameters every CHECK_EVERY steps (-1 otherwise).

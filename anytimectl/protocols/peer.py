@@ -8,8 +8,8 @@ conditions (steps and epochs are known to every rank alike; a signal or rank 0 r
 stop wish that `StepReports` turns into one agreed last step), the rows of every rank reaching rank 0 and the run
 directory, and rank 0's evaluation in a thread on a snapshot of its parameters, so it never holds the others back.
 
-Checkpoints (`--checkpoint-every N`, `--resume RUN_DIR`; anytimectl.checkpoints): after every N-th step, and after
-the last, each rank writes `checkpoint_state()` (engine, data position, counters) before it posts the step's
+Checkpoints (`--checkpoint-every N`, `--resume RUN_DIR`; anytimectl.runtime.checkpoints): after every N-th step,
+and after the last, each rank writes `checkpoint_state()` (engine, data position, counters) before it posts the step's
 report, so once rank 0 has that step's reports from every rank it knows every file is written and completes the
 checkpoint with a manifest; no extra synchronisation. Resuming restores the state at the end of `setup` and the
 loop continues from the checkpoint's step.
@@ -23,14 +23,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from anytimectl.checkpoints import CheckpointingMixin
-from anytimectl.errors import UsageError
-from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.base import RunOutcome, TrainingProtocol
-from anytimectl.records import StepRecord
-from anytimectl.round_clock import RoundClock
-from anytimectl.schedules import Schedule
-from anytimectl.step_reports import StepReports
+from anytimectl.runtime.checkpoints import CheckpointingMixin
+from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.evaluation import Evaluator
+from anytimectl.runtime.records import StepRecord
+from anytimectl.runtime.round_clock import RoundClock
+from anytimectl.runtime.schedules import Schedule
+from anytimectl.runtime.step_reports import StepReports
 
 #: keeps the augmentation's random stream apart from every other one seeded by (seed, rank, step)
 _AUGMENT_STREAM = 0xA06
@@ -44,7 +44,7 @@ def augmentation(name: str | None, input_shape: tuple[int, ...]) -> Any:
     """The training-batch augmentation a run's `augment` option names (None or "none": none)."""
     if not name or name == "none":
         return None
-    from anytimectl.input_transform import Augmentation
+    from anytimectl.data.input_transform import Augmentation
 
     name = _AUGMENT_ALIASES.get(name, name)
     if name not in AUGMENTATIONS:

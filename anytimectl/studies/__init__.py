@@ -1,7 +1,7 @@
 """One lifecycle for the studies (`partitions`, `compress bench`, `bandwidth`): how a study opens its run
 directory, honours stop signals, and records how it ended, so that each study does it the way training runs do.
 
-A training run's shell (`anytimectl.shell`) owns its run directory and signals; a study measures in one process
+A training run's shell (`anytimectl.runtime.shell`) owns its run directory and signals; a study measures in one process
 (or hands the measuring to a child process or an MPI job) and needs the same guarantees:
 
 - the run directory is reserved and opened together, and released again when opening fails;
@@ -68,8 +68,8 @@ class Study:
         self._stopper: Any = None
 
     def __enter__(self) -> Study:
-        from anytimectl.rundir import RunDirectory, release, reserve
-        from anytimectl.shell import Stopper
+        from anytimectl.runtime.rundir import RunDirectory, release, reserve
+        from anytimectl.runtime.shell import Stopper
 
         self._stopper = Stopper(at_once=True)
         self._stopper.install()
@@ -95,7 +95,7 @@ class Study:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        from anytimectl.errors import UsageError
+        from anytimectl.runtime.errors import UsageError
 
         try:
             if isinstance(error, UsageError) and not self.measured:
@@ -117,7 +117,7 @@ class Study:
     def _discard(self) -> None:
         import shutil
 
-        from anytimectl.rundir import release_out
+        from anytimectl.runtime.rundir import release_out
 
         self.run.finish("failed")  # closes its files
         shutil.rmtree(self.path, ignore_errors=True)

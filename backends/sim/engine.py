@@ -28,7 +28,7 @@ import numpy as np
 
 from anytimectl import __version__
 from anytimectl.backends.sim import Curve
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 #: progress is kept as hi * 2^24 + lo, both exact in float32
 _SPLIT = float(1 << 24)

@@ -31,7 +31,7 @@ import numpy as np
 
 from anytimectl.backends.tensorflow.models import build_model
 from anytimectl.backends.tensorflow.quiet_import import keras, native_stderr_silenced, tf
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 OPTIMIZERS = ("rms", "adam", "sgd", "momentum")
 #: the original's abbreviations

@@ -10,7 +10,7 @@ from __future__ import annotations
 from anytimectl.backends.tensorflow import MODELS
 from anytimectl.backends.tensorflow.quiet_import import keras
 from anytimectl.backends.user_model import is_user_model, load_user_builder
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 layers = keras.layers
 

@@ -1,4 +1,4 @@
-"""A PyTorch model behind the flat-buffer engine contract (anytimectl/engine.py `Engine`), so that every
+"""A PyTorch model behind the flat-buffer engine contract (anytimectl/runtime/engine.py `Engine`), so that every
 protocol (master-worker AMB/FMB, all-reduce, dynamic batching, gossip, compression) runs on it unchanged.
 
 Memory: every value the model holds lives in ONE flat float32 tensor, and every tensor of the model is a view of
@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional
 
 from anytimectl.backends.torch.models import build_model, to_model_input
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 EVAL_CHUNK = 1024
 OPTIMIZERS = ("rms", "adam", "sgd", "momentum")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from anytimectl.backends.user_model import is_user_model, load_user_builder
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

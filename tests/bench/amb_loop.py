@@ -67,14 +67,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from anytimectl.launch import limit_threads
+    from anytimectl.runtime.launch import limit_threads
 
     if args.threads:
         limit_threads(args.threads)
     import tensorflow as tf
 
     from anytimectl.backends.tensorflow.engine import TensorFlowEngine, configure
-    from anytimectl.partitions import MODEL_INPUT
+    from anytimectl.studies.partitions import MODEL_INPUT
 
     configure(args.threads, 0)
     if args.inter_threads is not None:

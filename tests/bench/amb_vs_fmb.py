@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anytimectl.stragglers import amb_fmb_bound, parse_induce
+from anytimectl.runtime.stragglers import amb_fmb_bound, parse_induce
 
 SKIP = 3  # first steps, which include warm-up effects
 

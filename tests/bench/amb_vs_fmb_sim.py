@@ -11,7 +11,7 @@ minus the slowest worker's compute, mean and median over the steps after the fir
 is --batch-size examples of c / batch seconds each (`--sim-example-time`). AMB gets 1.5x the batch as capacity in
 micro-batches of --micro-batch examples and `--time-limit auto` matched to the FMB batch, as in
 tests/bench/amb_vs_fmb.py. Both runs use the same seed and delays. The bound
-(`anytimectl.stragglers.amb_fmb_bound`): FMB's step is c + E[max_i s_i], AMB's E[max(T, max_i s_i)] with
+(`anytimectl.runtime.stragglers.amb_fmb_bound`): FMB's step is c + E[max_i s_i], AMB's E[max(T, max_i s_i)] with
 T = c + E[s]; the script prints the measured step-time ratio FMB/AMB, its share of the bound, and the protocol
 overhead of each run (mean step time minus the slowest worker's compute in that step).
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anytimectl.stragglers import amb_fmb_bound, parse_induce
+from anytimectl.runtime.stragglers import amb_fmb_bound, parse_induce
 
 SKIP = 3  # first steps, which include start-up effects
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anytimectl.stragglers import parse_induce
+from anytimectl.runtime.stragglers import parse_induce
 
 SKIP = 3
 

@@ -7,7 +7,7 @@ same bound and the same matched settings as tests/bench/amb_vs_fmb.py).
 The master and worker 1 on the first emulated host, one worker on each other host (`--threads cores // all
 ranks`), so every step's sum and parameters cross the links (`anytimectl.comm.host_chain`). FMB gets
 `--batch-size B`; AMB 1.5 B as capacity, `--time-limit auto --match-batch B`, so both expect B examples per
-worker and step. The bound (`anytimectl.stragglers.amb_fmb_bound`): FMB's step c + E[max_i s_i], AMB's
+worker and step. The bound (`anytimectl.runtime.stragglers.amb_fmb_bound`): FMB's step c + E[max_i s_i], AMB's
 E[max(T, max_i s_i)] with T = c + E[s] and c FMB's measured compute per step; the bound with the measured
 per-step overhead (communication, the master's update) added to both sides is the one a real run can reach.
 Target (issue 15): measured FMB/AMB step-time ratio >= 95% of the bound. Needs root.
@@ -27,7 +27,7 @@ from amb_vs_fmb import batch_options, figures  # noqa: E402
 from cluster.emulated import EmulatedCluster, missing_requirements  # noqa: E402
 from cluster.jobs import run_across, threads_for  # noqa: E402
 
-from anytimectl.stragglers import amb_fmb_bound, parse_induce  # noqa: E402
+from anytimectl.runtime.stragglers import amb_fmb_bound, parse_induce  # noqa: E402
 
 
 def main() -> None:

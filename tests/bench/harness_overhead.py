@@ -86,7 +86,7 @@ def harness(steps: int, batch_size: int, bind: bool = False) -> tuple[float, int
 
 def phases(trace: Path) -> dict[str, float]:
     """Median milliseconds per step of each phase, worker (w) and master (m), after the warm-up steps."""
-    from anytimectl.rundir import read_trace
+    from anytimectl.runtime.rundir import read_trace
 
     spans: dict[str, dict[int, float]] = {}
     for event in read_trace(trace):

@@ -76,7 +76,7 @@ def main() -> None:
     if args.child:
         measure(args.seconds)
         return
-    from anytimectl.launch import find_mpiexec
+    from anytimectl.runtime.launch import find_mpiexec
 
     out = subprocess.run([find_mpiexec(), "-n", str(args.workers + 1), sys.executable, "-m", "mpi4py", __file__,
                           "--child", "--seconds", str(args.seconds)], capture_output=True, text=True, check=True)

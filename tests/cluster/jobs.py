@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from anytimectl.launch import cores_available
+from anytimectl.runtime.launch import cores_available
 from cluster.emulated import EmulatedCluster, venv_bin
 
 #: Seconds a whole test job may take before it counts as hung (start-up of 4 ranks on 2 busy cores included).

@@ -19,7 +19,7 @@ from ddp_hooks_run import BATCH, LR, STEPS, batch, build  # noqa: E402
 
 from anytimectl.exchange import ExchangeSpec, make_exchange  # noqa: E402
 from anytimectl.exchange.options import ExchangeOptions  # noqa: E402
-from anytimectl.launch import start_rank  # noqa: E402
+from anytimectl.runtime.launch import start_rank  # noqa: E402
 
 rank_info = start_rank(1)
 comm, rank = rank_info.comm, rank_info.rank

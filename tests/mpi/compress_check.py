@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from anytimectl.launch import start_rank
-from anytimectl.options import OptimizerOptions
+from anytimectl.cli.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.compressed import CompressedProtocol
-from anytimectl.run_config import CompressedConfig
-from anytimectl.shell import RunContext, Stopper
+from anytimectl.runtime.launch import start_rank
+from anytimectl.runtime.run_config import CompressedConfig
+from anytimectl.runtime.shell import RunContext, Stopper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: run_configs
 from run_configs import make_config  # noqa: E402

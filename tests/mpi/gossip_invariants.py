@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from anytimectl.gossip_schedule import NO_PEER, GossipSchedule, partners_of
-from anytimectl.launch import start_rank
-from anytimectl.options import OptimizerOptions
+from anytimectl.cli.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.gossip import GossipProtocol
-from anytimectl.run_config import GossipConfig
-from anytimectl.shell import RunContext, Stopper
+from anytimectl.protocols.gossip_schedule import NO_PEER, GossipSchedule, partners_of
+from anytimectl.runtime.launch import start_rank
+from anytimectl.runtime.run_config import GossipConfig
+from anytimectl.runtime.shell import RunContext, Stopper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: run_configs
 from run_configs import make_config  # noqa: E402

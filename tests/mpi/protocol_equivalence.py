@@ -18,7 +18,6 @@ from mpi4py import MPI
 from anytimectl.backends import EngineSpec, configure, create_engine
 from anytimectl.comm import Comm
 from anytimectl.data import BatchStream
-from anytimectl.evaluation import Evaluator
 from anytimectl.protocols.master_worker import (
     HEADER_SIZE,
     Master,
@@ -27,7 +26,8 @@ from anytimectl.protocols.master_worker import (
     Worker,
     worker_loop,
 )
-from anytimectl.shell import Stopper
+from anytimectl.runtime.evaluation import Evaluator
+from anytimectl.runtime.shell import Stopper
 
 method, backend = sys.argv[1], sys.argv[2]
 replicated = len(sys.argv) > 3 and sys.argv[3] == "replicated"

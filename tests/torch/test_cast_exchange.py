@@ -15,7 +15,7 @@ import torch
 
 from anytimectl.comm.half_floats import add_words, from_words, to_words
 from anytimectl.exchange.casts import divide_words
-from anytimectl.launch import find_mpiexec
+from anytimectl.runtime.launch import find_mpiexec
 
 pytestmark = pytest.mark.torch
 HERE = Path(__file__).parent

@@ -19,16 +19,16 @@ from torch.nn import functional
 from anytimectl.backends.torch.compression import canonical_method, canonical_mode, method_names
 from anytimectl.backends.torch.engine import TorchEngine
 from anytimectl.backends.torch.models import build_model, to_model_input
-from anytimectl.commands.compress import METHOD_ALIASES, METHODS, MODE_ALIASES, MODES
+from anytimectl.cli.commands.compress import METHOD_ALIASES, METHODS, MODE_ALIASES, MODES
+from anytimectl.cli.options import OptimizerOptions
 from anytimectl.exchange import entry as exchange_entry
 from anytimectl.exchange import names as exchange_names
-from anytimectl.launch import RankInfo
-from anytimectl.options import OptimizerOptions
 from anytimectl.protocols.base import RunRequest
 from anytimectl.protocols.compressed import CompressedProtocol, schedule_knots
-from anytimectl.run_config import CompressedConfig
-from anytimectl.schedules import Schedule
-from anytimectl.shell import RunContext, Stopper
+from anytimectl.runtime.launch import RankInfo
+from anytimectl.runtime.run_config import CompressedConfig
+from anytimectl.runtime.schedules import Schedule
+from anytimectl.runtime.shell import RunContext, Stopper
 
 
 class _Recorder:

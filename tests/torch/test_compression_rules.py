@@ -15,7 +15,7 @@ from anytimectl.backends.torch.compression import (
     method_names,
     random_indices,
 )
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 # three tensors of different sizes, distinct magnitudes everywhere (so "the k largest" is one set)
 SIZES = (40, 7, 153)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from run_configs import make_config
 
-from anytimectl.batch_policies import PolicyOptions
-from anytimectl.launch import RankInfo
 from anytimectl.protocols.base import RunRequest
+from anytimectl.protocols.batch_policies import PolicyOptions
 from anytimectl.protocols.dynamic import DynamicProtocol, SharedEpochStream
-from anytimectl.run_config import DynamicConfig
-from anytimectl.schedules import Schedule
-from anytimectl.shell import RunContext, Stopper
+from anytimectl.runtime.launch import RankInfo
+from anytimectl.runtime.run_config import DynamicConfig
+from anytimectl.runtime.schedules import Schedule
+from anytimectl.runtime.shell import RunContext, Stopper
 
 
 class _Recorder:

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import torch
 
-from anytimectl import checkpoints
 from anytimectl.backends.torch.engine import TorchEngine
 from anytimectl.data import BatchStream
+from anytimectl.runtime import checkpoints
 
 BATCH = 16
 

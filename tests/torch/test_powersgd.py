@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from anytimectl.backends.torch.compression.powersgd import PowerSGD, orthogonalize
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 pytestmark = pytest.mark.torch
 WORKER = Path(__file__).with_name("powersgd_hook_worker.py")

@@ -20,7 +20,7 @@ from torch.nn import functional
 from anytimectl.backends.torch import engine as engine_module
 from anytimectl.backends.torch.engine import TorchEngine, configure, make_optimizer
 from anytimectl.backends.torch.models import to_model_input
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 configure(threads=1, seed=0)
 

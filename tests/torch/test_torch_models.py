@@ -13,7 +13,7 @@ from anytimectl.backends.torch import DEFAULT_MODEL, MODEL_INPUT, MODELS
 from anytimectl.backends.torch.engine import TorchEngine, configure
 from anytimectl.backends.torch.models import BUILDERS, build_model, to_model_input, torchvision_names
 from anytimectl.backends.user_model import load_user_builder
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 configure(threads=1, seed=0)
 

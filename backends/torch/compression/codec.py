@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from .compressors import Compressor, Draws, make_compressor
 from .memory import Memory, make_memory

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from anytimectl.errors import UsageError
+from anytimectl.runtime.errors import UsageError
 
 from .encodings import DenseEncoding, Encoding, LevelEncoding, SharedIndexEncoding, SparseEncoding
 from .messages import Dense, Levels, Message, Sparse

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 
 from anytimectl.comm.transport import Transport
-from anytimectl.errors import UsageError
 from anytimectl.exchange import Exchange, ExchangeSpec, Marks, NoMarks
+from anytimectl.runtime.errors import UsageError
 
 from .codec import segments
 

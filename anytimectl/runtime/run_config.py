@@ -1,0 +1,210 @@
+"""The typed config of a run: one frozen dataclass per protocol, built by its command, stored whole in metadata.json.
+
+A command resolves its options into the config class its protocol declares (`TrainingProtocol.config_class`);
+the run shell records `record()` (`dataclasses.asdict`) as metadata.json's `config`, and protocols read
+attributes, never string keys. A field renamed or left out then fails once, in the command that builds the config
+(a TypeError naming the field, before anything is launched), instead of as a KeyError on every rank. `--resume`
+rebuilds the config from the recorded dict with `from_record`, which refuses, in one line, a record with keys the
+class does not know or without keys it needs (a run directory of another version).
+
+Which class holds a field: `RunConfig` has what every training command resolves (`commands.common.prepare`: the
+data, the model, the launch, the stragglers, the length, the optimizer and its rate schedule, the checkpoints);
+`ExchangeConfig` the gradient exchange's options (`exchange.options.ExchangeOptions`); each protocol's class adds
+its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from anytimectl.runtime.errors import UsageError
+
+C = TypeVar("C", bound="RunConfig")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """What every training command resolves (`commands.common.prepare`): the fields of metadata.json's config
+    that every method records."""
+
+    # the data and the model (DataOptions, resolved; the data's facts as `describe_dataset` read them)
+    model: str
+    backend: str
+    dataset: str
+    data_dir: str | None
+    test_size: int
+    test_size_requested: int
+    train_examples: int
+    input_shape: list[int]
+    num_classes: int
+    # the launch (LaunchOptions, without where it starts: mpiexec, hosts)
+    workers: int | None
+    threads: int | None
+    device: str
+    gpus_per_node: int | None
+    # the stragglers (StragglerOptions)
+    induce: str | None
+    slow: list[str] | None
+    seed: int
+    # the length (LengthOptions)
+    steps: int | None
+    epochs: float | None
+    target_accuracy: float | None
+    log_every: int | None
+    # the optimizer and its rate schedule (OptimizerOptions)
+    optimizer: str
+    learning_rate: float
+    weight_decay: float
+    lr_schedule: str
+    lr_linear_end: float
+    lr_decay_steps: int
+    lr_decay_rate: float
+    lr_staircase: bool
+    lr_epochs_every: float
+    lr_epochs_frac: float
+    lr_milestones: list[float] | None
+    lr_anneal: float
+    # the checkpoints (checkpoints.CheckpointOptions; resume: the run directory continued, as text)
+    checkpoint_every: int | None
+    keep_checkpoints: int
+    checkpoint_on_signal: str
+    resume: str | None
+
+    def record(self) -> dict[str, Any]:
+        """metadata.json's `config`: every field, by name."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_record(cls: type[C], recorded: dict[str, Any], where: str = "metadata.json") -> C:
+        """The config a run recorded (metadata.json's `config`). Refuses, in one line, keys this class does not
+        know and fields without a default that the record lacks."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(recorded) - set(known))
+        missing = sorted(name for name, f in known.items() if name not in recorded
+                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if unknown or missing:
+            parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
+                    ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+            raise UsageError(f"{where}: its config does not fit this version's {cls.__name__} "
+                             f"({'; '.join(parts)}); the run cannot be continued by this version")
+        return cls(**recorded)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExchangeConfig(RunConfig):
+    """The gradient exchange's options (`exchange.options.ExchangeOptions.config()`), for the all-reduce methods."""
+
+    compressor: str
+    mode: str
+    ratio: float
+    threshold: float
+    levels: int
+    value_dtype: str
+    rescale: bool
+    error_feedback: bool
+    powersgd_rank: int
+    powersgd_start_iter: int
+    min_compression_rate: float
+    warm_start: bool
+
+    def exchange_options(self) -> Any:
+        from anytimectl.exchange.options import ExchangeOptions
+
+        return ExchangeOptions(**{name: getattr(self, name) for name in ExchangeOptions.__dataclass_fields__})
+
+
+@dataclass(frozen=True, kw_only=True)
+class MasterWorkerConfig(RunConfig):
+    """`train amb` / `train fmb`, synchronous (protocols/master_worker.py)."""
+
+    protocol: str  # sync or async
+    batch_size: int
+    partitions: int  # micro-batches per batch (amb; 1 for fmb)
+    time_limit: float | None  # seconds of compute per round (amb); None: calibrated (--time-limit auto) or fmb
+    time_limit_requested: str | None
+    match_batch: int | None
+    backend_options: dict[str, Any] | None = None  # the sim backend's (--sim-*); absent for the others
+
+
+@dataclass(frozen=True, kw_only=True)
+class AsyncMasterWorkerConfig(MasterWorkerConfig):
+    """`train amb` / `train fmb --protocol async` (protocols/async_master_worker.py)."""
+
+    async_master: str
+    async_batch_min: int
+    async_time_limit: float
+    async_delay_std: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DynamicConfig(ExchangeConfig):
+    """`train dynamic` (protocols/dynamic.py): the batch policy's knobs (batch_policies.PolicyOptions) and more."""
+
+    batch_size: int
+    lr_scaling: str
+    transport: str
+    resize: int | None
+    channels: int | None
+    normalize: str
+    # batch_policies.PolicyOptions
+    policy: str
+    min_batch: int
+    max_batch: int
+    every: int
+    loss_weight: float
+    time_weight: float
+    probe_sizes: int
+    progress_k: int
+    progress_threshold: float
+    target_epoch_time: float
+    tolerance: float
+    window: int | None
+
+    def policy_options(self) -> Any:
+        from anytimectl.protocols.batch_policies import PolicyOptions
+
+        return PolicyOptions(**{name: getattr(self, name) for name in PolicyOptions.__dataclass_fields__})
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipConfig(ExchangeConfig):
+    """`train gossip` (protocols/gossip.py)."""
+
+    method: str  # elastic, gossip, allreduce, local
+    batch_size: int | None  # per worker; None: --global-batch-size split over the job's ranks
+    global_batch_size: int | None
+    agg_period: int
+    agg_prob: float
+    weighted: bool
+    penalty: float
+    elastic_alpha: float
+    momentum: float
+    nesterov: bool
+    val_size: int
+    augment: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressedConfig(ExchangeConfig):
+    """`compress train` (protocols/compressed.py)."""
+
+    method: str  # the compressor under its former key (earlier run directories and plots read it)
+    batch_size: int
+    lr_peak_epoch: float | None
+    lr_knots: list[list[float]] | None  # the recipe's (epoch, rate) knots: recorded by the protocol
+    momentum: float
+    nesterov: bool
+    augment: str
+
+
+__all__ = ["AsyncMasterWorkerConfig", "CompressedConfig", "DynamicConfig", "ExchangeConfig", "GossipConfig",
+           "MasterWorkerConfig", "RunConfig"]
