@@ -142,12 +142,12 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.1f}", flush=True)
     base = sum(r["final_accuracy"] for r in results["none"]) / len(results["none"])
     print(f"\n{'configuration':<16}{'final accuracy (mean)':>23}{'vs none':>10}{'per seed':>28}"
-          f"{'bytes/step':>12}{'dense':>10}{'ratio':>9}")
+          f"{'bytes/step':>13}{'dense':>13}{'ratio':>9}")
     for label, rows in results.items():
         mean = sum(r["final_accuracy"] for r in rows) / len(rows)
         seeds = " ".join(f"{r['final_accuracy']:.4f}" for r in rows)
         print(f"{label:<16}{mean:>23.4f}{(mean - base) * 100:>+9.2f}pt{seeds:>28}"
-              f"{rows[0]['step_bytes']:>12,.0f}{rows[0]['dense_step_bytes']:>10,.0f}"
+              f"{rows[0]['step_bytes']:>13,.0f}{rows[0]['dense_step_bytes']:>13,.0f}"
               f"{rows[0]['compression_ratio']:>8.1f}x")
     for label, allowed in TARGETS.items():
         if label not in results:
