@@ -110,6 +110,22 @@ def test_no_range_shown_that_refuses_its_bound(monkeypatch):
     assert "1 or 3" in _entry(help_text(("train", "dynamic"), monkeypatch), "--channels")
 
 
+def test_batch_size_is_one_option_with_one_meaning(monkeypatch):
+    """`--batch-size` is declared once (`options.batch_size_option`): per worker in every command that has it,
+    `N`, at least 1; each command says what differs (a ceiling in `train amb`, the start in `train dynamic`)."""
+    having = [(path, command) for path, command in LEAVES
+              if any(p.name == "batch_size" for p in command.params)]
+    assert {" ".join(path) for path, _ in having} >= {"train amb", "train fmb", "train dynamic", "train gossip",
+                                                       "compress train", "compress bench"}
+    for path, command in having:
+        param = next(p for p in command.params if p.name == "batch_size")
+        assert param.opts == ["--batch-size"] and param.metavar == "N" and param.min == 1, path
+        entry = _entry(help_text(path, monkeypatch), "--batch-size")
+        assert "x>=1" in entry and ("per worker" in entry or path == ("compress", "bench")), entry
+    assert "ceiling" in _entry(help_text(("train", "amb"), monkeypatch), "--batch-size")
+    assert "at the start" in _entry(help_text(("train", "dynamic"), monkeypatch), "--batch-size")
+
+
 def _entry(text: str, flag: str) -> str:
     """The help entry of `flag`: its line and the more indented lines that continue it, joined."""
     lines = text.splitlines()

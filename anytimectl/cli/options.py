@@ -124,6 +124,14 @@ def option(help: str, *names: str, metavar: str | None = None, panel: str | None
     return info
 
 
+def batch_size_option(help: str, *, panel: str | None = PANEL_TRAINING, **extra: Any) -> Any:
+    """`--batch-size`, declared once for every command: the examples one worker computes per step (never the
+    total across workers: that is `train gossip --global-batch-size`), a whole number >= 1. Each command gives its
+    own help, default and panel: a starting value in `train dynamic`, a ceiling in `train amb`, the batch that is
+    split into micro-batches in `partitions eval`, one backward pass in `compress bench`."""
+    return option(help, "--batch-size", metavar="N", min=1, panel=panel, **extra)
+
+
 def _number(value: Any) -> float:
     try:
         number = float(value)

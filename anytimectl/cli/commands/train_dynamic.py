@@ -43,7 +43,7 @@ def dynamic(
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, exchange: ExchangeOptions, batches: PolicyOptions,
     checkpoints: CheckpointOptions,
-    batch_size: Annotated[int, _option("Examples per worker per step at the start.", panel=PANEL_POLICY, min=1)]
+    batch_size: Annotated[int, opt.batch_size_option("Examples per worker per step at the start.", panel=PANEL_POLICY)]
     = 32,
     lr_scaling: Annotated[Literal["linear", "sqrt", "none"], typer.Option(
         rich_help_panel=PANEL_POLICY,

@@ -77,9 +77,9 @@ def gossip(
     penalty: Annotated[float, _option("--weighted: the distance exponent.", metavar="F", min=0)] = 1.0,
     elastic_alpha: Annotated[float, _option("elastic: the pull towards the partners (0.5 with one partner: the "
                                             "midpoint).", metavar="A", min=0)] = 0.5,
-    batch_size: Annotated[int | None, opt.option(
+    batch_size: Annotated[int | None, opt.batch_size_option(
         "Examples per worker per step, as in every command (default: --global-batch-size's split).",
-        metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
+        show_default=False)] = None,
     global_batch_size: Annotated[int | None, opt.option(
         "Examples per step across all workers, each taking N // workers (the former --batch-size; default: the "
         "dataset's).", metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
