@@ -223,6 +223,8 @@ def measure_in_subprocess(spec: Spec, timeout: float | None = None) -> list[dict
 partitions_app = typer.Typer(
     help="Cost of splitting a batch into AMB micro-batches: time per step and per sample against partitions.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,  # a subcommand of anytimectl, which has the completion options
 )
 
 _Model = Annotated[Literal[MODELS], typer.Option(metavar="MODEL", help="The network to time: "

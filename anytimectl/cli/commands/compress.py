@@ -29,13 +29,13 @@ from anytimectl.cli.options import (
     PANEL_OUTPUT,
     PANEL_TRAINING,
     SEED_MAX,
+    CheckpointOptions,
     ResultOptions,
     aliased_choice,
     with_option_groups,
 )
 from anytimectl.exchange import MODE_ALIASES, MODES
 from anytimectl.exchange.options import LEVELS, RATIO, ExchangeOptions
-from anytimectl.runtime.checkpoints import CheckpointOptions
 from anytimectl.runtime.errors import UsageError
 
 BACKEND = "torch"
@@ -479,6 +479,7 @@ compress_app = typer.Typer(
          "per-method bytes, error and speed study (bench).",
     no_args_is_help=True,
     rich_markup_mode=None,
+    add_completion=False,  # a subcommand of anytimectl, which has the completion options
 )
 compress_app.command("train")(train)
 compress_app.command("bench")(bench)

@@ -12,9 +12,9 @@ from anytimectl.cli import options as opt
 from anytimectl.cli.commands.common import Batch, default_steps, exit_with, prepare, run_request
 from anytimectl.cli.options import (
     PANEL_TRAINING,
+    CheckpointOptions,
     with_option_groups,
 )
-from anytimectl.runtime.checkpoints import CheckpointOptions
 from anytimectl.runtime.errors import UsageError
 
 DEFAULT_STEPS = 60

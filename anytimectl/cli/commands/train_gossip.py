@@ -14,12 +14,12 @@ from anytimectl.cli.commands.common import Batch, check_augment, exit_with, prep
 from anytimectl.cli.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.cli.options import (
     PANEL_TRAINING,
+    CheckpointOptions,
     aliased_choice,
     with_option_groups,
 )
 from anytimectl.exchange.options import ExchangeOptions
-from anytimectl.protocols.gossip import METHOD_ALIASES, METHODS, VALIDATION_SIZES
-from anytimectl.runtime.checkpoints import CheckpointOptions
+from anytimectl.protocols.gossip_rules import METHOD_ALIASES, METHODS, VALIDATION_SIZES
 from anytimectl.runtime.errors import UsageError
 
 PANEL_GOSSIP = "Gossip"
