@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import subprocess
 import sys
 
 import pytest
-import typer
 
-from anytimectl.cli.app import app, main
+from anytimectl.cli.app import COMMANDS as SUMMARIES
+from anytimectl.cli.app import TRAIN_COMMANDS, command, main
 
 
-def _commands(command, path=()):
-    yield path, command
-    for name, sub in getattr(command, "commands", {}).items():
-        if not sub.hidden:
+def _commands(group, path=()):
+    """Every command, loading the lazy ones (`LazyGroup`) as `--help` of each would."""
+    yield path, group
+    for name in getattr(group, "list_commands", lambda ctx: [])(None):
+        sub = group.get_command(None, name)
+        if sub is not None and not sub.hidden:
             yield from _commands(sub, (*path, name))
 
 
-COMMANDS = list(_commands(typer.main.get_command(app)))
+COMMANDS = list(_commands(command()))
 LEAVES = [(path, command) for path, command in COMMANDS if not getattr(command, "commands", None)]
 
 
@@ -110,6 +113,22 @@ def test_no_range_shown_that_refuses_its_bound(monkeypatch):
     assert "1 or 3" in _entry(help_text(("train", "dynamic"), monkeypatch), "--channels")
 
 
+def test_batch_size_is_one_option_with_one_meaning(monkeypatch):
+    """`--batch-size` is declared once (`options.batch_size_option`): per worker in every command that has it,
+    `N`, at least 1; each command says what differs (a ceiling in `train amb`, the start in `train dynamic`)."""
+    having = [(path, command) for path, command in LEAVES
+              if any(p.name == "batch_size" for p in command.params)]
+    assert {" ".join(path) for path, _ in having} >= {"train amb", "train fmb", "train dynamic", "train gossip",
+                                                       "compress train", "compress bench"}
+    for path, leaf in having:
+        param = next(p for p in leaf.params if p.name == "batch_size")
+        assert param.opts == ["--batch-size"] and param.metavar == "N" and param.min == 1, path
+        entry = _entry(help_text(path, monkeypatch), "--batch-size")
+        assert "x>=1" in entry and ("per worker" in entry or path == ("compress", "bench")), entry
+    assert "ceiling" in _entry(help_text(("train", "amb"), monkeypatch), "--batch-size")
+    assert "at the start" in _entry(help_text(("train", "dynamic"), monkeypatch), "--batch-size")
+
+
 def _entry(text: str, flag: str) -> str:
     """The help entry of `flag`: its line and the more indented lines that continue it, joined."""
     lines = text.splitlines()
@@ -136,3 +155,46 @@ def test_help_imports_no_framework():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_every_command_is_listed_by_its_own_summary():
+    """`anytimectl --help` and `anytimectl train --help` list the commands from app.py's summaries without
+    importing them: each summary is the command's own short help."""
+    root = command()
+    names = [path for path, _ in COMMANDS if len(path) == 1]
+    assert [p[0] for p in names] == ["plot", "bandwidth", "doctor", "train", "partitions", "compress", "runs"]
+    for table, prefix in ((SUMMARIES, ()), (TRAIN_COMMANDS, ("train",))):
+        for name, (_, summary) in table.items():
+            loaded = dict(COMMANDS)[(*prefix, name)]
+            assert loaded.get_short_help_str(limit=10**6) == summary, name
+    assert root.get_command(None, "nonexistent") is None
+
+
+#: The command module each `--help` may import (besides common.py and resume.py, which the training commands use).
+OWN_MODULE = {("train", "gossip"): "train_gossip", ("train", "dynamic"): "train_dynamic",
+              ("train", "amb"): "train_amb_fmb", ("compress", "train"): "compress", ("runs",): "runs"}
+
+
+@pytest.mark.parametrize("path", [(), ("train",), ("train", "gossip"), ("train", "dynamic"), ("train", "amb"),
+                                  ("compress", "train"), ("bandwidth",), ("partitions", "eval"), ("runs",), ("plot",)],
+                         ids=lambda p: " ".join(p) or "anytimectl")
+def test_help_imports_only_its_own_command(path):
+    """`anytimectl --help` imports no command module, and a command's `--help` only its own: never numpy, MPI,
+    pandas, matplotlib, a protocol's step or the run shell (each command imports them when it runs)."""
+    code = ("import json, sys, contextlib, io\n"
+            "from anytimectl.cli.app import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            f"        main({list(path)!r} + ['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = ('numpy', 'mpi4py', 'pandas', 'matplotlib', 'anytimectl.protocols.peer',\n"
+            "         'anytimectl.protocols.master_worker', 'anytimectl.runtime.shell', 'anytimectl.comm.mpi')\n"
+            "commands = [m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('anytimectl.cli.commands.')]\n"
+            "print(json.dumps([[m for m in heavy if m in sys.modules], commands]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    heavy, commands = json.loads(result.stdout)
+    assert heavy == []
+    own = {OWN_MODULE[path], "common", "resume"} if path in OWN_MODULE else set()
+    assert set(commands) <= own and (path not in OWN_MODULE or OWN_MODULE[path] in commands), commands

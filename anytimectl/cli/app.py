@@ -1,27 +1,115 @@
 """The `anytimectl` command line: one Typer app, every experiment a subcommand.
 
-Importing this module must stay cheap: `anytimectl --help` may not import TensorFlow or torch, so backends
-are imported inside the commands that use them. Every bad input becomes one line on stderr and exit code 2.
+Importing this module must stay cheap, and so must `--help`: each command's module is imported only when that
+command (or its `--help`) runs, through `LazyGroup`; `anytimectl --help` lists the commands from the one-line
+summaries below and imports none of them. Backends are imported inside the commands that use them. Every bad
+input becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
+
+try:  # the Click that Typer runs on: its own copy since typer 0.25, the click package before
+    from typer._click import Command, Context, HelpFormatter
+    from typer._click.utils import make_default_short_help
+except ImportError:  # pragma: no cover - older typer
+    from click import Command, Context, HelpFormatter
+    from click.utils import make_default_short_help
+from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from anytimectl.cli.commands.compress import compress_app
-from anytimectl.cli.commands.doctor import doctor
-from anytimectl.cli.commands.runs import runs_app
-from anytimectl.cli.commands.train_amb_fmb import amb, fmb
-from anytimectl.cli.commands.train_dynamic import dynamic
-from anytimectl.cli.commands.train_gossip import gossip
-from anytimectl.plots.command import plot
 from anytimectl.runtime.errors import OutputError, UsageError
-from anytimectl.studies.bandwidth import bandwidth
-from anytimectl.studies.partitions import partitions_app
+
+#: Each command: where it is defined (`module:attribute`, a command function or a Typer app of subcommands) and
+#: the line `--help` lists it by (its own short help: tests/test_help.py checks that they agree), in help order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plot": ("anytimectl.plots.command:plot", "Draw figures from run directories (never re-runs anything)."),
+    "bandwidth": ("anytimectl.studies.bandwidth:bandwidth",
+                  "Master reduce + broadcast time against the number of workers and the message size."),
+    "doctor": ("anytimectl.cli.commands.doctor:doctor",
+               "Report the installed frameworks and their builds (CUDA or CPU), whether a GPU is usable, the MPI "
+               "library, and whether the MPI launcher starts a job."),
+    "partitions": ("anytimectl.studies.partitions:partitions_app",
+                   "Cost of splitting a batch into AMB micro-batches: time per step and per sample against "
+                   "partitions."),
+    "compress": ("anytimectl.cli.commands.compress:compress_app",
+                 "Training with compressed gradients that are really compressed on the wire (train), and the "
+                 "per-method bytes, error and speed study (bench)."),
+    "runs": ("anytimectl.cli.commands.runs:runs_app",
+             "Compare run directories: one row per run (`anytimectl runs [PATHS]`), or one run in full (`anytimectl "
+             "runs show RUN`), or TensorBoard files (`anytimectl runs export`)."),
+}
+TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "amb": ("anytimectl.cli.commands.train_amb_fmb:amb",
+            "Anytime Mini-Batch: every worker computes for a fixed time; its batch is whatever it finished."),
+    "fmb": ("anytimectl.cli.commands.train_amb_fmb:fmb",
+            "Fixed Mini-Batch: every worker computes a fixed batch; each step waits for the slowest."),
+    "gossip": ("anytimectl.cli.commands.train_gossip:gossip",
+               "Decentralised SGD: workers average models with partners (gossip) or all."),
+    "dynamic": ("anytimectl.cli.commands.train_dynamic:dynamic",
+                "Synchronous data-parallel SGD with no master; per-worker batches adapt."),
+}
+
+
+def load_command(name: str, where: str) -> Command:
+    """The Click command `where` names, built as Typer builds a subcommand: a command function through a Typer
+    app of its own, a Typer app of subcommands as it is (each declares `rich_markup_mode=None` and
+    `add_completion=False`, as the root's subcommands have plain help and no completion options)."""
+    module, _, attribute = where.partition(":")
+    target = getattr(importlib.import_module(module), attribute)
+    if not isinstance(target, typer.Typer):
+        holder = typer.Typer(rich_markup_mode=None, add_completion=False)
+        holder.command(name)(target)
+        target = holder
+    command = typer.main.get_command(target)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """A group whose commands (`lazy`: name -> (where, summary)) are imported when one is asked for: running it,
+    its `--help`, or shell completion. Listing them (`--help` of the group) shows the summaries."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        eager = [name for name in super().list_commands(ctx) if name not in self.lazy]
+        names = list(self.lazy)
+        return [*names[:3], *eager, *names[3:]]  # the root: plot, bandwidth, doctor, then train, as before
+
+    def get_command(self, ctx: Context, name: str) -> Command | None:
+        if name in self.lazy and name not in self.commands:
+            self.commands[name] = load_command(name, self.lazy[name][0])
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.lazy and name not in self.commands:
+                rows.append((name, make_default_short_help(self.lazy[name][1], limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+class RootGroup(LazyGroup):
+    lazy = COMMANDS
+
+
+class TrainGroup(LazyGroup):
+    lazy = TRAIN_COMMANDS
 
 # rich_markup_mode=None: Click's plain help, which re-flows paragraphs to the terminal's width and keeps `\b`
 # blocks (the examples) as written. The options still show under their `rich_help_panel` headings: options.py
@@ -33,11 +121,13 @@ app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
+    cls=RootGroup,
 )
 train_app = typer.Typer(
     help="Train a model: master-worker SGD (amb, fmb), dynamic batch sizing (dynamic), gossip averaging (gossip).",
     no_args_is_help=True,
     rich_markup_mode=None,
+    cls=TrainGroup,
 )
 app.add_typer(train_app, name="train")
 
@@ -58,16 +148,11 @@ def root(
     """Straggler-aware distributed training experiments."""
 
 
-train_app.command("amb")(amb)
-train_app.command("fmb")(fmb)
-train_app.command("gossip")(gossip)
-train_app.command("dynamic")(dynamic)
-app.command(name="plot")(plot)
-app.add_typer(partitions_app, name="partitions")
-app.command(name="bandwidth")(bandwidth)
-app.add_typer(compress_app, name="compress")
-app.add_typer(runs_app, name="runs")
-app.command(name="doctor")(doctor)
+
+
+def command() -> Command:
+    """The whole command line as one Click group (its commands load when asked for)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,9 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     from anytimectl.runtime.launch import leave_process as leave_fast
 
     leave_process = leave_fast if argv is None else sys.exit
-    command = typer.main.get_command(app)
+    root = command()
     try:
-        result = command.main(args=argv, prog_name="anytimectl", standalone_mode=False)
+        result = root.main(args=argv, prog_name="anytimectl", standalone_mode=False)
     except UsageError as error:  # raised alike on every rank of a job: each leaves with 2, rank 0 says why
         if is_rank_zero():
             print(f"anytimectl: error: {error}", file=sys.stderr)

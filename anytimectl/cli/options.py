@@ -124,6 +124,14 @@ def option(help: str, *names: str, metavar: str | None = None, panel: str | None
     return info
 
 
+def batch_size_option(help: str, *, panel: str | None = PANEL_TRAINING, **extra: Any) -> Any:
+    """`--batch-size`, declared once for every command: the examples one worker computes per step (never the
+    total across workers: that is `train gossip --global-batch-size`), a whole number >= 1. Each command gives its
+    own help, default and panel: a starting value in `train dynamic`, a ceiling in `train amb`, the batch that is
+    split into micro-batches in `partitions eval`, one backward pass in `compress bench`."""
+    return option(help, "--batch-size", metavar="N", min=1, panel=panel, **extra)
+
+
 def _number(value: Any) -> float:
     try:
         number = float(value)
@@ -434,6 +442,35 @@ def resolve_augment(augment: str, dataset: str, auto: str) -> str | None:
 
 
 # --- spreading groups into a command's signature ---------------------------------------------------------------------
+# --- checkpoints ----------------------------------------------------------------------------------------------------
+PANEL_CHECKPOINTS = "Checkpoints"
+
+
+@dataclass
+class CheckpointOptions:
+    """When to write checkpoints, and which run to continue (anytimectl/runtime/checkpoints.py writes and reads
+    them)."""
+
+    checkpoint_every: Annotated[int | None, typer.Option(
+        metavar="N", min=1, rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
+        help="Write every rank's training state after every N-th step and after the last one, into "
+             "RUN_DIR/checkpoints/ (the original's --checkpoint-interval).")] = None
+    keep_checkpoints: Annotated[int, typer.Option(
+        metavar="K", min=1, rich_help_panel=PANEL_CHECKPOINTS,
+        help="Keep the K latest complete checkpoints; older ones are removed.")] = 2
+    checkpoint_on_signal: Annotated[str, typer.Option(
+        metavar="SIG", rich_help_panel=PANEL_CHECKPOINTS,
+        help="This signal (USR1, USR2, TERM, INT or HUP) writes a checkpoint at the end of the current step and "
+             "ends the run 'interrupted', exit 130, even without --checkpoint-every: a scheduler's warning before "
+             "it kills the job (Slurm: --signal=B:USR1@120, or TERM at preemption). Ctrl-C, SIGTERM and SIGHUP "
+             "still stop a run (and checkpoint it when --checkpoint-every is given).")] = "USR1"
+    resume: Annotated[Path | None, typer.Option(
+        metavar="RUN_DIR", rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
+        help="Continue this run from its latest checkpoint, with its recorded options, in the same run "
+             "directory (the original's --from-checkpoint). --steps/--epochs may extend it.")] = None
+
+
+
 def _is_group(hint: Any) -> bool:
     return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 

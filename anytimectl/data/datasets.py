@@ -22,9 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from anytimectl.data import DATASETS
 from anytimectl.runtime.errors import UsageError
-
-DATASETS = ("digits", "iris", "toy", "mnist", "fashion-mnist", "cifar10")
 
 _SPLIT_SEED = 0
 _TOY_DIM, _TOY_CLASSES, _TOY_TRAIN, _TOY_TEST = 100, 10, 8192, 1024

@@ -45,12 +45,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import numpy as np
-
-from anytimectl.comm.transport import Transport
 from anytimectl.runtime.errors import UsageError
+
+if TYPE_CHECKING:  # the registry is read by --help: numpy and the transport are imported where an exchange runs
+    import numpy as np
+
+    from anytimectl.comm.transport import Transport
 
 #: The per-step worker_stats columns every exchange fills (what `compress train` has always written).
 ROW_FIELDS = ("payload_bytes", "bound_bytes", "dense_bytes", "extra_bytes", "values_sent", "encode_time",
@@ -172,6 +174,8 @@ class Exchange(ABC):
 
 
 def flat_contribution(contribution: np.ndarray, spec: ExchangeSpec) -> np.ndarray:
+    import numpy as np
+
     flat = np.ascontiguousarray(contribution, dtype=np.float32).reshape(-1)
     if flat.size != spec.length:
         raise ValueError(f"contribution of {flat.size} floats for an exchange of {spec.length}")
@@ -220,6 +224,8 @@ class GatherExchange(Exchange):
         """The summed gradient part (float32, `spec.trainable`) that every rank's payload (rank order) gives."""
 
     def exchange(self, contribution: np.ndarray, step: int, marks: Marks | None = None) -> np.ndarray:
+        import numpy as np
+
         marks = marks or NoMarks()
         flat = flat_contribution(contribution, self.spec)
         trainable, tail = self.spec.trainable, 4 * self.spec.remainder

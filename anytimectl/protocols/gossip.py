@@ -51,15 +51,8 @@ from anytimectl.runtime.errors import UsageError
 from anytimectl.runtime.records import Columns, LiveColumn
 from anytimectl.runtime.run_config import GossipConfig
 
-METHODS = ("local", "nocomm", "allreduce", "elastic", "gossip")
-#: The original's --agg-method spellings.
-METHOD_ALIASES = {"noComm": "nocomm", "gradAllReduce": "allreduce", "elasticGossip": "elastic",
-                  "gossipingSgd": "gossip"}
 #: How many updates a rank may run ahead of the slowest; also how late (in updates) an agreed stop lands.
 GOSSIP_LAG = 16
-#: Examples held out of the training split for validation, per dataset (the original's mnist 8800, cifar10 5200,
-#: iris 25; digits 237 so that 1200 training examples remain, divisible by 2, 3, 4, 5, 6, 8, 10, 12, 15, 16).
-VALIDATION_SIZES = {"digits": 237, "iris": 25, "mnist": 8800, "fashion-mnist": 8800, "cifar10": 5200, "toy": 1024}
 #: The validation split is the same in every run (independent of --seed), like the test split.
 _HOLDOUT_SEED = 0x5EED_0A1
 HEADER_TAG, PARAMS_TAG = 0x60, 0x61

@@ -34,10 +34,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
-import typer
 
 from anytimectl.runtime.errors import OutputError, UsageError
 
@@ -48,32 +47,6 @@ _TREE = "state.json"
 #: Manifest fields that name what wrote the checkpoint; a run of another kind is refused (see `check_identity`).
 IDENTITY = ("command", "method", "model", "dataset", "backend")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-PANEL_CHECKPOINTS = "Checkpoints"
-
-
-@dataclass
-class CheckpointOptions:
-    """When to write checkpoints, and which run to continue."""
-
-    checkpoint_every: Annotated[int | None, typer.Option(
-        metavar="N", min=1, rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
-        help="Write every rank's training state after every N-th step and after the last one, into "
-             "RUN_DIR/checkpoints/ (the original's --checkpoint-interval).")] = None
-    keep_checkpoints: Annotated[int, typer.Option(
-        metavar="K", min=1, rich_help_panel=PANEL_CHECKPOINTS,
-        help="Keep the K latest complete checkpoints; older ones are removed.")] = 2
-    checkpoint_on_signal: Annotated[str, typer.Option(
-        metavar="SIG", rich_help_panel=PANEL_CHECKPOINTS,
-        help="This signal (USR1, USR2, TERM, INT or HUP) writes a checkpoint at the end of the current step and "
-             "ends the run 'interrupted', exit 130, even without --checkpoint-every: a scheduler's warning before "
-             "it kills the job (Slurm: --signal=B:USR1@120, or TERM at preemption). Ctrl-C, SIGTERM and SIGHUP "
-             "still stop a run (and checkpoint it when --checkpoint-every is given).")] = "USR1"
-    resume: Annotated[Path | None, typer.Option(
-        metavar="RUN_DIR", rich_help_panel=PANEL_CHECKPOINTS, show_default=False,
-        help="Continue this run from its latest checkpoint, with its recorded options, in the same run "
-             "directory (the original's --from-checkpoint). --steps/--epochs may extend it.")] = None
-
-
 #: What --checkpoint-on-signal accepts (with or without the SIG prefix).
 CHECKPOINT_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP")
 

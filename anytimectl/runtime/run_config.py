@@ -71,7 +71,7 @@ class RunConfig:
     lr_epochs_frac: float
     lr_milestones: list[float] | None
     lr_anneal: float
-    # the checkpoints (checkpoints.CheckpointOptions; resume: the run directory continued, as text)
+    # the checkpoints (cli.options.CheckpointOptions; resume: the run directory continued, as text)
     checkpoint_every: int | None
     keep_checkpoints: int
     checkpoint_on_signal: str

@@ -24,19 +24,18 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 import typer
 
 from anytimectl.backends.tensorflow import MODEL_INPUT, MODELS
 from anytimectl.cli.options import MpiOptions, ResultOptions, with_option_groups
 from anytimectl.cli.ranges import parse_counts
-from anytimectl.protocols.master_worker import HEADER_SIZE, LAYOUT
 from anytimectl.runtime.errors import UsageError
 
-#: the per-worker stats vector a training step gathers beside the gradients
-STATS_SIZE = len(LAYOUT)
+if TYPE_CHECKING:  # `bandwidth --help` imports neither numpy nor the protocol: the functions that measure do
+    import numpy as np
+
 
 COLUMNS = (
     "workers", "elements", "bytes", "layer", "reduce_time", "reduce_spread", "bcast_time", "bcast_spread",
@@ -56,6 +55,8 @@ def model_elements(model: str) -> int:
     This is the flat buffer of `TensorFlowEngine.compute` (the master broadcasts two fewer); the Keras model is
     built to count them, which imports TensorFlow (a few seconds).
     """
+    import numpy as np
+
     from anytimectl.backends.tensorflow.models import build_model
     from anytimectl.backends.tensorflow.quiet_import import native_stderr_silenced
 
@@ -68,6 +69,8 @@ def model_elements(model: str) -> int:
 
 def _stats(values: list[float]) -> tuple[float, float]:
     """Median and interquartile range."""
+    import numpy as np
+
     ordered = np.asarray(values)
     q1, median, q3 = np.percentile(ordered, [25, 50, 75])
     return float(median), float(q3 - q1)
@@ -76,12 +79,15 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def _round(comm: Any, layer: str, send: np.ndarray, recv: np.ndarray | None, model: np.ndarray) -> tuple[float, float]:
     """One reduce + broadcast, the seconds of each as this rank saw them: through the calls a training step
     makes (`Comm.collect`, `Comm.distribute`, with their small stats and header messages), or raw blocking MPI."""
+    import numpy as np
     from mpi4py import MPI
+
+    from anytimectl.protocols.master_worker import HEADER_SIZE, LAYOUT
 
     start = time.perf_counter()
     if layer == "ours":
-        stats = np.zeros(STATS_SIZE)
-        comm.collect(send, recv, stats, np.zeros((comm.size, STATS_SIZE)) if comm.rank == 0 else None)
+        stats = np.zeros(len(LAYOUT))  # the per-worker stats vector a training step gathers beside the gradients
+        comm.collect(send, recv, stats, np.zeros((comm.size, len(LAYOUT))) if comm.rank == 0 else None)
     else:
         comm.mpi.Reduce(send, recv, op=MPI.SUM, root=0)
     middle = time.perf_counter()
@@ -105,6 +111,8 @@ def _stop_request() -> Any:
 
 def _agree_to_stop(comm: Any, stop: Any | None) -> bool:
     """Whether any rank was asked to stop: a tiny all-reduce every rank makes at the same point of the loop."""
+    import numpy as np
+
     if stop is None:
         return False
     from mpi4py import MPI
@@ -125,6 +133,8 @@ def measure_job(comm: Any, sizes: list[int], rounds: int, warmup: int, model_siz
     preceded by a barrier so that every rank starts together. With `stop`, the ranks check before each round
     whether one of them was signalled, and then all return the rows of the sizes finished so far.
     """
+    import numpy as np
+
     workers = comm.size - 1
     rows: list[dict] = []
     for elements in sizes:
@@ -407,6 +417,8 @@ def _in_job(sizes: list[int], rounds: int, warmup: int, model: str | None, out: 
 def _measure_in_job(stop: Any, sizes: list[int], rounds: int, warmup: int, model: str | None, out: Path,
                     name: str | None, json_output: bool, worker_counts: list[int] | None,
                     pattern: str = "master") -> int:
+    import numpy as np
+
     from anytimectl.runtime.launch import start_rank
     from anytimectl.runtime.rundir import RunDirectory, reserve
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anytimectl.backends.tensorflow import MODEL_INPUT, MODELS
-from anytimectl.cli.options import ResultOptions, with_option_groups
+from anytimectl.cli.options import ResultOptions, batch_size_option, with_option_groups
 from anytimectl.cli.ranges import parse_counts
 from anytimectl.runtime.errors import UsageError
 from anytimectl.studies import available_memory
@@ -223,6 +223,8 @@ def measure_in_subprocess(spec: Spec, timeout: float | None = None) -> list[dict
 partitions_app = typer.Typer(
     help="Cost of splitting a batch into AMB micro-batches: time per step and per sample against partitions.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,  # a subcommand of anytimectl, which has the completion options
 )
 
 _Model = Annotated[Literal[MODELS], typer.Option(metavar="MODEL", help="The network to time: "
@@ -260,7 +262,8 @@ def _default_partitions(batch_size: int) -> list[int]:
 def eval_command(
     result: ResultOptions,
     model: _Model = "cifar10",
-    batch_size: Annotated[int, typer.Option(metavar="N", min=1, help="Examples per step.")] = 512,
+    batch_size: Annotated[int, batch_size_option(
+        "Examples per worker per step: the batch split into each of --partitions' counts.", panel=None)] = 512,
     partitions: Annotated[str, typer.Option(metavar="COUNTS", help="Partition counts to compare with 1: N, a list "
                                                                    "1,4,16 or a range 2..64 (powers of two).")] = "16",
     steps: _Steps = 10,

@@ -29,13 +29,13 @@ from anytimectl.cli.options import (
     PANEL_OUTPUT,
     PANEL_TRAINING,
     SEED_MAX,
+    CheckpointOptions,
     ResultOptions,
     aliased_choice,
     with_option_groups,
 )
 from anytimectl.exchange import MODE_ALIASES, MODES
 from anytimectl.exchange.options import LEVELS, RATIO, ExchangeOptions
-from anytimectl.runtime.checkpoints import CheckpointOptions
 from anytimectl.runtime.errors import UsageError
 
 BACKEND = "torch"
@@ -96,9 +96,8 @@ def train(
     method: Annotated[str | None, aliased_choice(
         registry.names(), registry.aliases(), hidden=True,
         help="The compressor's former name: --compressor.")] = None,
-    batch_size: Annotated[int | None, _option(
-        "Examples per worker per step (default: cifar10 512, digits 32).", metavar="N", min=1,
-        panel=PANEL_TRAINING, show_default=False)] = None,
+    batch_size: Annotated[int | None, opt.batch_size_option(
+        "Examples per worker per step (default: cifar10 512, digits 32).", show_default=False)] = None,
     lr_peak_epoch: Annotated[float | None, _option(
         "Epoch at which the rate peaks (default: 5/24 of the run, cifar10-fast's 5 of 24).", metavar="E", min=0,
         panel=PANEL_TRAINING, show_default=False)] = None,
@@ -243,9 +242,9 @@ def bench(
         "--dataset", metavar="NAME", panel=PANEL_DATA, show_default=False)] = None,
     data_dir: Annotated[Path | None, _option("Folder with the dataset's files (mnist, cifar10).", "--data-dir",
                                              metavar="DIR", panel=PANEL_DATA, show_default=False)] = None,
-    batch_size: Annotated[int, _option("Examples in the one backward pass that makes the gradient (512: the "
-                                       "recipe's per-worker batch, so the codec's share is of a real step's).",
-                                       "--batch-size", metavar="N", min=1, panel=PANEL_DATA)] = 512,
+    batch_size: Annotated[int, opt.batch_size_option(
+        "Examples in the one backward pass that makes the gradient (512: the recipe's per-worker batch, so the "
+        "codec's share is of a real step's).", panel=PANEL_DATA)] = 512,
     methods: Annotated[list[str] | None, _option(
         "Methods to measure, comma-separated or repeated (the original's names too), or all (the six codecs and "
         "none, then fp16, bf16, signsgd, ef-signsgd through the exchange contract).", "--methods",
@@ -480,6 +479,7 @@ compress_app = typer.Typer(
          "per-method bytes, error and speed study (bench).",
     no_args_is_help=True,
     rich_markup_mode=None,
+    add_completion=False,  # a subcommand of anytimectl, which has the completion options
 )
 compress_app.command("train")(train)
 compress_app.command("bench")(bench)

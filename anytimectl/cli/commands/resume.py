@@ -63,8 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anytimectl.cli.options import LaunchOptions, LengthOptions, OutputOptions, flag
-from anytimectl.runtime.checkpoints import CheckpointOptions, read_metadata, resume_point
+from anytimectl.cli.options import CheckpointOptions, LaunchOptions, LengthOptions, OutputOptions, flag
 from anytimectl.runtime.errors import UsageError
 from anytimectl.runtime.run_config import current_keys
 
@@ -157,6 +156,7 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
                launch: LaunchOptions, length: LengthOptions, output: OutputOptions) -> int:
     """Continue a recorded run: its options from metadata.json, the allowed changes, this job's launch."""
     from anytimectl.cli.commands.common import check_devices, check_workers, run_request
+    from anytimectl.runtime.checkpoints import read_metadata, resume_point
     from anytimectl.runtime.shell import load_protocol, ranks_for
 
     run_dir = Path(checkpoints.resume).expanduser()

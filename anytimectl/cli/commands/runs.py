@@ -41,6 +41,7 @@ runs_app = typer.Typer(
          "      --format markdown\n"
          "  anytimectl runs show runs/amb-digits-w4-0312",
     rich_markup_mode=None,
+    add_completion=False,  # a subcommand of anytimectl, which has the completion options
 )
 
 

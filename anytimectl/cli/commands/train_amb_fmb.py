@@ -12,9 +12,9 @@ from anytimectl.cli import options as opt
 from anytimectl.cli.commands.common import Batch, default_steps, exit_with, prepare, run_request
 from anytimectl.cli.options import (
     PANEL_TRAINING,
+    CheckpointOptions,
     with_option_groups,
 )
-from anytimectl.runtime.checkpoints import CheckpointOptions
 from anytimectl.runtime.errors import UsageError
 
 DEFAULT_STEPS = 60
@@ -111,10 +111,6 @@ class SimOptions:
                                     "examples": values["sim_examples"]}}
 
 
-def _batch_option(text: str) -> Any:
-    return typer.Option(metavar="N", min=1, rich_help_panel=PANEL_TRAINING, help=text)
-
-
 @with_option_groups()
 def amb(
     ctx: typer.Context,
@@ -122,7 +118,9 @@ def amb(
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     checkpoints: CheckpointOptions,
     backend: Backend = "tensorflow",
-    batch_size: Annotated[int, _batch_option("The most examples a worker may process in one round.")] = 192,
+    batch_size: Annotated[int, opt.batch_size_option(
+        "Examples per worker per round, at most: a ceiling (a worker stops at --time-limit, so its batch is what it "
+        "computed by then, up to N).")] = 192,
     partitions: Annotated[int, typer.Option(
         metavar="P", min=1, rich_help_panel=PANEL_TRAINING,
         help="Micro-batches the batch is split into (the original's amb_num_partitions).")] = 6,
@@ -175,7 +173,7 @@ def fmb(
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, protocol: ProtocolOptions, sim: SimOptions,
     checkpoints: CheckpointOptions,
     backend: Backend = "tensorflow",
-    batch_size: Annotated[int, _batch_option("Examples every worker processes per step.")] = 128,
+    batch_size: Annotated[int, opt.batch_size_option("Examples per worker per step.")] = 128,
 ) -> None:
     """Fixed Mini-Batch: every worker computes a fixed batch; each step waits for the slowest.
 

@@ -11,12 +11,11 @@ from anytimectl.cli import options as opt
 from anytimectl.cli.commands.common import Batch, exit_with, prepare, run_request
 from anytimectl.cli.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.cli.options import (
+    CheckpointOptions,
     with_option_groups,
 )
-from anytimectl.data.input_transform import InputTransform
 from anytimectl.exchange.options import ExchangeOptions
 from anytimectl.protocols.batch_policies import PANEL_POLICY, PolicyOptions
-from anytimectl.runtime.checkpoints import CheckpointOptions
 from anytimectl.runtime.errors import UsageError
 
 DEFAULT_EPOCHS = 10.0
@@ -43,7 +42,7 @@ def dynamic(
     launch: opt.LaunchOptions, data: opt.DataOptions, optimizer: opt.OptimizerOptions, length: opt.LengthOptions,
     stragglers: opt.StragglerOptions, output: opt.OutputOptions, exchange: ExchangeOptions, batches: PolicyOptions,
     checkpoints: CheckpointOptions,
-    batch_size: Annotated[int, _option("Examples per worker per step at the start.", panel=PANEL_POLICY, min=1)]
+    batch_size: Annotated[int, opt.batch_size_option("Examples per worker per step at the start.", panel=PANEL_POLICY)]
     = 32,
     lr_scaling: Annotated[Literal["linear", "sqrt", "none"], typer.Option(
         rich_help_panel=PANEL_POLICY,
@@ -107,6 +106,7 @@ def dynamic(
         exit_with(resume_run(RESUME, given_options(ctx), ctx.params, checkpoints, launch, length, output))
         return
     from anytimectl.comm.transport import check_transport  # the comm package: not loaded for --help
+    from anytimectl.data.input_transform import InputTransform  # numpy: not for --help
 
     workers = launch.workers
     exchange.check(backend)

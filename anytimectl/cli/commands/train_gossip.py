@@ -14,12 +14,12 @@ from anytimectl.cli.commands.common import Batch, check_augment, exit_with, prep
 from anytimectl.cli.commands.resume import ResumeRules, given_options, resume_run
 from anytimectl.cli.options import (
     PANEL_TRAINING,
+    CheckpointOptions,
     aliased_choice,
     with_option_groups,
 )
 from anytimectl.exchange.options import ExchangeOptions
-from anytimectl.protocols.gossip import METHOD_ALIASES, METHODS, VALIDATION_SIZES
-from anytimectl.runtime.checkpoints import CheckpointOptions
+from anytimectl.protocols.gossip_rules import METHOD_ALIASES, METHODS, VALIDATION_SIZES
 from anytimectl.runtime.errors import UsageError
 
 PANEL_GOSSIP = "Gossip"
@@ -77,9 +77,9 @@ def gossip(
     penalty: Annotated[float, _option("--weighted: the distance exponent.", metavar="F", min=0)] = 1.0,
     elastic_alpha: Annotated[float, _option("elastic: the pull towards the partners (0.5 with one partner: the "
                                             "midpoint).", metavar="A", min=0)] = 0.5,
-    batch_size: Annotated[int | None, opt.option(
+    batch_size: Annotated[int | None, opt.batch_size_option(
         "Examples per worker per step, as in every command (default: --global-batch-size's split).",
-        metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
+        show_default=False)] = None,
     global_batch_size: Annotated[int | None, opt.option(
         "Examples per step across all workers, each taking N // workers (the former --batch-size; default: the "
         "dataset's).", metavar="N", min=1, panel=PANEL_TRAINING, show_default=False)] = None,
