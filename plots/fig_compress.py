@@ -56,7 +56,7 @@ def compress_mode(run) -> str:
     """layerwise or entire; dense for the uncompressed baseline and runs of other methods; cast for fp16 and bf16."""
     if not is_compress(run):
         return "dense"
-    method = str(run.config.get("method"))
+    method = str(run.config.get("compressor"))
     if method == "none":
         return "dense"
     if method in CASTS:
@@ -74,7 +74,7 @@ def compress_label(run) -> str:
     if not is_compress(run):
         return run.label
     c = run.config
-    method = str(c.get("method") or "?")
+    method = str(c.get("compressor") or "?")
     if method == "none":
         return "none (dense)"
     return exchange_words(c, method, run.meta)
@@ -131,7 +131,7 @@ def _colors(ctx: Context) -> dict[int, object]:
     style); with error feedback as an option turned on, a darker shade of it."""
     colors: dict[int, object] = {}
     for run in ctx.runs:
-        method = str(run.config.get("method")) if is_compress(run) else None
+        method = str(run.config.get("compressor")) if is_compress(run) else None
         if method not in METHOD_ORDER:
             colors[id(run)] = run.color
             continue
@@ -247,7 +247,7 @@ def compress_accuracy_vs_step_bytes(ax, ctx: Context):
         if "dense_bytes" in per_step:
             dense.append(float(per_step["dense_bytes"].mean()))
         # one configuration's runs (seeds) share a point: the label without the run's name
-        method = str(run.config.get("method")) if is_compress(run) else ""
+        method = str(run.config.get("compressor")) if is_compress(run) else ""
         order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         rows.append({"label": compress_label(run) if is_compress(run) else run.label, "mode": compress_mode(run),
                      "order": order,
@@ -350,7 +350,7 @@ def layerwise_vs_entire(ctx: Context):
             continue
         c, summary = run.config, run.meta.get("summary") or {}
         if is_compress(run):
-            method, mode = str(c.get("method")), compress_mode(run)
+            method, mode = str(c.get("compressor")), compress_mode(run)
             ratio = summary.get("compression_ratio") or np.nan
         else:  # every other method sends its gradients dense
             method, mode, ratio = run.method, "dense", 1.0

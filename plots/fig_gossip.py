@@ -46,7 +46,7 @@ def gossip_label(run) -> str:
     if not is_gossip(run):
         return run.label
     c = run.config
-    method = str(c.get("method") or "gossip")
+    method = str(c.get("rule") or "gossip")
     if method == "allreduce":  # with --compressor, how its gradients travel
         return ", ".join(p for p in (method, compressor_label(run)) if p)
     parts = [method]
@@ -103,7 +103,7 @@ def _gossip_styles(ctx: Context) -> dict[int, tuple[str, str, str]]:
     groups: dict[str, list] = {}
     for run in ctx.runs:
         if is_gossip(run):
-            groups.setdefault(str(run.config.get("method")), []).append(run)
+            groups.setdefault(str(run.config.get("rule")), []).append(run)
     styles = {id(r): (labels[id(r)], r.color, r.linestyle) for r in ctx.runs}
     for method, runs in groups.items():
         base, cmap = METHOD_COLORS.get(method, ("#9467bd", "Purples"))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.run_config import current_keys
 from anytimectl.runtime.rundir import (
     ORIGINAL_COLLECT_COLUMNS,
     ORIGINAL_MASTER_COLUMNS,
@@ -151,11 +152,13 @@ class Run:
 
     @property
     def config(self) -> dict:
-        return self.meta.get("config") or {}
+        """metadata.json's config under this version's field names (an earlier version's `method` of a gossip run
+        reads as `rule`, of a compress run as `compressor`)."""
+        return current_keys(self.meta.get("method"), self.meta.get("config") or {})
 
     @property
     def method(self) -> str:
-        return str(self.meta.get("method") or self.config.get("method") or "run").lower()
+        return str(self.meta.get("method") or (self.meta.get("config") or {}).get("method") or "run").lower()
 
     @cached_property
     def status(self) -> str:

@@ -47,7 +47,8 @@ def test_topk_run_directory_has_the_compression_columns_and_metadata(topk_run):
     meta = metadata(topk_run)
     assert meta["status"] == "completed", meta.get("reason")
     assert meta["command"] == "compress" and meta["method"] == "compress" and meta["protocol"] == "compressed"
-    assert meta["config"]["method"] == "topk" and meta["config"]["mode"] == "layerwise"
+    assert meta["config"]["compressor"] == "topk" and meta["config"]["mode"] == "layerwise"
+    assert "method" not in meta["config"]  # the compressor was recorded twice before (config.method)
     assert meta["config"]["error_feedback"] is True and meta["compression"]["error_feedback"] is True
     assert meta["config"]["model"] == "digits-cnn" and meta["config"]["batch_size"] == 32
     master, workers = table(topk_run, "master_stats"), table(topk_run, "worker_stats")
@@ -92,7 +93,8 @@ def test_qsgd_entire_under_the_original_names(qsgd_run):
     run, printed = qsgd_run
     meta = metadata(run)
     assert meta["status"] == "completed", meta.get("reason")
-    assert meta["config"]["method"] == "qsgd" and meta["config"]["mode"] == "entire" and meta["config"]["levels"] == 15
+    c = meta["config"]
+    assert c["compressor"] == "qsgd" and c["mode"] == "entire" and c["levels"] == 15
     assert meta["compression"]["tensors"] == 1  # one message for the whole model
     trainable = meta["compression"]["trainable_parameters"]
     workers = table(run, "worker_stats")

@@ -51,7 +51,7 @@ def test_an_elastic_run_writes_partners_bytes_and_validation(runs):
     meta = metadata(run)
     assert meta["status"] == "completed" and meta["world_size"] == 3 and meta["gossip"]["lag"] == 16
     assert "torch" in meta["versions"] and "mpi4py" in meta["versions"]
-    assert meta["config"]["method"] == "elastic" and meta["config"]["batch_size"] == 64 // 3 \
+    assert meta["config"]["rule"] == "elastic" and meta["config"]["batch_size"] == 64 // 3 \
         and meta["config"]["global_batch_size"] == 64
     workers = table(run, "worker_stats")
     assert tuple(workers.columns) == WORKER_COLUMNS
@@ -96,7 +96,7 @@ def test_allreduce_keeps_every_worker_on_the_same_model(runs):
 
 def test_one_worker_trains_locally(runs):
     meta = metadata(runs / "local")
-    assert meta["world_size"] == 1 and meta["config"]["method"] == "local"
+    assert meta["world_size"] == 1 and meta["config"]["rule"] == "local"
     assert meta["summary"]["steps"] == 10 and meta["summary"]["bytes_sent_per_update"] == 0
 
 

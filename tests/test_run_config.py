@@ -16,7 +16,9 @@ from anytimectl.runtime.run_config import (
     DynamicConfig,
     GossipConfig,
     MasterWorkerConfig,
+    PeerConfig,
     RunConfig,
+    current_keys,
 )
 
 CLASSES = [MasterWorkerConfig, AsyncMasterWorkerConfig, DynamicConfig, GossipConfig, CompressedConfig]
@@ -26,10 +28,10 @@ OWN = {MasterWorkerConfig: {"protocol": "sync", "batch_size": 8, "partitions": 2
                        "normalize": "none", "policy": "static", "min_batch": 4, "max_batch": 64, "every": 1,
                        "loss_weight": 0.8, "time_weight": 0.2, "probe_sizes": 3, "progress_k": 2,
                        "progress_threshold": 0.1, "target_epoch_time": 1.0, "tolerance": 0.1, "window": None},
-       GossipConfig: {"method": "gossip", "batch_size": None, "global_batch_size": 32, "agg_period": 1,
+       GossipConfig: {"rule": "gossip", "batch_size": None, "global_batch_size": 32, "agg_period": 1,
                       "agg_prob": 0.5, "weighted": False, "penalty": 1.0, "elastic_alpha": 0.5, "momentum": 0.9,
                       "nesterov": True, "val_size": 0, "augment": None},
-       CompressedConfig: {"method": "topk", "batch_size": 8, "lr_peak_epoch": None, "lr_knots": None,
+       CompressedConfig: {"batch_size": 8, "lr_peak_epoch": None, "lr_knots": None,
                           "momentum": 0.9, "nesterov": True, "augment": "none"}}
 OWN[AsyncMasterWorkerConfig] = {**OWN[MasterWorkerConfig], "protocol": "async", "async_master": "batch",
                                 "async_batch_min": 4, "async_time_limit": 0.1, "async_delay_std": None}
@@ -77,3 +79,67 @@ def test_a_run_records_its_protocols_class_whole_and_resume_refuses_a_record_of_
     assert refused.returncode == 2, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key(s) renamed_option" in lines[0] and "missing key(s) partitions" in lines[0]
+
+
+@pytest.mark.parametrize(("name", "cls"), [("master_worker", MasterWorkerConfig),
+                                           ("async_master_worker", AsyncMasterWorkerConfig),
+                                           ("dynamic", DynamicConfig), ("gossip", GossipConfig),
+                                           ("compressed", CompressedConfig), ("allreduce", PeerConfig)])
+def test_each_protocol_reads_the_class_of_its_type_argument(name, cls):
+    """`class DynamicProtocol(AllReduceProtocol[DynamicConfig])`: the class the shell checks (and --resume
+    rebuilds) is the one a type checker sees as `context.config`; an intermediate base gets its variable's bound."""
+    from anytimectl.runtime.shell import load_protocol
+
+    assert load_protocol(name).config_class is cls
+
+
+def test_a_protocol_names_its_config_once():
+    from anytimectl.protocols.base import TrainingProtocol
+
+    with pytest.raises(TypeError, match="do not set config_class too"):
+        class Twice(TrainingProtocol[DynamicConfig]):
+            config_class = DynamicConfig
+    with pytest.raises(TypeError, match="does not name a RunConfig class"):
+        class NotAConfig(TrainingProtocol[dict]):  # type: ignore[type-var]
+            pass
+
+    class Plain(TrainingProtocol[GossipConfig]):
+        pass
+
+    class Inherited(Plain):  # no type argument of its own: keeps its base's
+        pass
+
+    assert Plain.config_class is GossipConfig and Inherited.config_class is GossipConfig
+
+
+def test_an_earlier_versions_method_key_is_read_as_the_field_it_now_is():
+    """`method` meant the command's method in metadata but the variant in the config; the config's fields are now
+    `rule` (train gossip) and `compressor` (compress train, which recorded it twice): records of earlier versions
+    rebuild, and plots and `runs` (current_keys) read them under the new names."""
+    gossip = make_config(GossipConfig, **OWN[GossipConfig])
+    old = {("method" if k == "rule" else k): v for k, v in gossip.record().items()}
+    assert "rule" not in old and GossipConfig.from_record(old) == gossip
+    assert current_keys("gossip", old)["rule"] == "gossip" and "method" not in current_keys("gossip", old)
+
+    compressed = make_config(CompressedConfig, **OWN[CompressedConfig], compressor="topk")
+    old = {**compressed.record(), "method": "topk"}
+    assert CompressedConfig.from_record(old) == compressed
+    assert "method" not in compressed.record() and "method" not in current_keys("compress", old)
+    # a record older still, with the compressor only under `method`
+    older = {k: v for k, v in old.items() if k != "compressor"}
+    assert CompressedConfig.from_record(older) == compressed
+    # other methods' configs keep their keys (the master-worker args.json reads a `method` it is given)
+    assert current_keys("amb", {"method": "amb"}) == {"method": "amb"}
+
+
+def test_runs_and_plots_read_an_earlier_gossip_run_under_rule(tmp_path):
+    from anytimectl.plots.rundir import Run
+    from anytimectl.runtime.run_table import config_value
+
+    run = tmp_path / "old-gossip"
+    run.mkdir()
+    (run / "metadata.json").write_text(json.dumps({"command": "train", "method": "gossip",
+                                                   "config": {"method": "elastic", "agg_prob": 0.125}}))
+    assert config_value(str(run), "rule") == "elastic" and config_value(str(run), "method") == "gossip"
+    loaded = Run(path=run, meta=json.loads((run / "metadata.json").read_text()))
+    assert loaded.config["rule"] == "elastic" and loaded.method == "gossip"

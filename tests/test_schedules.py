@@ -48,7 +48,7 @@ def test_piecewise_holds_its_ends_and_jumps_at_a_repeated_knot():
 
 
 def test_piecewise_knots_come_from_the_config():
-    config = make_config(CompressedConfig, lr_schedule="piecewise", learning_rate=0.4, method="topk", batch_size=8,
+    config = make_config(CompressedConfig, lr_schedule="piecewise", learning_rate=0.4, compressor="topk", batch_size=8,
                          lr_peak_epoch=None, lr_knots=[[0, 0], [5, 0.4], [24, 0]], momentum=0.9, nesterov=True,
                          augment="none")
     assert Schedule.from_config(config, None, config.lr_knots).at(1, 10) == pytest.approx(0.4 * 14 / 19)

@@ -22,19 +22,21 @@ own traffic (the start, the step reports) stays on MPI either way.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from anytimectl.comm.transport import check_transport
 from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS, ExchangeSpec, make_exchange
 from anytimectl.exchange.options import ExchangeOptions
-from anytimectl.protocols.peer import PeerProtocol, PeerStep
+from anytimectl.protocols.peer import P, PeerProtocol, PeerStep
 from anytimectl.runtime.records import Columns, LiveColumn, RowLayout
-from anytimectl.runtime.run_config import ExchangeConfig
+
+if TYPE_CHECKING:
+    from anytimectl.runtime.shell import RunContext
 
 
-def open_transport(context: Any, comm: Any, name: str = "mpi") -> Any:
+def open_transport(context: RunContext[Any], comm: Any, name: str = "mpi") -> Any:
     """The transport `--transport` names for a peer protocol's own traffic (None in a single process).
 
     `torch` starts a torch.distributed process group over the MPI job's ranks; its byte counts go to the MPI
@@ -64,20 +66,19 @@ class _ClockMarks:
         self.clock.received()
 
 
-class AllReduceProtocol(PeerProtocol):
+class AllReduceProtocol(PeerProtocol[P]):
     row_fields = ("batch_size",)
     columns = Columns(worker=("batch_size",))
     live_columns = (LiveColumn("batch", "batch_size"),)
     #: Whether the exchange's columns are written even for the dense exchange (`compress train` always has them,
     #: and declares them in its class); otherwise they are this run's when its exchange is not the dense one.
     always_exchange_columns: ClassVar[bool] = False
-    config_class = ExchangeConfig
 
     def transport_name(self) -> str:
         """The transport of the method's own traffic (train dynamic has --transport)."""
         return "mpi"
 
-    def __init__(self, context: Any):
+    def __init__(self, context: RunContext[P]):
         super().__init__(context)
         self.exchange_options: ExchangeOptions = context.config.exchange_options()
         self.exchange_columns = self.always_exchange_columns or self.exchanges_compressed()

@@ -397,13 +397,12 @@ class AsyncMaster(Master):
 
 
 # --- the protocol in the run shell ---------------------------------------------------------------------------------
-class AsyncMasterWorkerProtocol(MasterWorkerProtocol):
+class AsyncMasterWorkerProtocol(MasterWorkerProtocol[AsyncMasterWorkerConfig]):
     """`train amb|fmb --protocol async`: rank 0 is the master, ranks 1..N the workers."""
 
     row_fields = (*ROW_FIELDS, *ASYNC_FIELDS)
     columns = Columns(worker=("partitions_done", *ASYNC_FIELDS), collect=("time_limit",))
     live_columns = (LiveColumn("stale", "staleness", "{:.0f}"),)
-    config_class = AsyncMasterWorkerConfig
 
     def setup(self) -> None:
         if self.context.rank.size < 2:

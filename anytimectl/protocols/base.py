@@ -10,18 +10,21 @@ into one clean error for the whole job) and `run` (the steps, until the shell's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from anytimectl.runtime.records import Columns, LiveColumn, RowLayout
 from anytimectl.runtime.run_config import RunConfig
+
+C = TypeVar("C", bound=RunConfig)
 
 if TYPE_CHECKING:
     from anytimectl.runtime.shell import RunContext
 
 
 @dataclass
-class RunRequest:
-    """What a command hands the shell: the resolved options and which protocol and backend run them."""
+class RunRequest(Generic[C]):
+    """What a command hands the shell: the resolved options and which protocol and backend run them; generic over
+    the config class, so `RunRequest[DynamicConfig]` is a `train dynamic` request."""
 
     command: str  # "train" or "compress": the first word of the run's command line
     method: str  # amb, fmb, dynamic, gossip, compress: names the run and its rows
@@ -29,7 +32,7 @@ class RunRequest:
     backend: str  # tensorflow, torch
     dataset: str
     model: str
-    config: RunConfig  # every resolved option, typed (anytimectl/runtime/run_config.py), stored whole in metadata.json
+    config: C  # every resolved option, typed (anytimectl/runtime/run_config.py), stored whole in metadata.json
     launch: Any  # options.LaunchOptions
     output: Any  # options.OutputOptions
     seed: int = 0
@@ -44,14 +47,19 @@ class RunOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class TrainingProtocol:
-    """Base class of every protocol; the shell builds one per rank with its `RunContext`."""
+class TrainingProtocol(Generic[C]):
+    """Base class of every protocol; the shell builds one per rank with its `RunContext`.
+
+    Generic over the config class the protocol reads: `class DynamicProtocol(AllReduceProtocol[DynamicConfig])`
+    makes `self.context.config` a `DynamicConfig` for a type checker, and sets `config_class`, the class the shell
+    checks at run time, from the same argument (an intermediate base such as `AllReduceProtocol[P]`, with `P`
+    bound to `PeerConfig`, gets the bound), so the two cannot disagree."""
 
     #: Master-worker protocols use rank 0 as the master (`--workers N` starts N+1 ranks); the others train on
     #: every rank (N ranks).
     has_master: ClassVar[bool] = False
-    #: The typed config the protocol reads (anytimectl/runtime/run_config.py): its command builds one, the shell refuses
-    #: another class, metadata.json records it whole and --resume rebuilds it from there.
+    #: The typed config the protocol reads (anytimectl/runtime/run_config.py), from the class's type argument: its
+    #: command builds one, the shell refuses another class, metadata.json records it whole and --resume rebuilds it.
     config_class: ClassVar[type[RunConfig]] = RunConfig
     #: The protocol writes checkpoints and resumes from them (--checkpoint-every, --resume, --checkpoint-on-signal);
     #: the contract it then meets is in anytimectl/cli/commands/resume.py. The shell refuses those options otherwise.
@@ -66,8 +74,14 @@ class TrainingProtocol:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.layout = RowLayout(cls.row_fields)
+        config = _config_argument(cls)
+        if config is not None:
+            if "config_class" in cls.__dict__:
+                raise TypeError(f"{cls.__name__}: the config class is its type argument ({config.__name__}); "
+                                "do not set config_class too")
+            cls.config_class = config
 
-    def __init__(self, context: RunContext):
+    def __init__(self, context: RunContext[C]):
         self.context = context
 
     def setup(self) -> None:
@@ -83,3 +97,19 @@ class TrainingProtocol:
 
     def run(self) -> RunOutcome:
         raise NotImplementedError
+
+
+def _config_argument(cls: type) -> type[RunConfig] | None:
+    """The config class named by `cls`'s parameterised protocol base (`AllReduceProtocol[DynamicConfig]`), or the
+    bound of its type variable (`PeerProtocol[E]`); None when no base is parameterised."""
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin = get_origin(base)
+        if not (isinstance(origin, type) and issubclass(origin, TrainingProtocol)):
+            continue
+        (argument,) = get_args(base)
+        if isinstance(argument, TypeVar):
+            argument = argument.__bound__
+        if not (isinstance(argument, type) and issubclass(argument, RunConfig)):
+            raise TypeError(f"{cls.__name__}: {base} does not name a RunConfig class")
+        return argument
+    return None

@@ -81,11 +81,10 @@ def schedule_knots(peak: float, end_epoch: float, peak_epoch: float | None) -> t
     return ((0.0, 0.0), (top, float(peak)), (float(end_epoch), 0.0))
 
 
-class CompressedProtocol(AllReduceProtocol):
+class CompressedProtocol(AllReduceProtocol[CompressedConfig]):
     """All-reduce SGD (protocols/allreduce.py) with the recipe above and the exchange's columns always written."""
 
     always_exchange_columns = True
-    config_class = CompressedConfig
     row_fields = ROW_FIELDS
     columns = Columns(worker=ROW_FIELDS, master=MASTER_FIELDS)
     live_columns = (LiveColumn("payload", "payload_bytes", "{:,.0f} B"),)

@@ -122,10 +122,9 @@ class _ScaledSchedule:
         return self.schedule.at(step, epoch) * lr_factor(p.lr_scaling, p.policy.global_batch, p.start_global_batch)
 
 
-class DynamicProtocol(AllReduceProtocol):
+class DynamicProtocol(AllReduceProtocol[DynamicConfig]):
     row_fields = ("batch_size",)
     columns = Columns(worker=("batch_size",), master=("global_batch",))
-    config_class = DynamicConfig
 
     # --- set-up ------------------------------------------------------------------------------------------------
     def make_engine(self) -> Any:

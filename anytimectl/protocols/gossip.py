@@ -91,13 +91,12 @@ def holdout(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[size:]), np.sort(order[:size])
 
 
-class GossipProtocol(AllReduceProtocol):
+class GossipProtocol(AllReduceProtocol[GossipConfig]):
     row_fields = ("batch_size", "peer", "partners", "partner_count", "val_loss", "val_accuracy", "val_accuracy_last")
     columns = Columns(worker=("batch_size", "peer", "partners", "partner_count", "val_loss", "val_accuracy"))
     live_columns = (LiveColumn("batch", "batch_size"), LiveColumn("partners", "partner_count"),
                     LiveColumn("val acc", "val_accuracy_last", "{:.3f}"))
     lag = GOSSIP_LAG
-    config_class = GossipConfig
 
     def augment_name(self) -> str | None:
         return self.context.config.augment
@@ -121,10 +120,10 @@ class GossipProtocol(AllReduceProtocol):
 
         super().prepare()  # AllReduceProtocol's transport and gradient exchange, for the allreduce method
         c = self.context.config
-        if self.exchange_options.compressor != "none" and c.method != "allreduce":
+        if self.exchange_options.compressor != "none" and c.rule != "allreduce":
             raise UsageError(f"--compressor {self.exchange_options.compressor} compresses gradients, which only "
                              f"--method allreduce exchanges; drop --compressor or use --method allreduce")
-        requested = c.method
+        requested = c.rule
         if requested == "local" and self.size > 1:
             raise UsageError(f"--method local runs one process, not {self.size}; drop --workers (or use 1)")
         #: one worker is local training whatever was asked, as in the original

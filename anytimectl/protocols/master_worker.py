@@ -35,7 +35,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -511,12 +511,14 @@ class LocalTransport:
 
 
 # --- the protocol in the run shell ---------------------------------------------------------------------------------
-class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
+M = TypeVar("M", bound=MasterWorkerConfig)
+
+
+class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol[M]):
     """`train amb|fmb` on any backend: rank 0 is the master, ranks 1..N the workers."""
 
     has_master = True
     supports_checkpoints = True
-    config_class = MasterWorkerConfig
     row_fields = ROW_FIELDS
     columns = Columns(worker=("partitions_done",), collect=("time_limit",))
 
@@ -541,7 +543,7 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol):
         self.config = ProtocolConfig(
             method=context.request.method, batch_size=c.batch_size, partitions=c.partitions,
             time_limit=c.time_limit, match_batch=c.match_batch, steps=c.steps, epochs=c.epochs,
-            target_accuracy=c.target_accuracy, log_every=c.log_every, seed=c.seed,
+            target_accuracy=c.target_accuracy, log_every=c.log_every or 1, seed=c.seed,
             train_examples=len(dataset.x_train))
         self.calibration = 0.0
         if rank.rank == 0:

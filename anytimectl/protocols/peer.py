@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from anytimectl.runtime.errors import UsageError
 from anytimectl.runtime.evaluation import Evaluator
 from anytimectl.runtime.records import StepRecord
 from anytimectl.runtime.round_clock import RoundClock
+from anytimectl.runtime.run_config import PeerConfig
 from anytimectl.runtime.schedules import Schedule
 from anytimectl.runtime.step_reports import StepReports
 
@@ -63,7 +64,10 @@ class PeerStep:
     master: dict[str, Any] | None = None  # values of the method's Columns.master
 
 
-class PeerProtocol(CheckpointingMixin, TrainingProtocol):
+P = TypeVar("P", bound=PeerConfig)
+
+
+class PeerProtocol(CheckpointingMixin, TrainingProtocol[P]):
     has_master = False
     supports_checkpoints = True
     #: How many steps a rank may run ahead of the slowest (see step_reports): 1 for lock-step methods.

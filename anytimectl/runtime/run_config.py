@@ -5,7 +5,9 @@ the run shell records `record()` (`dataclasses.asdict`) as metadata.json's `conf
 attributes, never string keys. A field renamed or left out then fails once, in the command that builds the config
 (a TypeError naming the field, before anything is launched), instead of as a KeyError on every rank. `--resume`
 rebuilds the config from the recorded dict with `from_record`, which refuses, in one line, a record with keys the
-class does not know or without keys it needs (a run directory of another version).
+class does not know or without keys it needs (a run directory of another version). A field renamed since a run was
+recorded is read under its old key too (`renamed`, and `current_keys` for the readers that know only the run's
+method: plots and `runs`).
 
 Which class holds a field: `RunConfig` has what every training command resolves (`commands.common.prepare`: the
 data, the model, the launch, the stragglers, the length, the optimizer and its rate schedule, the checkpoints);
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from anytimectl.runtime.errors import UsageError
 
@@ -28,6 +30,9 @@ C = TypeVar("C", bound="RunConfig")
 class RunConfig:
     """What every training command resolves (`commands.common.prepare`): the fields of metadata.json's config
     that every method records."""
+
+    #: Keys of earlier versions' records, and the field each is now (old key -> field): `from_record` reads them.
+    renamed: ClassVar[dict[str, str]] = {}
 
     # the data and the model (DataOptions, resolved; the data's facts as `describe_dataset` read them)
     model: str
@@ -84,6 +89,7 @@ class RunConfig:
     def from_record(cls: type[C], recorded: dict[str, Any], where: str = "metadata.json") -> C:
         """The config a run recorded (metadata.json's `config`). Refuses, in one line, keys this class does not
         know and fields without a default that the record lacks."""
+        recorded = _renaming(recorded, cls.renamed)
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(recorded) - set(known))
         missing = sorted(name for name, f in known.items() if name not in recorded
@@ -123,6 +129,17 @@ class ExchangeConfig(RunConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeerConfig(ExchangeConfig):
+    """What every method without a master reads in `protocols/peer.py`: the batch per worker (`None` in `train
+    gossip` when only `--global-batch-size` is known) and the optimizer's momentum (`None`: plain SGD, as `train
+    dynamic` trains; its runs record `momentum: null, nesterov: false`)."""
+
+    batch_size: int | None
+    momentum: float | None = None
+    nesterov: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class MasterWorkerConfig(RunConfig):
     """`train amb` / `train fmb`, synchronous (protocols/master_worker.py)."""
 
@@ -146,7 +163,7 @@ class AsyncMasterWorkerConfig(MasterWorkerConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DynamicConfig(ExchangeConfig):
+class DynamicConfig(PeerConfig):
     """`train dynamic` (protocols/dynamic.py): the batch policy's knobs (batch_policies.PolicyOptions) and more."""
 
     batch_size: int
@@ -176,10 +193,12 @@ class DynamicConfig(ExchangeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class GossipConfig(ExchangeConfig):
+class GossipConfig(PeerConfig):
     """`train gossip` (protocols/gossip.py)."""
 
-    method: str  # elastic, gossip, allreduce, local
+    renamed = {"method": "rule"}
+
+    rule: str  # elastic, gossip, allreduce, local (--method; recorded as `method` before)
     batch_size: int | None  # per worker; None: --global-batch-size split over the job's ranks
     global_batch_size: int | None
     agg_period: int
@@ -194,10 +213,11 @@ class GossipConfig(ExchangeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompressedConfig(ExchangeConfig):
+class CompressedConfig(PeerConfig):
     """`compress train` (protocols/compressed.py)."""
 
-    method: str  # the compressor under its former key (earlier run directories and plots read it)
+    renamed = {"method": "compressor"}  # the compressor was recorded under `method` too, before
+
     batch_size: int
     lr_peak_epoch: float | None
     lr_knots: list[list[float]] | None  # the recipe's (epoch, rate) knots: recorded by the protocol
@@ -206,5 +226,31 @@ class CompressedConfig(ExchangeConfig):
     augment: str
 
 
+#: Each training command's config class by metadata.json's `method` (the command's method), for `current_keys`.
+_CLASS_OF_METHOD: dict[str, type[RunConfig]] = {"amb": MasterWorkerConfig, "fmb": MasterWorkerConfig,
+                                                "dynamic": DynamicConfig, "gossip": GossipConfig,
+                                                "compress": CompressedConfig}
+
+
+def _renaming(recorded: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """`recorded` with each old key under its field's name; where both are present (the compressor was recorded
+    twice), the field's own key wins and the old one is dropped."""
+    if not any(old in recorded for old in renamed):
+        return recorded
+    out = dict(recorded)
+    for old, new in renamed.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
+def current_keys(method: str | None, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config (metadata.json's `config`, run by the command method `method`) under this version's
+    field names: what plots and `runs` read, whichever version wrote the run."""
+    cls = _CLASS_OF_METHOD.get(str(method or ""))
+    return _renaming(recorded, cls.renamed) if cls is not None else recorded
+
+
 __all__ = ["AsyncMasterWorkerConfig", "CompressedConfig", "DynamicConfig", "ExchangeConfig", "GossipConfig",
-           "MasterWorkerConfig", "RunConfig"]
+           "MasterWorkerConfig", "PeerConfig", "RunConfig", "current_keys"]

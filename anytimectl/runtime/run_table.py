@@ -25,6 +25,7 @@ import pandas as pd
 
 from anytimectl.plots.rundir import MissingTable, Run, find_runs
 from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.run_config import current_keys
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def config_value(path: str, key: str) -> Any:
         meta = json.loads((Path(path) / "metadata.json").read_text())
     except (OSError, ValueError):
         return None
-    config = meta.get("config") or {}
+    config = current_keys(meta.get("method"), meta.get("config") or {})
     key = key.removeprefix("config.")
     return config.get(key, meta.get(key))
 

@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
 import numpy as np
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from anytimectl.runtime.stragglers import DelayModel
 
 from anytimectl import __version__
-from anytimectl.protocols.base import RunOutcome, RunRequest, TrainingProtocol
+from anytimectl.protocols.base import C, RunOutcome, RunRequest, TrainingProtocol
 from anytimectl.runtime.checkpoints import checkpoint_signal
 from anytimectl.runtime.errors import OutputError, UsageError
 from anytimectl.runtime.launch import (
@@ -122,10 +122,11 @@ def signal_words(signum: int) -> str:
 
 
 @dataclass
-class RunContext:
-    """What the shell gives a protocol on every rank."""
+class RunContext(Generic[C]):
+    """What the shell gives a protocol on every rank; generic over the request's config class (`RunContext[
+    GossipConfig]`: `context.config` is a `GossipConfig`)."""
 
-    request: RunRequest
+    request: RunRequest[C]
     rank: RankInfo
     stopper: Stopper
     delay: DelayModel | None
@@ -142,9 +143,9 @@ class RunContext:
     view: LiveView | None = None  # rank 0
 
     @property
-    def config(self) -> Any:
-        """The request's config: an instance of the protocol's `config_class` (run_config.py; the shell checked it),
-        typed Any here so that each protocol reads its own class's fields."""
+    def config(self) -> C:
+        """The request's config: an instance of the protocol's `config_class` (run_config.py; the shell checked it
+        before building the protocol)."""
         return self.request.config
 
     def log(self, msg: str, **fields: Any) -> None:

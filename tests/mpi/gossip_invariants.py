@@ -37,7 +37,7 @@ rank, size = rank_info.rank, rank_info.size
 config = dataclasses.asdict(OptimizerOptions(optimizer="sgd", learning_rate=0.1, weight_decay=1e-3))
 config.update(dataset="iris", data_dir=None, model=MODEL, seed=SEED, test_size=-1, val_size=25, steps=None,
               epochs=None, batch_size=4, global_batch_size=4 * size, momentum=0.9 if backend == "torch" else None,
-              nesterov=backend == "torch", method="elastic", agg_prob=0.5, agg_period=1, weighted=False, penalty=1.0,
+              nesterov=backend == "torch", rule="elastic", agg_prob=0.5, agg_period=1, weighted=False, penalty=1.0,
               elastic_alpha=0.5, log_every=1000, augment=None)
 config = make_config(GossipConfig, **config)
 request = RunRequest(command="train", method="gossip", protocol="gossip", backend=backend, dataset="iris",

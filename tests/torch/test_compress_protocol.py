@@ -52,8 +52,7 @@ def _protocol(**overrides) -> tuple[CompressedProtocol, RunContext]:
     config.update(dataset="digits", data_dir=None, model="digits-cnn", seed=0, test_size=30, steps=None, epochs=1.0,
                   target_accuracy=None, batch_size=64, compressor="topk", mode="layerwise", ratio=0.01, threshold=0.001,
                   levels=255, value_dtype="float32", rescale=False, error_feedback=True, momentum=0.9, nesterov=True,
-                  augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None, lr_knots=None,
-                  method="topk")
+                  augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None, lr_knots=None)
     config.update(overrides)
     config = make_config(CompressedConfig, **config)
     request = RunRequest(command="compress", method="compress", protocol="compressed", backend="torch",

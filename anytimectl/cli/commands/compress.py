@@ -165,8 +165,7 @@ def train(
         raise UsageError(f"--lr-peak-epoch {lr_peak_epoch:g}: the rate must peak before the run ends (epoch "
                          f"{end:.3g}); lower it or train longer")
     config.update(exchange.config())
-    # "method": the compressor under its former key, which run directories of earlier versions (and plots) read
-    config.update(method=exchange.compressor, batch_size=batch, epochs=epochs, lr_schedule="piecewise",
+    config.update(batch_size=batch, epochs=epochs, lr_schedule="piecewise",
                   lr_peak_epoch=lr_peak_epoch, lr_knots=None, momentum=momentum, nesterov=momentum > 0,
                   augment=chosen, log_every=length.log_every)
     from anytimectl.runtime.run_config import CompressedConfig

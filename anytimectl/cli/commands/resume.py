@@ -66,6 +66,7 @@ from typing import Any
 from anytimectl.cli.options import LaunchOptions, LengthOptions, OutputOptions, flag
 from anytimectl.runtime.checkpoints import CheckpointOptions, read_metadata, resume_point
 from anytimectl.runtime.errors import UsageError
+from anytimectl.runtime.run_config import current_keys
 
 #: How the job is started: these may differ on resume (the worker count must still fit the checkpoint).
 LAUNCH_OPTIONS = frozenset({"workers", "threads", "device", "gpus_per_node", "mpiexec", "hosts"})
@@ -88,6 +89,8 @@ class ResumeRules:
     extendable: tuple[str, ...] = LENGTH_OPTIONS
     #: Why the length may not change (for the one-line refusal when `extendable` is empty).
     fixed_length: str = ""
+    #: Options recorded in the config under another name, as (option, field): `train gossip --method` is `rule`.
+    option_fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def may_change(self) -> frozenset[str]:
@@ -161,7 +164,7 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
     if metadata.get("command") != rules.command or metadata.get("method") != rules.method:
         raise UsageError(f"--resume {run_dir}: not a {rules.words} run (it is {metadata.get('command')} "
                          f"{metadata.get('method')}); resume it with its own command")
-    recorded = dict(metadata["config"])
+    recorded = current_keys(rules.method, dict(metadata["config"]))
     if not rules.extendable:
         for name in LENGTH_OPTIONS:
             if name in given and _comparable(getattr(length, name)) != _comparable(recorded.get(name)):
@@ -170,7 +173,8 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
         out, name = values.get("out") or run_dir.parent, values.get("name") or run_dir.name
         if (Path(out).expanduser() / name).resolve() == run_dir.resolve():
             given = given - {"out", "name"}
-    differ = changed_options(given, values, recorded, rules.may_change)
+    as_options = {**recorded, **{option: recorded[field] for option, field in rules.option_fields if field in recorded}}
+    differ = changed_options(given, values, as_options, rules.may_change)
     if differ:
         allowed = ", ".join(flag(n) for n in rules.extendable) or "none of the length options"
         raise UsageError(f"--resume continues the run with its recorded options; {differ[0].split()[0]} cannot "

@@ -52,7 +52,7 @@ EXPERIMENTS = {
 #: The original's networks (the torch backend's names); other datasets get the backend's default model.
 MODELS = {"iris": "iris-mlp", "mnist": "mnist-mlp", "fashion-mnist": "mnist-mlp", "cifar10": "preact-resnet18"}
 #: --resume (commands/resume.py): a gossip run may be extended with --steps, --epochs, --target-accuracy.
-RESUME = ResumeRules(command="train", method="gossip", protocol="gossip")
+RESUME = ResumeRules(command="train", method="gossip", protocol="gossip", option_fields=(("method", "rule"),))
 
 
 _option = partial(opt.option, panel=PANEL_GOSSIP)
@@ -167,7 +167,7 @@ def gossip(
     epochs = length.epochs if length.epochs is not None or length.steps is not None else experiment.epochs
     config["augment"] = opt.resolve_augment(augment, data.dataset, auto="crop-flip")
     check_augment(config["augment"], config["input_shape"])
-    config.update(method=method, agg_period=agg_period, agg_prob=agg_prob,
+    config.update(rule=method, agg_period=agg_period, agg_prob=agg_prob,
                   weighted=weighted, penalty=penalty, elastic_alpha=elastic_alpha, batch_size=per_worker,
                   global_batch_size=total, momentum=moment, nesterov=use_nesterov, val_size=validation,
                   epochs=epochs, resume=None)
