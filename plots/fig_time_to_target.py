@@ -85,6 +85,11 @@ def baselines_of(runs, spec: str | None) -> list[int | None]:
     return [first_of_seed.get(_seed(run)) for run in runs]
 
 
+def _labelled_with_seed(run) -> str:
+    """The run's label naming its seed (labels name it already when the runs differ only by it and more)."""
+    return run.label if "seed" in run.label.lower() else f"{run.label} seed {_seed(run)}"
+
+
 def _names_a_method(runs, spec: str) -> bool:
     text = spec.strip().lower()
     if text.isdigit() or any(text in (r.name.lower(), r.label.lower(), r.label.split(" (")[0].lower()) for r in runs):
@@ -133,10 +138,10 @@ def time_to_target(ctx: Context):
         against = f"baseline: the {method} run of the same seed"
     ctx.note(f"time to {target.text} ({how}; first logged row at or past the target), {against}:")
     for i, (run, hit, up) in enumerate(zip(runs, reached, ups, strict=True)):
-        seed = f" seed {_seed(run)}" if len(set(bases)) > 1 else ""
+        label = _labelled_with_seed(run) if len(set(bases)) > 1 else run.label
         if hit is None:
             best = _best(run.master, target)
-            ctx.note(f"  [{i + 1}] {run.label}{seed}: not reached (best {best:.4g})")
+            ctx.note(f"  [{i + 1}] {label}: not reached (best {best:.4g})")
             continue
         t, step = hit
         if bases[i] == i:
@@ -145,7 +150,7 @@ def time_to_target(ctx: Context):
             extra = ", no baseline run of this seed"
         else:
             extra = f", speedup ×{up:.2f}" if up is not None else ""
-        ctx.note(f"  [{i + 1}] {run.label}{seed}: {style.format_duration(t)} at step {step}{extra}")
+        ctx.note(f"  [{i + 1}] {label}: {style.format_duration(t)} at step {step}{extra}")
 
     fig = ctx.new_figure(2 * style.AX_SIZE[0], style.AX_SIZE[1] + 0.3 * len(runs))
     ax_curve, ax_bar = fig.subplots(1, 2, width_ratios=[1.2, 1])
@@ -199,7 +204,7 @@ def time_to_target(ctx: Context):
         text = "(baseline)" if bases[i] == i else (f"speedup ×{up:.2f}" if up is not None else "")
         ax_bar.text(t / scale_b, i, f"  {style.format_duration(t)}  {text}", va="center", ha="left", fontsize=9)
     per_seed = len(set(bases)) > 1
-    ax_bar.set_yticks(y, [f"{r.label} seed {_seed(r)}" if per_seed else r.label for r in runs], fontsize=9)
+    ax_bar.set_yticks(y, [_labelled_with_seed(r) if per_seed else r.label for r in runs], fontsize=9)
     ax_bar.set_ylim(len(runs) - 0.4, -0.6)
     ax_bar.grid(axis="y", visible=False)
     right = max(reached_times) / scale_b if reached_times else 1.0

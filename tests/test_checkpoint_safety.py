@@ -151,8 +151,19 @@ def test_resume_with_a_crafted_checkpoint_runs_no_code(base, tmp_path):
     data = json.loads(manifest.read_text())
     data["sizes"][path.name] = path.stat().st_size
     manifest.write_text(json.dumps(data))
+    # with no older checkpoint: refused in one line (the file is checked before a rank reads it)
+    kept = tmp_path / "step-3"
+    shutil.move(checkpoints.step_dir(run, 3), kept)
     line = _one_line_refusal(anytimectl("train", "gossip", "--resume", str(run), "--steps", "9", check=False))
-    assert "cannot read checkpoint" in line and not marker.exists()
+    assert "no usable checkpoint" in line and "rank-0.ckpt is damaged" in line and not marker.exists()
+    # with the older one kept: passed over for it with one warning line, the run resumes
+    shutil.move(kept, checkpoints.step_dir(run, 3))
+    resumed = _copy(run, tmp_path / "with-previous")
+    result = anytimectl("train", "gossip", "--resume", str(resumed), "--steps", "9", "--quiet", check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "is damaged" in warnings[0] and "step 3" in warnings[0] and not marker.exists()
+    assert metadata(resumed)["resumes"][0]["from_step"] == 3
     # the first format (pickle / torch.load) is refused before anything is read
     legacy = checkpoints.step_dir(run, 6)
     path.rename(legacy / "rank-0.pt")

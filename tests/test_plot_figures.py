@@ -468,9 +468,8 @@ def test_time_to_target_compares_each_seed_with_the_baseline_of_that_seed(tmp_pa
     runs = render.prepare([tmp_path])
     figures, ctx = build(runs, "time_to_target", target_accuracy=0.9)
     assert "baseline: the fmb run of the same seed" in ctx.notes[0]
-    notes = {line.split(":")[0].strip(): line for line in ctx.notes[1:]}
-    by_run = {f"{r.method}-{r.config['seed']}": notes[f"[{i + 1}] {r.label} seed {r.config['seed']}"]
-              for i, r in enumerate(runs)}
+    by_run = {f"{r.method}-{r.config['seed']}": line for r, line in zip(runs, ctx.notes[1:], strict=True)}
+    assert all(line.count(f"seed {name[-1]}") == 1 for name, line in by_run.items())  # named once, not twice
     assert by_run["amb-0"].endswith("speedup ×3.00") and by_run["amb-1"].endswith("speedup ×1.50")
     assert by_run["fmb-0"].endswith("(baseline)") and by_run["fmb-1"].endswith("(baseline)")
     assert by_run["amb-2"].endswith("no baseline run of this seed")

@@ -2,9 +2,11 @@
 
 Layout: `<run_dir>/checkpoints/step-<N>/rank-<r>.ckpt` (one file per rank, written by that rank) and
 `manifest.json`, written by rank 0 only once every rank's file is complete (with each file's size, and the
-command, method, model, dataset and backend of the run that wrote it). A step folder without a manifest is
-an unfinished checkpoint (a rank died while writing) and is never resumed from. Every file is written under a
-temporary name and renamed, so a file that exists is whole.
+command, method, model, dataset and backend of the run that wrote it, and every rank's write time, which each
+rank r > 0 notes in `rank-<r>.seconds`). A step folder without a manifest is an unfinished checkpoint (a rank
+died while writing) and is never resumed from. Every file is written under a temporary name and renamed, so a
+file that exists is whole; `--resume` still reads the newest checkpoint through before using it
+(`check_contents`), and passes over one that is cut short or changed for the one before.
 
 What a rank's file holds is the protocol's business (`PeerProtocol.checkpoint_state`: the engine's model,
 optimizer and RNG state, the data stream's position, the step and example counters); nothing that is derived

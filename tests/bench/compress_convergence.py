@@ -15,6 +15,14 @@ under the shared lock; wall times depend on the machine's load, the accuracies d
     .venv/bin/anytimectl plot runs/convergence --type compress_accuracy_vs_step_bytes
 
 `--configs all` runs every configuration below; `--out` keeps the run directories for the figures.
+
+The ResNet9 recipe (cifar10-fast's network, rate schedule, weight decay and Nesterov momentum 0.9) on the same
+digits: `--model resnet9 --momentum 0.9`; every run of the sweep gets the same model and training options
+(`--batch-size`, `--momentum`, `--augment`, `--learning-rate`: left out, the command's defaults). `--markdown`
+prints the README's table:
+
+    flock /tmp/anytimectl-bench.lock .venv/bin/python tests/bench/compress_convergence.py --model resnet9 \
+        --momentum 0.9 --epochs 10 --seeds 2 --configs "none,fp16,ef-signsgd,powersgd r=2 EF,topk K=0.01 EF" --markdown
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -46,10 +55,13 @@ DEFAULT_CONFIGS = ("none", "topk K=0.01 EF", "topk K=0.01")
 TARGETS = {"topk K=0.01 EF": 1.0, "fp16": 0.2, "ef-signsgd": 1.0, "powersgd r=2 EF": 1.0}
 
 
-def run(out: Path, name: str, args: list[str], seed: int, workers: int, epochs: float | None) -> dict:
+def run(out: Path, name: str, args: list[str], seed: int, workers: int, epochs: float | None,
+        train_args: Sequence[str] = ()) -> dict:
+    """One `compress train` run: the configuration's `args`, then `train_args` (model and training options that
+    every configuration of a sweep shares)."""
     length = ["--epochs", str(epochs)] if epochs is not None else []
     command = [sys.executable, "-m", "anytimectl", "compress", "train", "--workers", str(workers), *args, *length,
-               "--seed", str(seed), "--json", "--out", str(out), "--name", name]
+               *train_args, "--seed", str(seed), "--json", "--out", str(out), "--name", name]
     start = time.time()
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
@@ -65,6 +77,25 @@ def run(out: Path, name: str, args: list[str], seed: int, workers: int, epochs: 
             "curve": evaluated[["epoch", "accuracy"]].round(4).values.tolist()}
 
 
+def markdown(results: dict[str, list[dict]], base: float) -> str:
+    """The README's table: each configuration's mean final accuracy, its difference from `none`, the seeds, its
+    bytes per worker per step against the dense float32 gradient, and its target if it has one."""
+    lines = [f"| configuration | final accuracy (mean of {len(results['none'])}) | against none | per seed | "
+             "bytes per worker per step | fewer bytes | target |", "|---|---|---|---|---|---|---|"]
+    for label, rows in results.items():
+        mean = sum(r["final_accuracy"] for r in rows) / len(rows)
+        difference = (mean - base) * 100
+        target = ""
+        if label in TARGETS:
+            met = "met" if difference >= -TARGETS[label] else "**not met**"
+            target = f"at most {TARGETS[label]:g} below: {met}"
+        step_bytes = rows[0]["step_bytes"]
+        seeds = ", ".join(f"{r['final_accuracy']:.4f}" for r in rows)
+        lines.append(f"| {label} | {mean:.4f} | {difference:+.2f} points | {seeds} | {step_bytes:,.0f} | "
+                     f"{rows[0]['dense_step_bytes'] / step_bytes:.1f}x | {target} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -74,20 +105,35 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help=f"comma-separated, from: {', '.join(CONFIGS)} (none is always run); or all")
+    parser.add_argument("--model", default=None, help="compress train --model (default: the dataset's, digits-cnn)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per worker (default: the command's, 32)")
+    parser.add_argument("--momentum", type=float, default=None, help="Nesterov momentum (default: the command's, 0)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak rate (default: the command's, 0.4)")
+    parser.add_argument("--augment", default=None, help="compress train --augment (default: auto, none on digits)")
+    parser.add_argument("--markdown", action="store_true", help="also print the results as a markdown table")
     args = parser.parse_args()
+    train_args = [item for option, value in (("--model", args.model), ("--batch-size", args.batch_size),
+                                             ("--momentum", args.momentum), ("--learning-rate", args.learning_rate),
+                                             ("--augment", args.augment))
+                  if value is not None for item in (option, str(value))]
     names = list(CONFIGS) if args.configs.strip() == "all" else [c.strip() for c in args.configs.split(",")]
     chosen = ["none", *(c for c in names if c and c != "none")]
     unknown = [c for c in chosen if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"--configs {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
     out = args.out or Path(tempfile.mkdtemp(prefix="compress-convergence-"))
-    print(f"runs in {out}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"runs in {out}; load average {os.getloadavg()[0]:.1f}; started {started}; "
+          f"every run: --workers {args.workers} {' '.join(train_args) or '(the command defaults)'}"
+          f"{f' --epochs {args.epochs:g}' if args.epochs is not None else ''}", flush=True)
+    loads = [os.getloadavg()[0]]
     results: dict[str, list[dict]] = {}
     for seed in range(args.seeds):  # seeds outermost: a partial run still compares every configuration
         for label in chosen:
             extra = CONFIGS[label]
             name = f"{label.replace(' ', '_').replace('=', '')}-s{seed}"
-            row = run(out, name, extra, seed, args.workers, args.epochs)
+            row = run(out, name, extra, seed, args.workers, args.epochs, train_args)
+            loads.append(os.getloadavg()[0])
             results.setdefault(label, []).append(row)
             print(f"{label:<16} seed {seed}: final accuracy {row['final_accuracy']:.4f} "
                   f"(best {row['best_accuracy']:.4f}) after {row['epochs']:.2f} epochs, "
@@ -96,12 +142,12 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.1f}", flush=True)
     base = sum(r["final_accuracy"] for r in results["none"]) / len(results["none"])
     print(f"\n{'configuration':<16}{'final accuracy (mean)':>23}{'vs none':>10}{'per seed':>28}"
-          f"{'bytes/step':>12}{'dense':>10}{'ratio':>9}")
+          f"{'bytes/step':>13}{'dense':>13}{'ratio':>9}")
     for label, rows in results.items():
         mean = sum(r["final_accuracy"] for r in rows) / len(rows)
         seeds = " ".join(f"{r['final_accuracy']:.4f}" for r in rows)
         print(f"{label:<16}{mean:>23.4f}{(mean - base) * 100:>+9.2f}pt{seeds:>28}"
-              f"{rows[0]['step_bytes']:>12,.0f}{rows[0]['dense_step_bytes']:>10,.0f}"
+              f"{rows[0]['step_bytes']:>13,.0f}{rows[0]['dense_step_bytes']:>13,.0f}"
               f"{rows[0]['compression_ratio']:>8.1f}x")
     for label, allowed in TARGETS.items():
         if label not in results:
@@ -110,7 +156,11 @@ def main() -> None:
         difference = (mean - base) * 100
         print(f"{label} {mean:.4f} against uncompressed {base:.4f}: {difference:+.2f} points (target: at most "
               f"{allowed:g} point(s) below): {'PASS' if difference >= -allowed else 'FAIL'}")
-    print(f"load average now {os.getloadavg()[0]:.1f}")
+    print(f"load average now {os.getloadavg()[0]:.1f} (over the runs: {min(loads):.1f}-{max(loads):.1f}); ended "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.markdown:
+        print()
+        print(markdown(results, base))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
