@@ -65,7 +65,6 @@ from typing import Any
 
 from anytimectl.cli.options import CheckpointOptions, LaunchOptions, LengthOptions, OutputOptions, flag
 from anytimectl.runtime.errors import UsageError
-from anytimectl.runtime.run_config import current_keys
 
 #: How the job is started: these may differ on resume (the worker count must still fit the checkpoint).
 LAUNCH_OPTIONS = frozenset({"workers", "threads", "device", "gpus_per_node", "mpiexec", "hosts"})
@@ -157,6 +156,7 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
     """Continue a recorded run: its options from metadata.json, the allowed changes, this job's launch."""
     from anytimectl.cli.commands.common import check_devices, check_workers, run_request
     from anytimectl.runtime.checkpoints import read_metadata, resume_point
+    from anytimectl.runtime.run_config import current_keys
     from anytimectl.runtime.shell import load_protocol, ranks_for
 
     run_dir = Path(checkpoints.resume).expanduser()
