@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,33 @@ def real_runs(tmp_path_factory) -> dict[str, Path]:
     anytimectl("train", "amb", "--batch-size", "32", "--partitions", "4", "--name", "amb", *common)
     anytimectl("train", "fmb", "--batch-size", "32", "--name", "fmb", *common)
     return {"amb": out / "amb", "fmb": out / "fmb"}
+
+
+def _fingerprint(run: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(path.relative_to(run)), path.stat().st_size, path.stat().st_mtime_ns)
+                  for path in run.rglob("*") if path.is_file())
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> Callable[..., Path]:
+    """`shared_run(*argv)`: the run directory of `anytimectl *argv --out ... --name ...`, started the first time a
+    test of this session asks for that command line and handed to every later one, so that modules reading the same
+    tiny run (the figures, the exchanges, the compressor labels) share one run instead of each starting its own.
+    Only for tests that read a run: one that resumes, stops or writes into a run starts its own. A test that
+    changed a shared run anyway fails the next test that asks for it (files, sizes and times are compared)."""
+    out = tmp_path_factory.mktemp("shared-runs")
+    done: dict[tuple[str, ...], tuple[Path, list[tuple[str, int, int]]]] = {}
+
+    def run(*argv: str) -> Path:
+        if argv not in done:
+            path = out / f"run{len(done)}"
+            anytimectl(*argv, "--out", str(out), "--name", path.name)
+            done[argv] = path, _fingerprint(path)
+        path, fingerprint = done[argv]
+        assert _fingerprint(path) == fingerprint, f"a test changed the shared run of {' '.join(argv)}"
+        return path
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,23 @@ def anytimectl(*args: str, timeout: float = RUN_TIMEOUT, check: bool = True,
     return result
 
 
+#: The tiny 2-rank torch runs of each command that averages gradients through an exchange, on the built-in digits:
+#: the one form the modules that read such a run share (`tiny_run_argv`), so that tests/conftest.py's `shared_run`
+#: starts each distinct command line once per session.
+TINY_COMMANDS = {
+    "compress": ("compress", "train", "--workers", "2", "--batch-size", "16"),
+    "dynamic": ("train", "dynamic", "--workers", "2", "--policy", "dbs", "--batch-size", "16", "--window", "2"),
+    "gossip": ("train", "gossip", "--workers", "2", "--method", "allreduce", "--batch-size", "16"),
+}
+
+
+def tiny_run_argv(command: str, *args: str, steps: int) -> tuple[str, ...]:
+    """The command line of a tiny run of `command` (a key of TINY_COMMANDS) with `args`, `steps` steps long,
+    evaluated at its last step on 50 test examples."""
+    return (*TINY_COMMANDS[command], "--steps", str(steps), "--quiet", "--test-size", "50", "--log-every", str(steps),
+            *args)
+
+
 def anytimectl_each(argvs: Iterable[tuple[str, ...]], timeout: float = 180,
                     at_once: int = 2) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
     """`anytimectl(*argv, check=False)` for each argv, each in a fresh interpreter of its own as a user would start

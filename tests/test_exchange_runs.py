@@ -10,23 +10,18 @@ import json
 import math
 
 import pytest
-from helpers import anytimectl, anytimectl_each, metadata, selected_argvs, table
+from helpers import TINY_COMMANDS, anytimectl, anytimectl_each, metadata, selected_argvs, table, tiny_run_argv
 from test_cli_errors import assert_one_line_error
 
 from anytimectl.exchange import MASTER_FIELDS, ROW_FIELDS
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
-QUIET = ["--quiet", "--test-size", "50"]
-COMMANDS = {
-    "compress": ["compress", "train", "--workers", "2", "--batch-size", "16"],
-    "dynamic": ["train", "dynamic", "--workers", "2", "--policy", "dbs", "--batch-size", "16", "--window", "2"],
-    "gossip": ["train", "gossip", "--workers", "2", "--method", "allreduce", "--batch-size", "16"],
-}
+TOPK_EF = ("--compressor", "topk", "--ratio", "0.01", "--error-feedback")
 
 
 def _run(tmp_path, command: str, name: str, *args: str, steps: int = 4):
-    anytimectl(*COMMANDS[command], "--steps", str(steps), *QUIET, "--log-every", str(steps), *args,
-               "--out", str(tmp_path), "--name", name)
+    """A run of this test's own (one it resumes, or of options no other test reads)."""
+    anytimectl(*tiny_run_argv(command, *args, steps=steps), "--out", str(tmp_path), "--name", name)
     return tmp_path / name
 
 
@@ -42,8 +37,8 @@ def _check_columns(run, steps: int) -> tuple[dict, object]:
 
 @pytest.mark.torch
 @pytest.mark.parametrize("command", ["dynamic", "gossip"])
-def test_topk_with_error_feedback_trains_dbs_and_gossip_allreduce(tmp_path, command):
-    run = _run(tmp_path, command, "topk", "--compressor", "topk", "--ratio", "0.01", "--error-feedback", steps=6)
+def test_topk_with_error_feedback_trains_dbs_and_gossip_allreduce(shared_run, command):
+    run = shared_run(*tiny_run_argv(command, *TOPK_EF, steps=6))
     meta, workers = _check_columns(run, 6)
     assert meta["config"]["compressor"] == "topk" and meta["config"]["error_feedback"] is True
     assert meta["compression"]["method"] == "topk" and meta["compression"]["error_feedback"] is True
@@ -66,10 +61,10 @@ def _expected_payload(method: str, compression: dict) -> int:
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("command", list(TINY_COMMANDS))
 @pytest.mark.parametrize("method", ["fp16", "bf16", "signsgd", "ef-signsgd"])
-def test_each_new_exchange_trains_through_every_method(tmp_path, command, method):
-    run = _run(tmp_path, command, method, "--compressor", method, steps=3)
+def test_each_new_exchange_trains_through_every_method(shared_run, command, method):
+    run = shared_run(*tiny_run_argv(command, "--compressor", method, steps=3))
     meta, workers = _check_columns(run, 3)
     compression = meta["compression"]
     assert compression["method"] == method
@@ -135,12 +130,12 @@ def test_a_cast_sums_alike_over_mpi_and_torch_distributed(tmp_path, method):
 
 
 @pytest.mark.torch
-def test_a_resumed_gossip_allreduce_keeps_the_error_feedback_memory(tmp_path):
+def test_a_resumed_gossip_allreduce_keeps_the_error_feedback_memory(shared_run, tmp_path):
     """The exchange's residual is in the checkpoint: stopped at step 3 and resumed, a topk run with error feedback
-    trains exactly as the uninterrupted one (a lost residual would change every later step)."""
-    args = ("--compressor", "topk", "--ratio", "0.01", "--error-feedback")
-    whole = _run(tmp_path, "gossip", "whole", *args, steps=6)
-    _run(tmp_path, "gossip", "split", *args, "--checkpoint-every", "3", steps=3)
+    trains exactly as the uninterrupted one (a lost residual would change every later step). The uninterrupted run
+    is the one the topk test reads."""
+    whole = shared_run(*tiny_run_argv("gossip", *TOPK_EF, steps=6))
+    _run(tmp_path, "gossip", "split", *TOPK_EF, "--checkpoint-every", "3", steps=3)
     anytimectl("train", "gossip", "--resume", str(tmp_path / "split"), "--steps", "6", "--quiet")
     a, b = table(whole, "master_stats"), table(tmp_path / "split", "master_stats")
     assert b["step"].tolist() == list(range(1, 7))

@@ -7,15 +7,16 @@ accuracy, and the seeds of one configuration share a point."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
-from helpers import anytimectl, metadata, table
+from helpers import anytimectl, metadata, table, tiny_run_argv
 from PIL import Image
 
-# six 2-rank runs of 4 steps: about 15 s each on an idle machine, a minute each under a load of 15
+# six 2-rank runs of 3 steps: about 15 s each on an idle machine, a minute each under a load of 15; the fp16 and
+# ef-signsgd ones are tests/test_exchange_runs.py's, started once for both (conftest.py's shared_run)
 pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(900)]
 
-COMMON = ["--workers", "2", "--steps", "4", "--log-every", "2", "--test-size", "30", "--quiet"]
 RUNS = {
     "none": ["--compressor", "none"],
     "fp16": ["--compressor", "fp16"],
@@ -27,10 +28,11 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(shared_run, tmp_path_factory):
+    """A folder of the six runs under their names, as a user's sweep would be (copies: the figures read a folder)."""
     out = tmp_path_factory.mktemp("compress-plot")
     for name, args in RUNS.items():
-        anytimectl("compress", "train", *args, *COMMON, "--out", str(out), "--name", name)
+        shutil.copytree(shared_run(*tiny_run_argv("compress", *args, steps=3)), out / name)
     return out
 
 

@@ -9,33 +9,29 @@ import html
 import re
 
 import pytest
-from helpers import anytimectl
+from helpers import anytimectl, tiny_run_argv
 
-# four 2-rank runs of 4 steps: about 20 s each on an idle machine
+# four 2-rank runs of 4-6 steps: about 20 s each on an idle machine; dyn-topk is tests/test_exchange_runs.py's,
+# started once for both (conftest.py's shared_run)
 pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.torch, pytest.mark.timeout(900)]
 
-COMMON = ["--workers", "2", "--steps", "4", "--log-every", "2", "--test-size", "30", "--quiet"]
+TOPK_EF = ("--compressor", "topk", "--ratio", "0.01", "--error-feedback")
 RUNS = {
-    "dyn-dense": ["train", "dynamic", "--policy", "dbs", "--batch-size", "16"],
-    "dyn-topk": ["train", "dynamic", "--policy", "dbs", "--batch-size", "16", "--compressor", "topk", "--ratio",
-                 "0.01", "--error-feedback"],
-    "ar-dense": ["train", "gossip", "--method", "allreduce"],
-    "ar-randomk": ["train", "gossip", "--method", "allreduce", "--compressor", "randomk", "--mode", "entire",
-                   "--ratio", "0.05"],
+    "dyn-dense": tiny_run_argv("dynamic", steps=6),
+    "dyn-topk": tiny_run_argv("dynamic", *TOPK_EF, steps=6),
+    "ar-dense": tiny_run_argv("gossip", steps=4),
+    "ar-randomk": tiny_run_argv("gossip", "--compressor", "randomk", "--mode", "entire", "--ratio", "0.05", steps=4),
 }
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compressor-labels")
-    for name, args in RUNS.items():
-        anytimectl(*args, *COMMON, "--out", str(out), "--name", name)
-    return out
+def runs(shared_run):
+    return {name: shared_run(*argv) for name, argv in RUNS.items()}
 
 
 def legend(runs, tmp_path, kind: str, *names: str) -> list[str]:
     """The texts of the SVG figure `kind` of the runs `names` (axis titles and ticks included)."""
-    result = anytimectl("plot", *(str(runs / n) for n in names), "--type", kind, "--ext", "svg",
+    result = anytimectl("plot", *(str(runs[n]) for n in names), "--type", kind, "--ext", "svg",
                         "--out", str(tmp_path))
     written = [line for line in result.stdout.splitlines() if line.endswith(".svg")]
     assert len(written) == 1, result.stdout
