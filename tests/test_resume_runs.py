@@ -152,18 +152,20 @@ def _run_and_kill_after_checkpoint(args: tuple[str, ...], out: Path, name: str) 
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESS))
-def test_compress_resumes_exactly_after_a_rank_is_killed(tmp_path, name):
+def test_compress_resumes_exactly_after_a_rank_is_killed(shared_run, tmp_path, name):
     args = (*COMPRESS[name], *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N))
-    anytimectl(*args, "--out", str(tmp_path), "--name", "straight")
+    straight = shared_run(*args)
     killed = _run_and_kill_after_checkpoint((*args, "--slow", "2:25"), tmp_path, "killed")
     anytimectl("compress", "train", "--resume", str(killed), "--quiet")
-    _compare(tmp_path / "straight", killed)
+    _compare(straight, killed)
 
 
-def test_resume_refuses_changed_options_naming_each_and_accepts_a_repeated_command_line(tmp_path):
+def test_resume_refuses_changed_options_naming_each_and_accepts_a_repeated_command_line(shared_run, tmp_path):
+    """On a copy of the topk-ef test's straight run (conftest.py's shared_run) holding only the checkpoint of N:
+    what a run stopped after that checkpoint leaves."""
     args = (*COMPRESS["topk-ef"], *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N))
-    anytimectl(*args, "--out", str(tmp_path), "--name", "c")
     run = tmp_path / "c"
+    shutil.copytree(shared_run(*args), run)
     shutil.rmtree(checkpoints.step_dir(run, 2 * N))
     changed = anytimectl("compress", "train", "--resume", str(run), "--ratio", "0.1", "--momentum", "0.5",
                          check=False)

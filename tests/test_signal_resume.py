@@ -90,42 +90,42 @@ def _resume(command: str, run: Path, stopped: int, steps: int) -> None:
 
 
 @pytest.mark.parametrize("sig", ["USR1", "TERM"])
-def test_sync_amb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(tmp_path, sig):
+def test_sync_amb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_run, tmp_path, sig):
     """Simulated AMB, synchronous, with a time limit no round reaches (see test_amb_fmb_checkpoints.py: with a
-    limit that cuts rounds, the batches are whatever the clock allowed and no two runs are equal)."""
+    limit that cuts rounds, the batches are whatever the clock allowed and no two runs are equal). The straight
+    run, which no signal reaches, is one for both signals (conftest.py's shared_run)."""
     steps = 40
     chosen = [] if sig == "USR1" else ["--checkpoint-on-signal", sig]
     command = ["train", "amb", "--workers", "2", *SIM, "--partitions", "4", "--time-limit", "30", "--steps",
-               str(steps), "--checkpoint-every", str(steps), *chosen, "--out", str(tmp_path)]
-    anytimectl(*command, "--name", "straight")
+               str(steps), "--checkpoint-every", str(steps)]
+    straight = shared_run(*command)
     run = tmp_path / "signalled"
-    stopped = signal_mid_run([*command, "--name", "signalled"], run, sig)
+    stopped = signal_mid_run([*command, *chosen, "--out", str(tmp_path), "--name", "signalled"], run, sig)
     assert AFTER <= stopped < steps
     _resume("train amb", run, stopped, steps)
-    assert_same_rows(tmp_path / "straight", run, steps, stopped, 2,
-                     ("master_step", "rank", "num_samples", "partitions_done"))
-    assert metadata(run)["summary"]["examples"] == metadata(tmp_path / "straight")["summary"]["examples"]
-    assert_same_final_state(tmp_path / "straight", run, steps, 3)
+    assert_same_rows(straight, run, steps, stopped, 2, ("master_step", "rank", "num_samples", "partitions_done"))
+    assert metadata(run)["summary"]["examples"] == metadata(straight)["summary"]["examples"]
+    assert_same_final_state(straight, run, steps, 3)
 
 
 @pytest.mark.torch
 @pytest.mark.timeout(900)  # three torch jobs of two ranks on two shared cores
 @pytest.mark.parametrize("sig", ["USR1", "TERM"])
-def test_compress_topk_ef_stopped_by_the_schedulers_signal_resumes_bit_for_bit(tmp_path, sig):
+def test_compress_topk_ef_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_run, tmp_path, sig):
     """compress train, top-k 5% with error feedback: the model, the optimizer and every rank's error-feedback
     memory. `--slow 2:25` (it only sleeps: no arithmetic changes) makes the signalled run's steps long enough for
-    the signal to land well before its end."""
+    the signal to land well before its end. The straight run is one for both signals (conftest.py's shared_run)."""
     steps = 16
     chosen = [] if sig == "USR1" else ["--checkpoint-on-signal", sig]
     command = ["compress", "train", "--compressor", "topk", "--ratio", "0.05", "--error-feedback", "--workers", "2",
                "--test-size", "50", "--log-every", "4", "--quiet", "--steps", str(steps), "--checkpoint-every",
-               str(steps), *chosen, "--out", str(tmp_path)]
-    anytimectl(*command, "--name", "straight")
+               str(steps)]
+    straight = shared_run(*command)
     run = tmp_path / "signalled"
-    stopped = signal_mid_run([*command, "--slow", "2:25", "--name", "signalled"], run, sig)
+    stopped = signal_mid_run([*command, *chosen, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"],
+                             run, sig)
     assert AFTER <= stopped < steps
     _resume("compress train", run, stopped, steps)
-    straight = tmp_path / "straight"
     assert_same_rows(straight, run, steps, stopped, 2,
                      ("master_step", "rank", "num_samples", "batch_size", "payload_bytes"))
     for x, y in zip(_final_state(straight, steps), _final_state(run, steps), strict=True):
