@@ -79,7 +79,7 @@ def make(method: str, mode: str, dtype: str, feedback: bool, rescale: bool, thre
                   threshold=threshold,
                   levels=255, value_dtype=dtype, rescale=rescale, error_feedback=feedback, momentum=0.0,
                   nesterov=False, augment="none", log_every=None, lr_schedule="piecewise", lr_peak_epoch=None,
-                  lr_knots=None, method=method)
+                  lr_knots=None)
     config = make_config(CompressedConfig, **config)
     request = RunRequest(command="compress", method="compress", protocol="compressed", backend="torch",
                          dataset="digits", model=MODEL, config=config, launch=None, output=None, seed=SEED)
