@@ -149,3 +149,39 @@ def wait_for(predicate, what: str, seconds: float = 240) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def table_rows(run: Path, name: str = "master_stats") -> int:
+    """Complete data rows in a run's table so far (0 before it exists)."""
+    path = Path(run) / f"{name}.csv"
+    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+
+
+def signal_mid_run(args: list[str], run: Path, sig: str, after: int, seconds: float = 300) -> int:
+    """Start `anytimectl *args` as a user would, send it SIG<sig> (as a scheduler does) once step `after` is in
+    the run's table; the run must end `interrupted` with exit 130 and a checkpoint of the step it stopped at, which
+    is returned."""
+    import signal
+
+    from anytimectl.runtime import checkpoints
+
+    process = subprocess.Popen([sys.executable, "-m", "anytimectl", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def reached() -> bool:
+            assert process.poll() is None, f"the run ended before step {after}: {process.stderr.read()[-2000:]}"
+            return table_rows(run) >= after
+
+        wait_for(reached, f"step {after} of {Path(run).name}", seconds=seconds)
+        process.send_signal(getattr(signal, f"SIG{sig}"))
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, stderr[-3000:]
+    meta = metadata(run)
+    stopped = meta["summary"]["steps"]
+    assert meta["status"] == "interrupted" and f"SIG{sig}" in meta["reason"], meta.get("reason")
+    assert checkpoints.latest(run).step == stopped, "the checkpoint of the step the run stopped at"
+    return stopped

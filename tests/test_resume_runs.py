@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, anytimectl, metadata, ranks_of, table
+from helpers import REPO, anytimectl, metadata, ranks_of, signal_mid_run, table
 
 from anytimectl.runtime import checkpoints
 from anytimectl.runtime.rundir import read_trace
@@ -190,27 +190,8 @@ def test_the_checkpoint_signal_to_the_launcher_checkpoints_the_step_and_exits_13
     resumed, it completes with every step once."""
     chosen = () if sig == "USR1" else ("--checkpoint-on-signal", sig)
     args = ["train", "dynamic", "--policy", "static", "--batch-size", "16", "--steps", "100000", *COMMON, *chosen]
-    process = subprocess.Popen([sys.executable, "-m", "anytimectl", *args, "--out", str(tmp_path), "--name", "s"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
     run = tmp_path / "s"
-    try:
-        deadline = time.monotonic() + 240
-        while not ((run / "master_stats.csv").is_file() and len((run / "master_stats.csv").read_text().splitlines())
-                   > 6):
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
-            time.sleep(0.1)
-        process.send_signal(getattr(signal, f"SIG{sig}"))
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 130, stderr[-2000:]
-    meta = metadata(run)
-    stopped = meta["summary"]["steps"]
-    assert meta["status"] == "interrupted" and f"SIG{sig}" in meta["reason"]
-    assert checkpoints.latest(run).step == stopped
+    stopped = signal_mid_run([*args, "--out", str(tmp_path), "--name", "s"], run, sig, after=6, seconds=240)
     anytimectl("train", "dynamic", "--resume", str(run), "--steps", str(stopped + 3), "--quiet")
     assert table(run, "master_stats")["step"].tolist() == list(range(1, stopped + 4))
     assert metadata(run)["status"] == "completed"

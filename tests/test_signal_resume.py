@@ -10,18 +10,12 @@ the machine's load but always lies between that step and the end."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, anytimectl, metadata, table, wait_for
+from helpers import anytimectl, metadata, signal_mid_run, table, table_rows
 from test_amb_fmb_checkpoints import SIM, assert_same_final_state
 from test_resume_runs import _assert_equal_states, _final_state
-
-from anytimectl.runtime import checkpoints
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
@@ -29,34 +23,10 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 AFTER = 4
 
 
-def _rows(run: Path) -> int:
-    path = run / "master_stats.csv"
-    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
-
-
-def signal_mid_run(args: list[str], run: Path, sig: str) -> int:
-    """Start `anytimectl *args`, send SIG<sig> to it once step AFTER is in the table; the run must end interrupted
-    (exit 130) with a checkpoint of the step it stopped at, which is returned."""
-    process = subprocess.Popen([sys.executable, "-m", "anytimectl", *args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        def reached() -> bool:
-            assert process.poll() is None, f"the run ended before step {AFTER}: {process.stderr.read()[-2000:]}"
-            return _rows(run) >= AFTER
-
-        wait_for(reached, f"step {AFTER} of {run.name}", seconds=300)
-        process.send_signal(getattr(signal, f"SIG{sig}"))
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    assert process.returncode == 130, stderr[-3000:]
-    meta = metadata(run)
-    stopped = meta["summary"]["steps"]
-    assert meta["status"] == "interrupted" and f"SIG{sig}" in meta["reason"], meta.get("reason")
-    assert checkpoints.latest(run).step == stopped, "the checkpoint of the step the run stopped at"
-    assert _rows(run) == stopped
+def signalled(args: list[str], run: Path, sig: str) -> int:
+    """`helpers.signal_mid_run` at step AFTER; the tables then hold exactly the steps the run made."""
+    stopped = signal_mid_run(args, run, sig, after=AFTER)
+    assert table_rows(run) == stopped
     return stopped
 
 
@@ -100,7 +70,7 @@ def test_sync_amb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_ru
                str(steps), "--checkpoint-every", str(steps)]
     straight = shared_run(*command)
     run = tmp_path / "signalled"
-    stopped = signal_mid_run([*command, *chosen, "--out", str(tmp_path), "--name", "signalled"], run, sig)
+    stopped = signalled([*command, *chosen, "--out", str(tmp_path), "--name", "signalled"], run, sig)
     assert AFTER <= stopped < steps
     _resume("train amb", run, stopped, steps)
     assert_same_rows(straight, run, steps, stopped, 2, ("master_step", "rank", "num_samples", "partitions_done"))
@@ -122,7 +92,7 @@ def test_compress_topk_ef_stopped_by_the_schedulers_signal_resumes_bit_for_bit(s
                str(steps)]
     straight = shared_run(*command)
     run = tmp_path / "signalled"
-    stopped = signal_mid_run([*command, *chosen, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"],
+    stopped = signalled([*command, *chosen, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"],
                              run, sig)
     assert AFTER <= stopped < steps
     _resume("compress train", run, stopped, steps)
@@ -140,7 +110,7 @@ def test_sync_fmb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(tmp_path)
                "--out", str(tmp_path)]
     anytimectl(*command, "--name", "straight")
     run = tmp_path / "signalled"
-    stopped = signal_mid_run([*command, "--name", "signalled"], run, "USR1")
+    stopped = signalled([*command, "--name", "signalled"], run, "USR1")
     assert AFTER <= stopped < steps
     _resume("train fmb", run, stopped, steps)
     assert_same_rows(tmp_path / "straight", run, steps, stopped, 2, ("master_step", "rank", "num_samples"))
@@ -160,7 +130,7 @@ def test_elastic_gossip_stopped_by_the_schedulers_signal_resumes_bit_for_bit(tmp
                "--checkpoint-on-signal", "TERM", "--out", str(tmp_path)]
     anytimectl(*command, "--name", "straight")
     run = tmp_path / "signalled"
-    stopped = signal_mid_run([*command, "--name", "signalled"], run, "TERM")
+    stopped = signalled([*command, "--name", "signalled"], run, "TERM")
     assert AFTER <= stopped < steps
     _resume("train gossip", run, stopped, steps)
     straight = tmp_path / "straight"
