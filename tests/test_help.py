@@ -143,18 +143,26 @@ def _entry(text: str, flag: str) -> str:
 
 def test_help_imports_no_framework():
     """`--help` of a training command imports neither TensorFlow nor torch (nor rich: plain help is enough)."""
-    code = ("import sys, contextlib, io\n"
+    paths = [["train", "amb"], ["train", "gossip"], ["compress", "train"], ["train", "dynamic"]]
+    loaded = _after_help(paths, "sorted(m for m in ('tensorflow', 'torch', 'rich.console') if m in sys.modules)")
+    assert loaded == "[]", loaded
+
+
+def _after_help(paths: list[list[str]], report: str) -> str:
+    """In a fresh interpreter, run `anytimectl PATH --help` for each path (its output discarded), then print the
+    Python expression `report` (which may use sys and json); returns what it printed."""
+    code = ("import json, sys, contextlib, io\n"
             "from anytimectl.cli.app import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    for path in (['train', 'amb'], ['train', 'gossip'], ['compress', 'train'], ['train', 'dynamic']):\n"
+            f"    for path in {paths!r}:\n"
             "        try:\n"
             "            main([*path, '--help'])\n"
             "        except SystemExit:\n"
             "            pass\n"
-            "print(sorted(m for m in ('tensorflow', 'torch', 'rich.console') if m in sys.modules))\n")
+            f"print({report})\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]", result.stdout
+    return result.stdout.strip()
 
 
 def test_every_command_is_listed_by_its_own_summary():
@@ -181,20 +189,11 @@ OWN_MODULE = {("train", "gossip"): "train_gossip", ("train", "dynamic"): "train_
 def test_help_imports_only_its_own_command(path):
     """`anytimectl --help` imports no command module, and a command's `--help` only its own: never numpy, MPI,
     pandas, matplotlib, a protocol's step or the run shell (each command imports them when it runs)."""
-    code = ("import json, sys, contextlib, io\n"
-            "from anytimectl.cli.app import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    try:\n"
-            f"        main({list(path)!r} + ['--help'])\n"
-            "    except SystemExit:\n"
-            "        pass\n"
-            "heavy = ('numpy', 'mpi4py', 'pandas', 'matplotlib', 'anytimectl.protocols.peer',\n"
-            "         'anytimectl.protocols.master_worker', 'anytimectl.runtime.shell', 'anytimectl.comm.mpi')\n"
-            "commands = [m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('anytimectl.cli.commands.')]\n"
-            "print(json.dumps([[m for m in heavy if m in sys.modules], commands]))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    heavy, commands = json.loads(result.stdout)
+    heavy = ("numpy", "mpi4py", "pandas", "matplotlib", "anytimectl.protocols.peer",
+             "anytimectl.protocols.master_worker", "anytimectl.runtime.shell", "anytimectl.comm.mpi")
+    report = (f"json.dumps([[m for m in {heavy!r} if m in sys.modules], "
+              "[m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('anytimectl.cli.commands.')]])")
+    heavy, commands = json.loads(_after_help([list(path)], report))
     assert heavy == []
     own = {OWN_MODULE[path], "common", "resume"} if path in OWN_MODULE else set()
     assert set(commands) <= own and (path not in OWN_MODULE or OWN_MODULE[path] in commands), commands
