@@ -70,19 +70,19 @@ def _seed(run) -> object:
     return run.config.get("seed", run.meta.get("seed"))
 
 
-def baselines_of(runs, spec: str | None) -> list[int | None]:
-    """The baseline run of each run: one run for all, or, across seeds, the baseline method's run of the same
-    seed (None where that seed has none)."""
-    base = resolve_baseline(runs, spec)
-    by_method = spec is None or _names_a_method(runs, spec)
+def baselines_of(runs, spec: str | None) -> tuple[list[int | None], str | None]:
+    """The baseline run of each run, and the method whose runs are the baselines when it is one per seed: one run
+    for all, or, across seeds with a baseline chosen by method, that method's run of the same seed (None where
+    that seed has none)."""
+    base, by_method = _resolve_baseline(runs, spec)
     if not by_method or len({_seed(r) for r in runs}) < 2:
-        return [base] * len(runs)
+        return [base] * len(runs), None
     method = runs[base].method
     first_of_seed: dict[object, int] = {}
     for i, run in enumerate(runs):
         if run.method == method:
             first_of_seed.setdefault(_seed(run), i)
-    return [first_of_seed.get(_seed(run)) for run in runs]
+    return [first_of_seed.get(_seed(run)) for run in runs], method
 
 
 def _labelled_with_seed(run) -> str:
@@ -90,32 +90,30 @@ def _labelled_with_seed(run) -> str:
     return run.label if "seed" in run.label.lower() else f"{run.label} seed {_seed(run)}"
 
 
-def _names_a_method(runs, spec: str) -> bool:
-    text = spec.strip().lower()
-    if text.isdigit() or any(text in (r.name.lower(), r.label.lower(), r.label.split(" (")[0].lower()) for r in runs):
-        return False
-    return any(r.method == text for r in runs)
-
-
 def resolve_baseline(runs, spec: str | None) -> int:
     """Index of the baseline run: --baseline as a 1-based index, a run name, a label or a method; by default
     the first FMB run, else the first run."""
+    return _resolve_baseline(runs, spec)[0]
+
+
+def _resolve_baseline(runs, spec: str | None) -> tuple[int, bool]:
+    """`resolve_baseline`, and whether the run was chosen by its method (the default, or --baseline naming one)."""
     if spec is None:
-        return next((i for i, r in enumerate(runs) if r.method == "fmb"), 0)
+        return next((i for i, r in enumerate(runs) if r.method == "fmb"), 0), True
     text = spec.strip()
     if text.isdigit():
         i = int(text)
         if 1 <= i <= len(runs):
-            return i - 1
+            return i - 1, False
         raise UsageError(f"--baseline {spec}: no run number {i}; runs are numbered 1 to {len(runs)}")
     low = text.lower()
     for key in (lambda r: r.name, lambda r: r.label, lambda r: r.label.split(" (")[0]):
         matches = [i for i, r in enumerate(runs) if key(r).lower() == low]
         if len(matches) == 1:
-            return matches[0]
+            return matches[0], False
     methods = [i for i, r in enumerate(runs) if r.method == low]
     if len(methods) >= 1:
-        return methods[0]
+        return methods[0], True
     choices = "; ".join(f"{i + 1} = {r.label}" for i, r in enumerate(runs))
     raise UsageError(f"--baseline {spec!r} matches no run; give a number, run name, label or method ({choices})")
 
@@ -125,20 +123,19 @@ def time_to_target(ctx: Context):
     target = target_of(ctx)
     span = ctx.opts.smooth if ctx.opts.smooth and ctx.opts.smooth > 1 else 0.0
     runs = ctx.runs
-    bases = baselines_of(runs, ctx.opts.baseline)
+    bases, per_seed_method = baselines_of(runs, ctx.opts.baseline)
     reached = [reach(r.master, target, span) for r in runs]
     times = [x[0] if x else None for x in reached]
     ups = [None if b is None else speedups(times, b)[i] for i, b in enumerate(bases)]
     how = f"EWM span {span:g}" if span else "raw curve"
 
-    if len(set(bases)) == 1:
+    if per_seed_method is None:
         against = f"baseline [{bases[0] + 1}] {runs[bases[0]].label}"
     else:
-        method = runs[resolve_baseline(runs, ctx.opts.baseline)].method
-        against = f"baseline: the {method} run of the same seed"
+        against = f"baseline: the {per_seed_method} run of the same seed"
     ctx.note(f"time to {target.text} ({how}; first logged row at or past the target), {against}:")
     for i, (run, hit, up) in enumerate(zip(runs, reached, ups, strict=True)):
-        label = _labelled_with_seed(run) if len(set(bases)) > 1 else run.label
+        label = _labelled_with_seed(run) if per_seed_method else run.label
         if hit is None:
             best = _best(run.master, target)
             ctx.note(f"  [{i + 1}] {label}: not reached (best {best:.4g})")
@@ -203,8 +200,7 @@ def time_to_target(ctx: Context):
         )
         text = "(baseline)" if bases[i] == i else (f"speedup ×{up:.2f}" if up is not None else "")
         ax_bar.text(t / scale_b, i, f"  {style.format_duration(t)}  {text}", va="center", ha="left", fontsize=9)
-    per_seed = len(set(bases)) > 1
-    ax_bar.set_yticks(y, [_labelled_with_seed(r) if per_seed else r.label for r in runs], fontsize=9)
+    ax_bar.set_yticks(y, [_labelled_with_seed(r) if per_seed_method else r.label for r in runs], fontsize=9)
     ax_bar.set_ylim(len(runs) - 0.4, -0.6)
     ax_bar.grid(axis="y", visible=False)
     right = max(reached_times) / scale_b if reached_times else 1.0
