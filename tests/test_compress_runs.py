@@ -105,7 +105,7 @@ def test_qsgd_entire_under_the_original_names(qsgd_run):
     steps = math.ceil(0.25 * TRAIN / 64)
     assert printed["steps"] == steps and printed["status"] == "completed"
     assert printed["compression_ratio"] == pytest.approx(4 * trainable / workers.payload_bytes.mean())
-    assert printed["method"] == "qsgd" and printed["mode"] == "entire"
+    assert printed["compressor"] == "qsgd" and printed["mode"] == "entire"
     # --log-every left out: the whole test set once an epoch, and at the end
     assert meta["config"]["log_every"] == round(TRAIN / 64) and meta["config"]["test_size"] == 60
 

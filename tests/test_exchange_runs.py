@@ -41,11 +41,11 @@ def test_topk_with_error_feedback_trains_dbs_and_gossip_allreduce(shared_run, co
     run = shared_run(*tiny_run_argv(command, *TOPK_EF, steps=6))
     meta, workers = _check_columns(run, 6)
     assert meta["config"]["compressor"] == "topk" and meta["config"]["error_feedback"] is True
-    assert meta["compression"]["method"] == "topk" and meta["compression"]["error_feedback"] is True
+    assert meta["compression"]["compressor"] == "topk" and meta["compression"]["error_feedback"] is True
     dense = 4 * meta["compression"]["trainable_parameters"]
     assert (workers["dense_bytes"] == dense).all() and (workers["payload_bytes"] < dense / 20).all()
     summary = meta["summary"]["compression"]
-    assert summary["method"] == "topk" and summary["compression_ratio"] > 20
+    assert summary["compressor"] == "topk" and summary["compression_ratio"] > 20
     assert summary["payload_bytes"] == workers["payload_bytes"].sum()
     if command == "gossip":  # every rank applies the same decoded sum: one model
         assert meta["summary"]["test_accuracy_per_worker"]["1"] == meta["summary"]["test_accuracy_per_worker"]["2"]
@@ -67,7 +67,7 @@ def test_each_new_exchange_trains_through_every_method(shared_run, command, meth
     run = shared_run(*tiny_run_argv(command, "--compressor", method, steps=3))
     meta, workers = _check_columns(run, 3)
     compression = meta["compression"]
-    assert compression["method"] == method
+    assert compression["compressor"] == method
     assert compression["pattern"] == ("all-reduce" if method in ("fp16", "bf16") else "all-gather")
     assert (workers["payload_bytes"] == _expected_payload(method, compression)).all()
     assert compression["error_feedback"] is (method == "ef-signsgd")

@@ -50,6 +50,7 @@ def test_an_elastic_run_writes_partners_bytes_and_validation(runs):
     run = runs / "elastic"
     meta = metadata(run)
     assert meta["status"] == "completed" and meta["world_size"] == 3 and meta["gossip"]["lag"] == 16
+    assert meta["gossip"]["rule"] == meta["config"]["rule"] == "elastic"
     assert "torch" in meta["versions"] and "mpi4py" in meta["versions"]
     assert meta["config"]["rule"] == "elastic" and meta["config"]["batch_size"] == 64 // 3 \
         and meta["config"]["global_batch_size"] == 64
@@ -89,14 +90,14 @@ def test_allreduce_keeps_every_worker_on_the_same_model(runs):
     for _, rows in workers.groupby("master_step"):
         assert rows["val_loss"].nunique() == 1  # identical models give identical validation losses
     summary = metadata(runs / "allreduce")["summary"]
-    assert summary["gossip_method"] == "allreduce"
+    assert summary["gossip_rule"] == "allreduce"
     assert summary["test_accuracy_per_worker"]["1"] == summary["test_accuracy_per_worker"]["2"]
     assert abs(summary["agg_test_accuracy"] - summary["test_accuracy_per_worker"]["1"]) < 1e-9
 
 
 def test_one_worker_trains_locally(runs):
     meta = metadata(runs / "local")
-    assert meta["world_size"] == 1 and meta["config"]["rule"] == "local"
+    assert meta["world_size"] == 1 and meta["config"]["rule"] == meta["gossip"]["rule"] == "local"
     assert meta["summary"]["steps"] == 10 and meta["summary"]["bytes_sent_per_update"] == 0
 
 

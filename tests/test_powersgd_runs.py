@@ -32,7 +32,7 @@ def _check_bytes(run, start: int) -> dict:
     once); master_stats has both workers' payloads."""
     meta = metadata(run)
     compression = meta["compression"]
-    assert compression["method"] == "powersgd" and compression["pattern"] == "all-reduce"
+    assert compression["compressor"] == "powersgd" and compression["pattern"] == "all-reduce"
     trainable = compression["trainable_parameters"]
     floats = _floats_per_step(compression)
     assert floats < trainable / 10 and compression["floats_per_step"] == floats

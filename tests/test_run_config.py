@@ -59,6 +59,30 @@ def test_a_record_that_does_not_fit_is_refused_in_one_line_naming_each_key():
     assert "backend_options" not in message
 
 
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("workers", "4", "a whole number or null"), ("learning_rate", True, "a number"), ("seed", 1.5, "a whole number"),
+    ("lr_staircase", 1, "true or false"), ("input_shape", [8, "8"], "a list of a whole number"),
+    ("backend_options", [1], "an object or null"), ("model", None, "text")])
+def test_a_value_of_the_wrong_type_is_refused_in_one_line_naming_the_field(field, value, expected):
+    """A hand-edited metadata.json: the refusal names the field, the value and the type, before any rank starts
+    (a string where a number belongs would otherwise fail as a TypeError deep inside every rank)."""
+    recorded = json.loads(json.dumps(make_config(MasterWorkerConfig, **OWN[MasterWorkerConfig]).record()))
+    recorded[field] = value
+    with pytest.raises(UsageError) as refused:
+        MasterWorkerConfig.from_record(recorded, where="--resume runs/x")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"--resume runs/x: its config's {field} is {value!r}, not ")
+    assert f"not {expected};" in message
+
+
+def test_values_a_json_round_trip_may_change_still_fit():
+    """An int where a float is declared (JSON writes 1.0 as 1.0, but a hand-written 1 is fine), None in optional
+    fields, nested lists."""
+    recorded = json.loads(json.dumps(make_config(CompressedConfig, **OWN[CompressedConfig]).record()))
+    recorded.update(learning_rate=1, lr_knots=[[0, 0.0], [5, 0.4]], epochs=None, threads=2)
+    assert CompressedConfig.from_record(recorded).learning_rate == 1
+
+
 def test_a_command_refuses_a_field_its_class_does_not_have_at_build_time():
     with pytest.raises(TypeError, match="renamed_field"):
         make_config(GossipConfig, **OWN[GossipConfig], renamed_field=1)
@@ -79,6 +103,14 @@ def test_a_run_records_its_protocols_class_whole_and_resume_refuses_a_record_of_
     assert refused.returncode == 2, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key(s) renamed_option" in lines[0] and "missing key(s) partitions" in lines[0]
+    meta["config"]["partitions"] = meta["config"].pop("renamed_option")
+    meta["config"]["steps"] = "4"  # read by --resume's own checks before the config is rebuilt
+    (run / "metadata.json").write_text(json.dumps(meta))
+    refused = anytimectl("train", "amb", "--resume", str(run), "--steps", "6", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"anytimectl: error: --resume {run}: its config's steps is '4', not a whole number or null; correct it in the "
+        "file (was it edited by hand?) or start a new run"]
 
 
 @pytest.mark.parametrize(("name", "cls"), [("master_worker", MasterWorkerConfig),

@@ -165,8 +165,8 @@ class Exchange(ABC):
         """Run the encoder once on a throwaway copy (no state touched), so the first step's times are real."""
 
     def describe(self) -> dict[str, Any]:
-        """Method, options and pattern, for run metadata."""
-        return {"method": self.options.compressor, "pattern": "all-reduce" if self.linear else "all-gather"}
+        """Compressor, options and pattern, for run metadata."""
+        return {"compressor": self.options.compressor, "pattern": "all-reduce" if self.linear else "all-gather"}
 
     @property
     def world(self) -> int:
@@ -205,7 +205,7 @@ class DenseExchange(Exchange):
         return buffer
 
     def describe(self) -> dict[str, Any]:
-        return {"method": "none", "mode": "dense", "error_feedback": False, "pattern": "all-reduce",
+        return {"compressor": "none", "mode": "dense", "error_feedback": False, "pattern": "all-reduce",
                 "sum": "float32"}
 
 

@@ -76,6 +76,6 @@ class CastExchange(Exchange):
         return reduced
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.options.compressor, "mode": "dense", "error_feedback": False,
+        return {"compressor": self.options.compressor, "mode": "dense", "error_feedback": False,
                 "pattern": "all-reduce", "sum": f"{self.kind}, each addition rounded to it, after dividing by the "
                 "world size in it (torch's compress hooks); times the world size in float32 after"}

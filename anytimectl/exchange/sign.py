@@ -114,7 +114,7 @@ class SignExchange(GatherExchange):
         self.residual[:] = residual
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.options.compressor, "mode": self.mode, "error_feedback": self.error_feedback,
+        return {"compressor": self.options.compressor, "mode": self.mode, "error_feedback": self.error_feedback,
                 "tensors": len(self.sizes), "pattern": "all-gather",
                 "aggregate": "majority vote x summed l1 scales" if self.vote else "sum of scaled signs"}
 

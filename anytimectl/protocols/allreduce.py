@@ -139,7 +139,7 @@ class AllReduceProtocol(PeerProtocol[P]):
         payload, dense, extra = (float(v) for v in everyone[:, :3].sum(axis=0))
         steps = max(1, self.clock.row[self.layout["step"]] - self.start_step)
         described = self.exchange.describe()
-        return {"method": described["method"], "mode": described.get("mode", "dense"),
+        return {"compressor": described["compressor"], "mode": described.get("mode", "dense"),
                 "error_feedback": bool(described.get("error_feedback", False)),
                 "payload_bytes": int(payload), "dense_bytes": int(dense), "extra_bytes": int(extra),
                 "compression_ratio": dense / payload if payload else None,

@@ -97,7 +97,6 @@ class CompressedProtocol(AllReduceProtocol[CompressedConfig]):
             raise UsageError(f"--batch-size {self.batch} x {self.size} workers is more than the "
                              f"{len(self.dataset.x_train)} training examples; lower --batch-size")
         super().prepare()
-        self.method = self.exchange_options.compressor
         end = self._end_epoch()
         self.knots = schedule_knots(float(c.learning_rate), end, c.lr_peak_epoch)
         self.schedule = Schedule("piecewise", base=float(c.learning_rate), knots=self.knots)

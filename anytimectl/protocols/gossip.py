@@ -120,7 +120,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
         if requested == "local" and self.size > 1:
             raise UsageError(f"--method local runs one process, not {self.size}; drop --workers (or use 1)")
         #: one worker is local training whatever was asked, as in the original
-        self.method = requested if self.size > 1 else "local"
+        self.rule = requested if self.size > 1 else "local"
         # Every rank's own stream of randomness (dropout, augmentation): seed + rank, like the original. The
         # initial parameters are rank 0's (broadcast by PeerProtocol), so they do not depend on it.
         configure(self.context.request.backend, self.context.rank.threads, self.seed + self.rank)
@@ -129,7 +129,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
         if self.per_worker < 1:
             raise UsageError(f"--global-batch-size {c.global_batch_size} is split over the workers: it must be at "
                              f"least the number of workers ({self.size})")
-        self.lag = 1 if self.method in ("allreduce", "local") else GOSSIP_LAG
+        self.lag = 1 if self.rule in ("allreduce", "local") else GOSSIP_LAG
         self.gossip = GossipSchedule.create(self.size, self.seed, prob=float(c.agg_prob),
                                             period=int(c.agg_period), weighted=bool(c.weighted),
                                             penalty=float(c.penalty))
@@ -157,7 +157,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(),
-                "gossip": {"method": self.method, "lag": self.lag, "per_worker_batch": self.per_worker,
+                "gossip": {"rule": self.rule, "lag": self.lag, "per_worker_batch": self.per_worker,
                            "validation_examples": len(self.x_val), "training_examples": len(self.dataset.x_train),
                            "trainable_parameters": self.trainable}}
 
@@ -165,9 +165,9 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
         def partners(value: float, worker: int, step: int) -> str:
             if math.isfinite(value):
                 ranks = mask_partners(value)
-            elif self.method == "allreduce":
+            elif self.rule == "allreduce":
                 ranks = [r for r in range(self.size) if r != worker - 1]
-            elif self.method in ("elastic", "gossip"):  # worlds beyond MASK_RANKS: the same derivation the rank used
+            elif self.rule in ("elastic", "gossip"):  # worlds beyond MASK_RANKS: the same derivation the rank used
                 ranks = list(partners_of(self.gossip.choices(step), worker - 1))
             else:
                 ranks = []
@@ -184,7 +184,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
         self._last_step = step
         if self._bytes_at_start is None:
             self._bytes_at_start = (self.comm.bytes.sent, self.comm.bytes.received) if self.comm is not None else (0, 0)
-        if self.method == "allreduce":
+        if self.rule == "allreduce":
             result = super().step(step, learning_rate)
             self._mark(NO_PEER, self._everyone, self.size - 1)
             self._validate(step)
@@ -194,7 +194,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
         self.stream.advance(examples)
         self.clock.computed(examples)
         row[f["batch_size"]] = self.per_worker
-        choices = self.gossip.choices(step) if self.method in ("elastic", "gossip") else None
+        choices = self.gossip.choices(step) if self.rule in ("elastic", "gossip") else None
         partners = partners_of(choices, self.rank) if choices is not None else ()
         peer = int(choices[self.rank]) if choices is not None else NO_PEER
         if self.rank == 0 and choices is not None and (choices != NO_PEER).any():
@@ -202,7 +202,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
                              chose=[[int(i) + 1, int(p) + 1] for i, p in enumerate(choices) if p != NO_PEER])
         if partners:
             own = np.array(self.engine.get_params()[:self.trainable], dtype=np.float32)  # pre-step, kept
-            if self.method == "elastic":
+            if self.rule == "elastic":
                 sends, pulls = list(partners), list(partners)
             else:
                 sends = [int(j) for j in np.flatnonzero(choices == self.rank)]
@@ -212,7 +212,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
             self.clock.sent(ready)
             self.clock.received()
             loss = self.engine.apply(buffer, learning_rate)
-            if self.method == "elastic":
+            if self.rule == "elastic":
                 correction = elastic_correction(own, [received[p] for p in partners], self.alpha)
             else:
                 correction = pull_correction(own, received[peer]) if pulls else None
@@ -282,7 +282,7 @@ class GossipProtocol(AllReduceProtocol[GossipConfig]):
         workers = range(1, self.size + 1)
         updates = max(1, self._last_step - self.start_step)
         summary = {
-            "gossip_method": self.method,
+            "gossip_rule": self.rule,
             "test_accuracy_per_worker": {w: float(everyone[w - 1, 1]) for w in workers},
             "test_loss_per_worker": {w: float(everyone[w - 1, 0]) for w in workers},
             "agg_test_accuracy": float(agg_accuracy),

@@ -18,6 +18,8 @@ its own.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -99,7 +101,18 @@ class RunConfig:
                     ([f"missing key(s) {', '.join(missing)}"] if missing else [])
             raise UsageError(f"{where}: its config does not fit this version's {cls.__name__} "
                              f"({'; '.join(parts)}); the run cannot be continued by this version")
+        cls.check_values(recorded, where)
         return cls(**recorded)
+
+    @classmethod
+    def check_values(cls, recorded: dict[str, Any], where: str = "metadata.json") -> None:
+        """Refuse, in one line, a recorded value that is not of its field's type (keys the class does not know are
+        `from_record`'s to refuse). `--resume` calls it before it reads any value."""
+        hints = typing.get_type_hints(cls)
+        for name, value in _renaming(recorded, cls.renamed).items():
+            if name in hints and not _fits(value, hints[name]):
+                raise UsageError(f"{where}: its config's {name} is {value!r}, not {_type_name(hints[name])}; "
+                                 f"correct it in the file (was it edited by hand?) or start a new run")
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -243,6 +256,46 @@ def _renaming(recorded: dict[str, Any], renamed: dict[str, str]) -> dict[str, An
             value = out.pop(old)
             out.setdefault(new, value)
     return out
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a value read from JSON is of a field's annotated type (the types the configs use: None, bool, int,
+    float, str, Any, unions, list[...] and dict[str, ...]); an int is a float, a bool is neither."""
+    if annotation is Any:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(annotation) or (Any, Any)
+        return isinstance(value, dict) and all(_fits(k, key) and _fits(v, item) for k, v in value.items())
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    """`int or None`, `a list of float`: the annotation as the one-line refusal says it."""
+    if annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(annotation))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return "an object"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def current_keys(method: str | None, recorded: dict[str, Any]) -> dict[str, Any]:

@@ -205,7 +205,7 @@ def test_layouts_from_engine_slices_dicts_and_pairs():
     with pytest.raises(ValueError, match="at least one"):
         segments([(0, 0)])
     codec = make_codec("qsgd", slices, levels=3)
-    assert codec.size == 8 and codec.describe() == {"method": "qsgd", "levels": 3, "mode": "layerwise",
+    assert codec.size == 8 and codec.describe() == {"compressor": "qsgd", "levels": 3, "mode": "layerwise",
                                                     "error_feedback": False, "tensors": 2}
 
 

@@ -165,6 +165,8 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
         raise UsageError(f"--resume {run_dir}: not a {rules.words} run (it is {metadata.get('command')} "
                          f"{metadata.get('method')}); resume it with its own command")
     recorded = current_keys(rules.method, dict(metadata["config"]))
+    protocol = load_protocol(rules.protocol)
+    protocol.config_class.check_values(recorded, where=f"--resume {run_dir}")
     if not rules.extendable:
         for name in LENGTH_OPTIONS:
             if name in given and _comparable(getattr(length, name)) != _comparable(recorded.get(name)):
@@ -181,7 +183,6 @@ def resume_run(rules: ResumeRules, given: set[str], values: dict[str, Any], chec
                          f"change them: {'; '.join(differ)} (only {allowed}, the launch options, "
                          "--checkpoint-every/--keep-checkpoints and --quiet/--json/--live may change)")
     point = resume_point(run_dir, metadata, warn=_says_warnings())
-    protocol = load_protocol(rules.protocol)
     if not getattr(protocol, "supports_checkpoints", False):
         raise UsageError(f"--resume: {rules.words} does not write checkpoints yet")
     ranks = int(point.manifest["ranks"])

@@ -147,7 +147,7 @@ class Codec:
         method_id, flags, step = HEADER.unpack(body[:HEADER_BYTES].tobytes())
         if method_id != self.compressor.method_id or flags != self._flags:
             raise ValueError(f"payload was encoded with method id {method_id}, flags {flags}; this codec uses "
-                             f"{self.compressor.method_id}, {self._flags} ({self.describe()['method']}, {self.mode})")
+                             f"{self.compressor.method_id}, {self._flags} ({self.compressor.name}, {self.mode})")
         return step, self.encoding.unpack(body[HEADER_BYTES:], self.sizes, step, self.seed)
 
     def decompress(self, messages: Sequence[Message]) -> np.ndarray:
@@ -202,8 +202,8 @@ class Codec:
         return self.encoding.bound_bits(self.sizes, counts)
 
     def describe(self) -> dict[str, Any]:
-        """Method, options, mode and error feedback, for run metadata."""
-        return {"method": self.compressor.name, **self.compressor.options(), "mode": self.mode,
+        """Compressor, options, mode and error feedback, for run metadata."""
+        return {"compressor": self.compressor.name, **self.compressor.options(), "mode": self.mode,
                 "error_feedback": self.error_feedback, "tensors": len(self.sizes)}
 
 

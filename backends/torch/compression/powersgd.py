@@ -218,7 +218,7 @@ class PowerSGD:
 
     def describe(self) -> dict[str, Any]:
         """Options and layout facts, for run metadata."""
-        return {"method": "powersgd", "mode": "layerwise", "rank": self.rank, "start_iter": self.start_iter,
+        return {"compressor": "powersgd", "mode": "layerwise", "rank": self.rank, "start_iter": self.start_iter,
                 "min_compression_rate": self.min_compression_rate, "error_feedback": self.error_feedback,
                 "warm_start": self.warm_start, "epsilon": self.epsilon, "residual": self.residual_kind,
                 "compressed_tensors": len(self.matrices), "uncompressed_tensors": len(self.uncompressed_spans),
