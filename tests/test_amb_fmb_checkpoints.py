@@ -165,13 +165,34 @@ def test_async_amb_resume_after_kill_9_continues_from_the_checkpoint(tmp_path):
     assert progress == final["master"]["examples"] == workers["num_samples"].sum()
     for rank, rows in workers.groupby("rank"):  # each worker's count of contributions goes on, never back
         assert rows["worker_step"].is_monotonic_increasing, rank
-    # no example is applied twice: what the workers handed over covers the tables and the last checkpoint's queue
-    # (contributions taken but not applied), with those in flight at the checkpoint the only ones lost
+    assert_every_contribution_once(resumed, 16, 2)
+
+
+def assert_every_contribution_once(run: Path, steps: int, workers: int) -> None:
+    """An asynchronous run's tables and its last checkpoint (quiescent: taken after the stop) against what each
+    worker handed over: every contribution, named by (worker, worker_step), is once either applied (a row of
+    worker_stats) or in the master's queue (taken, not applied), for worker_step 1 to the worker's count; and the
+    examples the master applied plus those queued are the examples the workers sent. Across a resume this says
+    that the contributions in flight at the checkpoint were neither lost nor applied twice."""
+    from anytimectl.protocols.async_master_worker import ASYNC_LAYOUT
+
+    final = engine_state(run, steps)
     queue = final["master"]["queue"]
-    queued = float(queue["accumulated"][-2]) if queue["rows"] else 0.0
-    queued += sum(float(data[-2]) for _, _, data, _ in queue["held"])
-    handed = sum(engine_state(resumed, 16, r)["worker"]["examples_sent"] for r in (1, 2))
-    assert progress + queued <= handed
+    assert not final["master"].get("in_flight")  # the last checkpoint is taken after the stop: nothing in flight
+    workers_table = table(run, "worker_stats")
+    number = ASYNC_LAYOUT["worker_step"]
+    queued_rows = [(int(rank), row) for rank, row in zip(queue["ranks"], queue["rows"], strict=True)]
+    queued_rows += [(int(rank), row) for _, rank, _, row in queue["held"]]
+    for rank in range(1, workers + 1):
+        sent = engine_state(run, steps, rank)["worker"]["contributions"]
+        applied = workers_table[workers_table["rank"] == rank]["worker_step"].astype(int).tolist()
+        queued = [int(row[number]) for r, row in queued_rows if r == rank]
+        assert sorted(applied + queued) == list(range(1, sent + 1)), (rank, sorted(applied), sorted(queued), sent)
+    queued_examples = float(queue["accumulated"][-2]) if queue["rows"] else 0.0
+    queued_examples += sum(float(data[-2]) for _, _, data, _ in queue["held"])
+    handed = sum(engine_state(run, steps, r)["worker"]["examples_sent"] for r in range(1, workers + 1))
+    assert final["master"]["examples"] == workers_table["num_samples"].sum()
+    assert final["master"]["examples"] + queued_examples == handed
 
 
 def test_resume_refuses_another_method_protocol_worker_count_and_model_in_one_line(tmp_path):
