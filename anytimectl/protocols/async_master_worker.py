@@ -42,7 +42,6 @@ reached before the stop (it took no model between the mark and the stop) is remo
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 import time
@@ -434,8 +433,9 @@ class CheckpointCuts:
         self.newest: dict[int, int] = {}  # rank -> the highest worker_step taken from it
 
     def start(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
-        """The master's state after the update of `step` (copied: the master goes on changing it)."""
-        self.open[step] = {"state": copy.deepcopy(state), "info": dict(info), "taken": []}
+        """The master's state after the update of `step`: detached from the live master and engine (Engine.state
+        and Master.state return copies), so the steps made meanwhile do not change it."""
+        self.open[step] = {"state": state, "info": dict(info), "taken": []}
 
     def taken(self, rank: int, data: np.ndarray, stats: np.ndarray) -> None:
         number = int(stats[ASYNC_LAYOUT["worker_step"]])
