@@ -20,7 +20,6 @@ from test_amb_fmb_checkpoints import (
     ASYNC_LENGTH,
     FRAMEWORK_STEPS,
     SIM,
-    TF_AMB,
     TORCH_FMB,
     assert_async_resume_continues,
     assert_same_final_state,
@@ -237,12 +236,3 @@ def test_torch_fmb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_r
     assert_same_rows(straight, run, FRAMEWORK_STEPS, stopped, 2, ("master_step", "rank", "num_samples"))
     assert_same_final_state(straight, run, FRAMEWORK_STEPS, 3)
 
-
-@pytest.mark.timeout(900)
-def test_tensorflow_amb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_run, tmp_path):
-    """TensorFlow AMB with Adam and a limit no round reaches, SIGTERM (--checkpoint-on-signal TERM): every model
-    and optimizer variable of every rank."""
-    straight, run, stopped = _framework_signalled(shared_run, tmp_path, TF_AMB, "TERM")
-    assert_same_rows(straight, run, FRAMEWORK_STEPS, stopped, 2,
-                     ("master_step", "rank", "num_samples", "partitions_done"))
-    assert_same_final_state(straight, run, FRAMEWORK_STEPS, 3)
