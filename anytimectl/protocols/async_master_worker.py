@@ -421,27 +421,39 @@ class CheckpointCuts:
     channel state of a Chandy-Lamport snapshot): the master's state right after the update of step N, and each
     worker's at the point between two contributions where it took a model marked N, after its contribution k_w.
     The contributions a worker handed over before its point that the master took after its own (k_w at most,
-    in flight at the master's save) belong to neither rank's state: the master keeps a copy of every contribution
-    it takes while a cut is open, and writes its file only once every worker's file exists (it reads k_w there)
-    and it has taken each worker's k_w: its state at N plus those in-flight contributions, which a resumed master
-    takes first. Nothing handed over is lost or counted twice."""
+    in flight at the master's save) belong to neither rank's state: the master keeps a copy of each contribution
+    it takes while a cut is open that may be one of them, and writes its file only once every worker's file exists
+    (it reads k_w there) and it has taken each worker's k_w: its state at N plus those in-flight contributions,
+    which a resumed master takes first. Nothing handed over is lost or counted twice.
+
+    Which may be in flight: a worker's contributions before its point were computed on models older than N, but for
+    the last one, k_w, which may have taken model N (or newer) between two micro-batches (AMB); the ones after its
+    point all use a model of N or newer. So a contribution taken while the cut is open is kept if its
+    `worker_master_step` is below N or it is that worker's first one of N or newer: a few per worker (what was
+    on its way, at most one being computed), however long a worker takes to reach its point."""
 
     def __init__(self, checkpointer: Any, workers: int):
         self.checkpointer = checkpointer
         self.workers = workers
-        self.open: dict[int, dict[str, Any]] = {}  # step -> {"state", "info", "taken": [(rank, data, stats)]}
+        #: step -> {"state", "info", "taken": [(rank, data, stats)], "fresh": ranks whose first contribution on a
+        #: model of that step or newer was taken, "points": each worker's k_w once all have saved}
+        self.open: dict[int, dict[str, Any]] = {}
         self.newest: dict[int, int] = {}  # rank -> the highest worker_step taken from it
 
     def start(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
         """The master's state after the update of `step`: detached from the live master and engine (Engine.state
         and Master.state return copies), so the steps made meanwhile do not change it."""
-        self.open[step] = {"state": state, "info": dict(info), "taken": []}
+        self.open[step] = {"state": state, "info": dict(info), "taken": [], "fresh": set(), "points": None}
 
     def taken(self, rank: int, data: np.ndarray, stats: np.ndarray) -> None:
         number = int(stats[ASYNC_LAYOUT["worker_step"]])
         self.newest[rank] = max(number, self.newest.get(rank, 0))
-        for cut in self.open.values():
-            cut["taken"].append((rank, np.array(data, dtype=np.float32), np.array(stats, dtype=np.float64)))
+        model = int(stats[ASYNC_LAYOUT["worker_master_step"]])
+        for step, cut in self.open.items():
+            if model < step or rank not in cut["fresh"]:
+                cut["taken"].append((rank, np.array(data, dtype=np.float32), np.array(stats, dtype=np.float64)))
+            if model >= step:
+                cut["fresh"].add(rank)
 
     def _points(self, step: int) -> dict[int, int] | None:
         """Each worker's k_w for the cut of `step`, or None while a worker's file is missing."""
@@ -459,7 +471,7 @@ class CheckpointCuts:
         contributions are all taken. `final` (after the stop, everything handed over taken): a cut that a worker
         never reached (the stop came first) cannot be completed; its folder is removed."""
         for step in sorted(self.open):
-            points = self._points(step)
+            points = self.open[step]["points"] = self.open[step]["points"] or self._points(step)
             if points is None:
                 if final:
                     del self.open[step]
