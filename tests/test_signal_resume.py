@@ -3,7 +3,9 @@ default `--checkpoint-on-signal`) or SIGTERM (`--checkpoint-on-signal TERM`) sen
 mid-run; the run checkpoints the step it ends with and exits 130 `interrupted`; resumed, it finishes, and every step
 after the signal's has the loss of the same run done in one go, and the final state is bit-identical (the last
 checkpoints compared array by array, on the CPU), as the kill -9 tests (test_amb_fmb_checkpoints.py,
-test_resume_runs.py) check for a killed rank.
+test_resume_runs.py) check for a killed rank. The one exception is the asynchronous protocol, which no run repeats:
+there every contribution must be applied or queued exactly once and the losses follow the straight run's.
+Where a kill -9 test runs the same straight run, the two share it (conftest.py's shared_run).
 
 The signal is sent once the run's table holds a given step (not after a sleep), so where the run stops depends on
 the machine's load but always lies between that step and the end."""
