@@ -62,21 +62,27 @@ def engine_state(run: Path, step: int, rank: int = 0) -> dict:
     return checkpoints.load_rank(point, rank, tensors=False)  # this process may hold TensorFlow: never torch
 
 
-def straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int) -> tuple[Path, Path, int]:
+def straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int,
+                         shared_run=None) -> tuple[Path, Path, int]:
     """Run `command` for `steps` steps straight, and again killed right after its checkpoint at `every` and resumed
-    to the end; returns both run directories and the step the resumed job continued from."""
+    to the end; returns both run directories and the step the resumed job continued from. With `shared_run`
+    (conftest.py's fixture) the straight run is the one another test of the session may share."""
     out = str(tmp_path)
-    length = ["--steps", str(steps), "--checkpoint-every", str(every), "--out", out]
-    anytimectl(*command, *length, "--name", "straight")
+    length = ["--steps", str(steps), "--checkpoint-every", str(every)]
+    if shared_run is not None:
+        straight = shared_run(*command, *length)
+    else:
+        anytimectl(*command, *length, "--out", out, "--name", "straight")
+        straight = tmp_path / "straight"
     resumed = tmp_path / "resumed"
-    start = kill_after_checkpoint([*command, *length, "--name", "resumed"], resumed, every)
+    start = kill_after_checkpoint([*command, *length, "--out", out, "--name", "resumed"], resumed, every)
     assert every <= start < steps
     anytimectl(*command[:2], "--resume", str(resumed), "--quiet")
     meta = metadata(resumed)
     assert meta["status"] == "completed" and meta["summary"]["steps"] == steps
     assert [r["from_step"] for r in meta["resumes"]] == [start]
     assert meta["resumes"][0]["previous_status"] == "failed"
-    return tmp_path / "straight", resumed, start
+    return straight, resumed, start
 
 
 def assert_same_tables(straight: Path, resumed: Path, steps: int, workers: int) -> None:
@@ -138,17 +144,30 @@ def test_sync_resume_after_kill_9_continues_bit_for_bit(tmp_path, monkeypatch, m
     assert_same_final_state(straight, resumed, 16, 3)
 
 
-def test_async_amb_resume_after_kill_9_continues_from_the_checkpoint(tmp_path):
+#: the asynchronous run of the kill -9 test and the scheduler's signal test (tests/test_signal_resume.py), whose
+#: straight run they share (conftest.py's shared_run)
+ASYNC_AMB = ("train", "amb", "--protocol", "async", "--workers", "2", "--partitions", "4", *SIM)
+ASYNC_LENGTH = ("--steps", "16", "--checkpoint-every", "6")
+
+
+def test_async_amb_resume_after_kill_9_continues_from_the_checkpoint(shared_run, tmp_path):
     """Asynchronous: which contributions an update takes depends on when they arrive, so no two runs are equal,
     straight or resumed (two straight runs with the same seed differ the same way). What must hold: the resumed
-    master continues from the checkpoint's model and counters (the simulated loss is a function of the examples
-    the model was trained on: a run restarted from scratch would show the start's loss again), the steps, the
-    workers' contribution counts and the examples continue, and the losses follow the straight run's within the
-    simulated noise and staleness."""
-    command = ["train", "amb", "--protocol", "async", "--workers", "2", "--partitions", "4", *SIM]
-    straight, resumed, start = straight_and_resumed(tmp_path, command, 16, 6)
+    master continues from the checkpoint's model and counters, with the contributions that were in flight at the
+    checkpoint (one to four per checkpoint in these runs) neither lost nor applied twice; the steps, the workers'
+    contribution counts and the examples continue, and the losses follow the straight run's within the simulated
+    noise and staleness."""
+    straight, resumed, start = straight_and_resumed(tmp_path, list(ASYNC_AMB), 16, 6, shared_run)
+    assert_async_resume_continues(straight, resumed, start, 16)
+
+
+def assert_async_resume_continues(straight: Path, resumed: Path, start: int, steps: int) -> None:
+    """An asynchronous run resumed from its checkpoint of `start` against the straight run: every step once, the
+    clock and epochs go on, the losses after `start` within 40% of the straight run's at every step and 15% on
+    average (the simulated noise and staleness; a run trained from scratch again would show the start's loss), and
+    every contribution applied or queued exactly once (`assert_every_contribution_once`), the straight run's too."""
     master_a, master_b = table(straight, "master_stats"), table(resumed, "master_stats")
-    assert master_b["step"].tolist() == list(range(1, 17))
+    assert master_b["step"].tolist() == list(range(1, steps + 1))
     assert master_b["time"].is_monotonic_increasing and master_b["epoch"].is_monotonic_increasing
     after_a = master_a[master_a.step > start]["loss"].to_numpy()
     after_b = master_b[master_b.step > start]["loss"].to_numpy()
@@ -157,21 +176,43 @@ def test_async_amb_resume_after_kill_9_continues_from_the_checkpoint(tmp_path):
     assert np.all(np.abs(after_b - after_a) <= 0.4 * after_a), (after_a, after_b)
     assert abs(after_b.mean() - after_a.mean()) <= 0.15 * after_a.mean()
     # the simulated model counts the examples it was trained on: at the end it holds exactly the examples of every
-    # row in the tables, the killed job's up to the checkpoint and the resumed job's after it
+    # row in the tables, the stopped job's up to the checkpoint and the resumed job's after it
     workers = table(resumed, "worker_stats")
-    final = engine_state(resumed, 16)
+    final = engine_state(resumed, steps)
     params = final["engine"]["params"]
     progress = float(params[-2]) * (1 << 24) + float(params[-1])
     assert progress == final["master"]["examples"] == workers["num_samples"].sum()
     for rank, rows in workers.groupby("rank"):  # each worker's count of contributions goes on, never back
         assert rows["worker_step"].is_monotonic_increasing, rank
-    # no example is applied twice: what the workers handed over covers the tables and the last checkpoint's queue
-    # (contributions taken but not applied), with those in flight at the checkpoint the only ones lost
+    assert_every_contribution_once(straight, steps, 2)
+    assert_every_contribution_once(resumed, steps, 2)
+
+
+def assert_every_contribution_once(run: Path, steps: int, workers: int) -> None:
+    """An asynchronous run's tables and its last checkpoint (quiescent: taken after the stop) against what each
+    worker handed over: every contribution, named by (worker, worker_step), is once either applied (a row of
+    worker_stats) or in the master's queue (taken, not applied), for worker_step 1 to the worker's count; and the
+    examples the master applied plus those queued are the examples the workers sent. Across a resume this says
+    that the contributions in flight at the checkpoint were neither lost nor applied twice."""
+    from anytimectl.protocols.async_master_worker import ASYNC_LAYOUT
+
+    final = engine_state(run, steps)
     queue = final["master"]["queue"]
-    queued = float(queue["accumulated"][-2]) if queue["rows"] else 0.0
-    queued += sum(float(data[-2]) for _, _, data, _ in queue["held"])
-    handed = sum(engine_state(resumed, 16, r)["worker"]["examples_sent"] for r in (1, 2))
-    assert progress + queued <= handed
+    assert not final["master"].get("in_flight")  # the last checkpoint is taken after the stop: nothing in flight
+    workers_table = table(run, "worker_stats")
+    number = ASYNC_LAYOUT["worker_step"]
+    queued_rows = [(int(rank), row) for rank, row in zip(queue["ranks"], queue["rows"], strict=True)]
+    queued_rows += [(int(rank), row) for _, rank, _, row in queue["held"]]
+    for rank in range(1, workers + 1):
+        sent = engine_state(run, steps, rank)["worker"]["contributions"]
+        applied = workers_table[workers_table["rank"] == rank]["worker_step"].astype(int).tolist()
+        queued = [int(row[number]) for r, row in queued_rows if r == rank]
+        assert sorted(applied + queued) == list(range(1, sent + 1)), (rank, sorted(applied), sorted(queued), sent)
+    queued_examples = float(queue["accumulated"][-2]) if queue["rows"] else 0.0
+    queued_examples += sum(float(data[-2]) for _, _, data, _ in queue["held"])
+    handed = sum(engine_state(run, steps, r)["worker"]["examples_sent"] for r in range(1, workers + 1))
+    assert final["master"]["examples"] == workers_table["num_samples"].sum()
+    assert final["master"]["examples"] + queued_examples == handed
 
 
 def test_resume_refuses_another_method_protocol_worker_count_and_model_in_one_line(tmp_path):
@@ -202,13 +243,15 @@ def test_resume_refuses_another_method_protocol_worker_count_and_model_in_one_li
     assert "--sim-params" in refused("train", "fmb", "--resume", str(tmp_path / "small"), "--steps", "8")
 
 
-def framework_straight_and_resumed(tmp_path: Path, command: list[str], steps: int, every: int) -> tuple[Path, Path]:
+def framework_straight_and_resumed(shared_run, tmp_path: Path, command: tuple[str, ...], steps: int,
+                                   every: int) -> tuple[Path, Path]:
     """As `straight_and_resumed` for a framework backend, whose steps are too fast to kill a worker between two
     given checkpoints: the killed run is open-ended and the resumed one ends at `steps` (--steps may change on
     resume; the constant learning rate does not depend on it), so the checkpoint it continues from is whichever
-    was the latest when the worker died."""
+    was the latest when the worker died. The straight run (`--steps steps --checkpoint-every steps`) is
+    conftest.py's shared_run: tests/test_signal_resume.py compares against the same one."""
     out = str(tmp_path)
-    anytimectl(*command, "--steps", str(steps), "--checkpoint-every", str(steps), "--out", out, "--name", "straight")
+    straight = shared_run(*command, "--steps", str(steps), "--checkpoint-every", str(steps))
     resumed = tmp_path / "resumed"
     start = kill_after_checkpoint([*command, "--steps", "100000", "--checkpoint-every", str(every), "--out", out,
                                    "--name", "resumed"], resumed, every)
@@ -217,28 +260,32 @@ def framework_straight_and_resumed(tmp_path: Path, command: list[str], steps: in
     meta = metadata(resumed)
     assert meta["status"] == "completed" and meta["summary"]["steps"] == steps
     assert [r["from_step"] for r in meta["resumes"]] == [start]
-    return tmp_path / "straight", resumed
+    return straight, resumed
+
+
+#: the framework runs of the kill -9 tests and the scheduler's signal tests (tests/test_signal_resume.py), which
+#: share their straight runs of FRAMEWORK_STEPS steps
+TORCH_FMB = ("train", "fmb", "--backend", "torch", "--workers", "2", "--optimizer", "momentum", "--batch-size",
+             "32", "--seed", "5", "--test-size", "50", "--log-every", "5", "--quiet")
+TF_AMB = ("train", "amb", "--backend", "tensorflow", "--workers", "2", "--optimizer", "adam", "--batch-size", "32",
+          "--partitions", "4", "--time-limit", "30", "--seed", "5", "--test-size", "50", "--log-every", "5", "--quiet")
+FRAMEWORK_STEPS = 40
 
 
 @pytest.mark.torch
 @pytest.mark.timeout(900)  # three framework jobs of three ranks on two shared cores
-def test_torch_fmb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
+def test_torch_fmb_resume_after_kill_9_continues_bit_for_bit(shared_run, tmp_path):
     """PyTorch: model, momentum and the generators (the digits CNN has dropout) of every rank."""
-    command = ["train", "fmb", "--backend", "torch", "--workers", "2", "--optimizer", "momentum", "--batch-size",
-               "32", "--seed", "5", "--test-size", "50", "--log-every", "5", "--quiet"]
-    straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
+    straight, resumed = framework_straight_and_resumed(shared_run, tmp_path, TORCH_FMB, FRAMEWORK_STEPS, 5)
     assert_same_tables(straight, resumed, 40, 2)
     assert_same_final_state(straight, resumed, 40, 3)
 
 
 @pytest.mark.timeout(900)
-def test_tensorflow_amb_resume_after_kill_9_continues_bit_for_bit(tmp_path):
+def test_tensorflow_amb_resume_after_kill_9_continues_bit_for_bit(shared_run, tmp_path):
     """TensorFlow: every model and optimizer variable (Adam's moments and step count) of every rank; AMB with a
     limit no round reaches (see the sim test)."""
-    command = ["train", "amb", "--backend", "tensorflow", "--workers", "2", "--optimizer", "adam", "--batch-size",
-               "32", "--partitions", "4", "--time-limit", "30", "--seed", "5", "--test-size", "50", "--log-every",
-               "5", "--quiet"]
-    straight, resumed = framework_straight_and_resumed(tmp_path, command, 40, 5)
+    straight, resumed = framework_straight_and_resumed(shared_run, tmp_path, TF_AMB, FRAMEWORK_STEPS, 5)
     assert_same_tables(straight, resumed, 40, 2)
     assert_same_final_state(straight, resumed, 40, 3)
 

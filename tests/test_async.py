@@ -151,3 +151,50 @@ def test_sync_runs_have_no_async_columns(real_runs):
     workers = table(real_runs["amb"], "worker_stats")
     assert not set(ASYNC_FIELDS) & set(workers.columns)
     assert np.isfinite(workers.compute_time).all()
+
+
+def test_a_checkpoint_cut_keeps_exactly_the_contributions_in_flight(tmp_path):
+    """The master's side of a mid-run checkpoint (CheckpointCuts), in-process: after its copy at step 5 it keeps
+    the contributions taken that may have been in flight (on a model older than 5, or a worker's first on 5 or
+    newer), writes its file only once every worker has saved and it has taken each worker's last contribution
+    before its point, and puts exactly those up to that point in it; a cut that a worker never reached before the
+    stop is removed."""
+    from anytimectl.protocols.async_master_worker import ASYNC_LAYOUT, CheckpointCuts
+    from anytimectl.runtime import checkpoints
+
+    checkpointer = checkpoints.Checkpointer(tmp_path, 5, 5, 0, 3, "sim", lambda *a, **k: None)
+    cuts = CheckpointCuts(checkpointer, workers=2)
+
+    def take(rank: int, number: int, model: int) -> None:
+        stats = ASYNC_LAYOUT.new()
+        stats[ASYNC_LAYOUT["worker_step"]], stats[ASYNC_LAYOUT["worker_master_step"]] = number, model
+        data = np.full(3, 10.0 * rank + number, dtype=np.float32)
+        cuts.taken(rank, data, stats)
+        stats[:] = -1.0  # the channel reuses its buffers: the cut must have copied
+        data[:] = -1.0
+
+    take(1, 6, 4)  # before the copy: in the master's own state
+    cuts.start(5, {"master": {"examples": 80}}, {"examples": 80, "epoch": 0.1, "elapsed": 1.0})
+    take(1, 7, 4)  # on a model older than 5: in flight if worker 1's point is after it
+    take(1, 8, 5)  # worker 1's first on model 5 (taken between two micro-batches): its point may follow it
+    take(1, 9, 5)  # a second on model 5: after worker 1's point, never kept
+    take(2, 3, 3)
+    checkpoints.save_rank(tmp_path, 5, 1, {"worker": {"contributions": 8}})
+    checkpoints.save_rank(tmp_path, 5, 2, {"worker": {"contributions": 4}})
+    cuts.complete()
+    assert not checkpoints.rank_path(tmp_path, 5, 0).exists()  # worker 2's contribution 4 is not taken yet
+    take(2, 4, 4)
+    take(2, 5, 6)  # after worker 2's point
+    assert [int(s[ASYNC_LAYOUT["worker_step"]]) for _, _, s in cuts.open[5]["taken"]] == [7, 8, 3, 4, 5]
+    cuts.complete()
+    assert checkpointer.pending() == [5] and not cuts.open
+    point = checkpoints.ResumePoint(tmp_path, 5, {})
+    master = checkpoints.load_rank(point, 0)["master"]
+    assert master["examples"] == 80
+    kept = [(rank, int(stats[ASYNC_LAYOUT["worker_step"]]), data.tolist()) for rank, data, stats in master["in_flight"]]
+    assert kept == [(1, 7, [17.0] * 3), (1, 8, [18.0] * 3), (2, 3, [23.0] * 3), (2, 4, [24.0] * 3)]
+    # a cut that worker 2 never reached (the stop came first): removed after the stop, nothing pending
+    cuts.start(10, {"master": {}}, {})
+    checkpoints.save_rank(tmp_path, 10, 1, {"worker": {"contributions": 12}})
+    cuts.complete(final=True)
+    assert not checkpoints.step_dir(tmp_path, 10).exists() and not cuts.open and checkpointer.pending() == [5]

@@ -52,6 +52,18 @@ def test_the_state_tree_round_trips_exactly_without_pickle(tmp_path):
     assert loaded["text"] == "é"
 
 
+def test_peek_reads_one_plain_value_of_a_rank_file(tmp_path):
+    """What the asynchronous master reads of each worker's file (its contribution count) at a checkpoint."""
+    state = {"worker": {"contributions": 17, "stream": np.arange(3)}, "engine": {"params": np.zeros(4)}}
+    path = checkpoints.save_rank(tmp_path, 2, 1, state)
+    assert checkpoints.peek(path, "worker", "contributions") == 17
+    assert checkpoints.peek(path, "step") == 2
+    with pytest.raises(KeyError):
+        checkpoints.peek(path, "worker", "missing")
+    with pytest.raises(KeyError):
+        checkpoints.peek(path, "worker", "stream")  # an array is not a plain value
+
+
 def test_an_object_that_is_not_data_is_refused_when_saved(tmp_path):
     with pytest.raises(TypeError, match="cannot hold"):
         checkpoints.save_rank(tmp_path, 1, 0, {"thing": _Payload("x")})

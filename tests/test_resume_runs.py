@@ -37,10 +37,23 @@ COMMON = ("--workers", "2", "--test-size", "50", "--log-every", str(N), "--quiet
 #: stragglers off: no --induce. --slow only sleeps (it changes no arithmetic): it makes the dbs decision
 #: unequal, and it slows the compress runs so that the kill lands between the checkpoint of N and the end.
 DBS = ("train", "dynamic", "--policy", "dbs", "--batch-size", "16", "--window", str(N), "--slow", "2:3")
+#: the torch dbs run, straight to 2N with checkpoints at N and 2N: shared (conftest.py's shared_run) by the copy
+#: test here and the scheduler's signal test (tests/test_signal_resume.py). Both workers slowed (worker 2 three
+#: times as much: dbs decides 3:1) so that a step after the decision lasts long enough (0.3-0.6 s) for a signal
+#: sent after step N + 1 to stop the run before 2N.
+DBS_STRAIGHT = ("train", "dynamic", "--policy", "dbs", "--batch-size", "16", "--window", str(N), "--slow", "1:6",
+                "--slow", "2:18", *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N),
+                "--keep-checkpoints", "5")
 COMPRESS = {
     "topk-ef": ("compress", "train", "--compressor", "topk", "--ratio", "0.05", "--error-feedback"),
     "powersgd": ("compress", "train", "--compressor", "powersgd", "--rank", "2", "--powersgd-start-iter", "2"),
 }
+
+
+def compress_straight(name: str) -> tuple[str, ...]:
+    """The straight run of COMPRESS[name] (2N steps, checkpoints at N and 2N), shared (conftest.py's shared_run)
+    by the kill -9 test here and the scheduler's signal test (tests/test_signal_resume.py)."""
+    return (*COMPRESS[name], *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N))
 
 
 def _final_state(run: Path, step: int) -> list[dict]:
@@ -82,10 +95,8 @@ def _compare(straight: Path, resumed: Path) -> None:
     assert meta["status"] == "completed" and meta["resumes"][-1]["from_step"] == N
 
 
-def test_dynamic_dbs_resumes_exactly_with_its_decided_batches_and_history(tmp_path):
-    anytimectl(*DBS, *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N), "--keep-checkpoints", "5",
-               "--out", str(tmp_path), "--name", "straight")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+def test_dynamic_dbs_resumes_exactly_with_its_decided_batches_and_history(shared_run, tmp_path):
+    straight, resumed = shared_run(*DBS_STRAIGHT), tmp_path / "resumed"
     shutil.copytree(straight, resumed)
     shutil.rmtree(checkpoints.step_dir(resumed, 2 * N))  # what a run killed right after step N's checkpoint keeps
     anytimectl("train", "dynamic", "--resume", str(resumed), "--quiet")
@@ -153,7 +164,7 @@ def _run_and_kill_after_checkpoint(args: tuple[str, ...], out: Path, name: str) 
 
 @pytest.mark.parametrize("name", sorted(COMPRESS))
 def test_compress_resumes_exactly_after_a_rank_is_killed(shared_run, tmp_path, name):
-    args = (*COMPRESS[name], *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N))
+    args = compress_straight(name)
     straight = shared_run(*args)
     killed = _run_and_kill_after_checkpoint((*args, "--slow", "2:25"), tmp_path, "killed")
     anytimectl("compress", "train", "--resume", str(killed), "--quiet")
@@ -163,7 +174,7 @@ def test_compress_resumes_exactly_after_a_rank_is_killed(shared_run, tmp_path, n
 def test_resume_refuses_changed_options_naming_each_and_accepts_a_repeated_command_line(shared_run, tmp_path):
     """On a copy of the topk-ef test's straight run (conftest.py's shared_run) holding only the checkpoint of N:
     what a run stopped after that checkpoint leaves."""
-    args = (*COMPRESS["topk-ef"], *COMMON, "--steps", str(2 * N), "--checkpoint-every", str(N))
+    args = compress_straight("topk-ef")
     run = tmp_path / "c"
     shutil.copytree(shared_run(*args), run)
     shutil.rmtree(checkpoints.step_dir(run, 2 * N))

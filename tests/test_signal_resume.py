@@ -3,19 +3,32 @@ default `--checkpoint-on-signal`) or SIGTERM (`--checkpoint-on-signal TERM`) sen
 mid-run; the run checkpoints the step it ends with and exits 130 `interrupted`; resumed, it finishes, and every step
 after the signal's has the loss of the same run done in one go, and the final state is bit-identical (the last
 checkpoints compared array by array, on the CPU), as the kill -9 tests (test_amb_fmb_checkpoints.py,
-test_resume_runs.py) check for a killed rank.
+test_resume_runs.py) check for a killed rank. The one exception is the asynchronous protocol, which no run repeats:
+there every contribution must be applied or queued exactly once and the losses follow the straight run's.
+Where a kill -9 test runs the same straight run, the two share it (conftest.py's shared_run).
 
 The signal is sent once the run's table holds a given step (not after a sleep), so where the run stops depends on
 the machine's load but always lies between that step and the end."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from helpers import anytimectl, metadata, signal_mid_run, table, table_rows
-from test_amb_fmb_checkpoints import SIM, assert_same_final_state
-from test_resume_runs import _assert_equal_states, _final_state
+from test_amb_fmb_checkpoints import (
+    ASYNC_AMB,
+    ASYNC_LENGTH,
+    FRAMEWORK_STEPS,
+    SIM,
+    TORCH_FMB,
+    assert_async_resume_continues,
+    assert_same_final_state,
+)
+from test_resume_runs import DBS_STRAIGHT, N, _assert_equal_states, _final_state, compress_straight
+
+from anytimectl.runtime import checkpoints
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
@@ -51,12 +64,13 @@ def assert_same_rows(straight: Path, resumed: Path, steps: int, stopped: int, wo
         assert wa[column].equals(wb[column]), column
 
 
-def _resume(command: str, run: Path, stopped: int, steps: int) -> None:
+def _resume(command: str, run: Path, stopped: int, steps: int, earlier: tuple[int, ...] = ()) -> None:
+    """Resume the interrupted run to its end; `earlier`: the steps of resumes before the signalled segment."""
     anytimectl(*command.split(), "--resume", str(run), "--quiet")
     meta = metadata(run)
     assert meta["status"] == "completed" and meta["summary"]["steps"] == steps
-    assert [r["from_step"] for r in meta["resumes"]] == [stopped]
-    assert meta["resumes"][0]["previous_status"] == "interrupted"
+    assert [r["from_step"] for r in meta["resumes"]] == [*earlier, stopped]
+    assert meta["resumes"][-1]["previous_status"] == "interrupted"
 
 
 @pytest.mark.parametrize("sig", ["USR1", "TERM"])
@@ -137,3 +151,90 @@ def test_elastic_gossip_stopped_by_the_schedulers_signal_resumes_bit_for_bit(tmp
     assert_same_rows(straight, run, steps, stopped, 2, ("master_step", "rank", "partners", "bytes_sent"))
     for x, y in zip(_final_state(straight, steps), _final_state(run, steps), strict=True):
         _assert_equal_states(x, y, "state")
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(900)
+def test_powersgd_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_run, tmp_path):
+    """compress train with PowerSGD rank 2 and its error feedback: the model, the optimizer, every rank's
+    error-feedback memory, Q and its seed position. The straight run is the kill -9 test's
+    (test_resume_runs.py, conftest.py's shared_run); `--slow 2:25` only sleeps."""
+    args = compress_straight("powersgd")
+    steps = 2 * N
+    straight = shared_run(*args)
+    run = tmp_path / "signalled"
+    stopped = signalled([*args, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"], run, "USR1")
+    assert AFTER <= stopped < steps
+    _resume("compress train", run, stopped, steps)
+    assert_same_rows(straight, run, steps, stopped, 2,
+                     ("master_step", "rank", "num_samples", "batch_size", "payload_bytes"))
+    for x, y in zip(_final_state(straight, steps), _final_state(run, steps), strict=True):
+        _assert_equal_states(x["engine"], y["engine"], "engine")
+        _assert_equal_states(x["exchange"], y["exchange"], "exchange")
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(900)
+def test_dynamic_dbs_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_run, tmp_path):
+    """train dynamic --policy dbs with SIGTERM (--checkpoint-on-signal TERM). dbs decides the batches from measured
+    throughputs, so two separate runs may decide differently (test_resume_runs.py): the signalled run shares the
+    straight run's history up to its checkpoint of N, where dbs has just decided. It is a copy of the straight run
+    holding only that checkpoint, and its master table cut there (what a run killed right after it leaves),
+    resumed with the signal sent once step N + 1 is in the table, then resumed again to the end: every step after
+    the signal's has the straight run's loss, batches and rows, and the model and optimizer end bit for bit the
+    same. No decision falls after N before the end."""
+    steps = 2 * N
+    straight = shared_run(*DBS_STRAIGHT)
+    run = tmp_path / "signalled"
+    shutil.copytree(straight, run)
+    shutil.rmtree(checkpoints.step_dir(run, steps))
+    master = run / "master_stats.csv"
+    master.write_text("".join(master.read_text().splitlines(keepends=True)[:N + 1]))
+    stopped = signal_mid_run(["train", "dynamic", "--resume", str(run), "--checkpoint-on-signal", "TERM", "--quiet"],
+                             run, "TERM", after=N + 1)
+    assert table_rows(run) == stopped and N + 1 <= stopped < steps
+    _resume("train dynamic", run, stopped, steps, earlier=(N,))
+    assert_same_rows(straight, run, steps, stopped, 2, ("master_step", "rank", "num_samples", "batch_size"))
+    workers = table(straight, "worker_stats")
+    after = workers[workers["master_step"] > N]["batch_size"].tolist()
+    assert after[:2] != [16, 16] and sum(after[:2]) == 32  # dbs decided at N: the resumed runs kept it
+    for x, y in zip(_final_state(straight, steps), _final_state(run, steps), strict=True):
+        _assert_equal_states(x["engine"], y["engine"], "engine")
+
+
+def test_async_amb_stopped_by_the_schedulers_signal_resumes_with_every_contribution_once(shared_run, tmp_path):
+    """Simulated asynchronous AMB: no two asynchronous runs are equal (which contributions an update takes depends
+    on when they arrive; see test_amb_fmb_checkpoints.py), so the comparison is what must hold: the resumed run
+    goes on from the stop's checkpoint (taken after the stop, when the master has taken everything handed over),
+    its losses follow the straight run's within the simulated noise and staleness, and every contribution a
+    worker handed over is applied or queued exactly once. The straight run is the kill -9 test's."""
+    straight = shared_run(*ASYNC_AMB, *ASYNC_LENGTH)
+    steps = int(ASYNC_LENGTH[1])
+    run = tmp_path / "signalled"
+    stopped = signalled([*ASYNC_AMB, *ASYNC_LENGTH, "--out", str(tmp_path), "--name", "signalled"], run, "USR1")
+    assert AFTER <= stopped < steps
+    _resume("train amb", run, stopped, steps)
+    assert_async_resume_continues(straight, run, stopped, steps)
+
+
+def _framework_signalled(shared_run, tmp_path: Path, command: tuple[str, ...], sig: str) -> tuple[Path, Path, int]:
+    """The kill -9 test's straight run of `command` (test_amb_fmb_checkpoints.py, shared) and the same run
+    stopped by `sig` and resumed to its end."""
+    length = ("--steps", str(FRAMEWORK_STEPS), "--checkpoint-every", str(FRAMEWORK_STEPS))
+    straight = shared_run(*command, *length)
+    chosen = [] if sig == "USR1" else ["--checkpoint-on-signal", sig]
+    run = tmp_path / "signalled"
+    stopped = signalled([*command, *length, *chosen, "--out", str(tmp_path), "--name", "signalled"], run, sig)
+    assert AFTER <= stopped < FRAMEWORK_STEPS
+    _resume(" ".join(command[:2]), run, stopped, FRAMEWORK_STEPS)
+    return straight, run, stopped
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(900)
+def test_torch_fmb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_run, tmp_path):
+    """PyTorch FMB with momentum, SIGUSR1: model, momentum and the generators (dropout) of every rank."""
+    straight, run, stopped = _framework_signalled(shared_run, tmp_path, TORCH_FMB, "USR1")
+    assert_same_rows(straight, run, FRAMEWORK_STEPS, stopped, 2, ("master_step", "rank", "num_samples"))
+    assert_same_final_state(straight, run, FRAMEWORK_STEPS, 3)
+

@@ -24,21 +24,26 @@ step has one row per contribution it applied, so a worker may have several rows 
 The channel is `protocols/async_channel.py`: shared memory with doorbells on one host, MPI point-to-point
 across hosts. Everything else (launch, run directory, live view, stop and failure handling) is the run shell's.
 
-Checkpoints: nobody waits for anybody, so a checkpoint is not one instant of every rank. After the update of every
-N-th step the master writes its state (engine, counters, AMB's time limit and calibration sums, and its queue: the
-delayed contributions taken but not applied, with the delay each has left) and marks the models it publishes with
-that step (the header's HEADER_CHECKPOINT slot); each worker writes its state (engine, data position after the
-contributions it has handed over, its contribution count) at its next point between two contributions after it
-took such a model; the master completes the checkpoint once every worker's file exists and that step's rows are in
-the tables. Contributions a worker handed over between the master's save and its own are in neither: a resumed
-run does not apply them (their examples are skipped, as at most one or two per worker). At the end of a run the
-state is quiescent: the master has taken everything handed over (`finish`), every rank saves after the stop, and
-the contributions taken but not applied are in the master's queue, applied first when the run continues.
+Checkpoints: nobody waits for anybody, so a checkpoint is a consistent cut rather than one instant of every rank
+(`CheckpointCuts`). After the update of every N-th step the master takes a copy of its state (engine, counters,
+AMB's time limit and calibration sums, and its queue: the delayed contributions taken but not applied, with the
+delay each has left) and marks the models it publishes with that step (the header's HEADER_CHECKPOINT slot); each
+worker writes its state (engine, data position after the contributions it has handed over, its contribution count
+k_w) at its next point between two contributions after it took such a model. The contributions a worker handed
+over before its point that the master took after its copy were in flight: the master keeps a copy of each
+contribution it takes while a cut is open, and once every worker's file exists (it reads k_w there) and it has
+taken each worker's contribution k_w, it writes its file: its state at N and those in-flight contributions, which a
+resumed master takes first, in the order it took them. It completes the checkpoint once that step's rows are in the
+tables. Nothing handed over is lost or applied twice across a resume. At the end of a run the state is quiescent:
+the master has taken everything handed over (`finish`), every rank saves after the stop, and the contributions
+taken but not applied are in the master's queue, applied first when the run continues. A cut that a worker never
+reached before the stop (it took no model between the mark and the stop) is removed.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +66,7 @@ from anytimectl.protocols.master_worker import (
     StepResult,
     Worker,
 )
+from anytimectl.runtime import checkpoints
 from anytimectl.runtime.errors import UsageError
 from anytimectl.runtime.evaluation import Evaluator
 from anytimectl.runtime.records import Columns, LiveColumn, RowLayout, StepRecord
@@ -241,6 +247,10 @@ class AsyncMaster(Master):
         self.before_publish: Any = None
         #: called on every turn of the loop (checkpoints are completed there)
         self.each_turn: Any = None
+        #: called with (rank, data, stats) of every contribution as it is taken, before anything changes them
+        self.on_taken: Any = None
+        #: a resumed run's contributions in flight at its checkpoint (see `CheckpointCuts`): taken first
+        self.in_flight: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     def state(self) -> dict[str, Any]:
         """The master's counters and its queue (see the module notes), for a checkpoint."""
@@ -264,6 +274,8 @@ class AsyncMaster(Master):
         self.queue_ranks = [int(r) for r in queue["ranks"]]
         self.held = [(float(left), int(rank), np.asarray(data, dtype=np.float32), np.asarray(row, dtype=np.float64))
                      for left, rank, data, row in queue["held"]]
+        self.in_flight = [(int(rank), np.asarray(data, dtype=np.float32), np.asarray(stats, dtype=np.float64))
+                          for rank, data, stats in state.get("in_flight", [])]
         self.checkpoint_step = self.start_step
 
     def run_async(self, param_count: int, on_start: Any = None) -> tuple[int, str]:
@@ -300,6 +312,8 @@ class AsyncMaster(Master):
             ranks.append(rank)
 
         def consume(rank: int, data: np.ndarray, stats: np.ndarray) -> None:
+            if self.on_taken is not None:
+                self.on_taken(rank, data, stats)
             row = np.array(stats, dtype=np.float64)
             self.taken_counts += int(round(data[-2]))
             self.taken += 1
@@ -315,6 +329,11 @@ class AsyncMaster(Master):
         def held_ranks() -> set[int]:
             return {item[1] for item in held}
 
+        # a resumed run: the contributions that were in flight at its checkpoint arrive first, in the order the
+        # master of the run that wrote it took them
+        for rank, data, stats in self.in_flight:
+            consume(rank, data, stats)
+        self.in_flight = []
         published_stop = False
         publish(False)
         self.origin = time.time()
@@ -396,6 +415,78 @@ class AsyncMaster(Master):
         return update, reason
 
 
+# --- checkpoints on the master -------------------------------------------------------------------------------------
+class CheckpointCuts:
+    """The master's side of a checkpoint taken mid-run, a consistent cut of the master and every worker (the
+    channel state of a Chandy-Lamport snapshot): the master's state right after the update of step N, and each
+    worker's at the point between two contributions where it took a model marked N, after its contribution k_w.
+    The contributions a worker handed over before its point that the master took after its own (k_w at most,
+    in flight at the master's save) belong to neither rank's state: the master keeps a copy of each contribution
+    it takes while a cut is open that may be one of them, and writes its file only once every worker's file exists
+    (it reads k_w there) and it has taken each worker's k_w: its state at N plus those in-flight contributions,
+    which a resumed master takes first. Nothing handed over is lost or counted twice.
+
+    Which may be in flight: a worker's contributions before its point were computed on models older than N, but for
+    the last one, k_w, which may have taken model N (or newer) between two micro-batches (AMB); the ones after its
+    point all use a model of N or newer. So a contribution taken while the cut is open is kept if its
+    `worker_master_step` is below N or it is that worker's first one of N or newer: a few per worker (what was
+    on its way, at most one being computed), however long a worker takes to reach its point."""
+
+    def __init__(self, checkpointer: Any, workers: int):
+        self.checkpointer = checkpointer
+        self.workers = workers
+        #: step -> {"state", "info", "taken": [(rank, data, stats)], "fresh": ranks whose first contribution on a
+        #: model of that step or newer was taken, "points": each worker's k_w once all have saved}
+        self.open: dict[int, dict[str, Any]] = {}
+        self.newest: dict[int, int] = {}  # rank -> the highest worker_step taken from it
+
+    def start(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
+        """The master's state after the update of `step`: detached from the live master and engine (Engine.state
+        and Master.state return copies), so the steps made meanwhile do not change it."""
+        self.open[step] = {"state": state, "info": dict(info), "taken": [], "fresh": set(), "points": None}
+
+    def taken(self, rank: int, data: np.ndarray, stats: np.ndarray) -> None:
+        number = int(stats[ASYNC_LAYOUT["worker_step"]])
+        self.newest[rank] = max(number, self.newest.get(rank, 0))
+        model = int(stats[ASYNC_LAYOUT["worker_master_step"]])
+        for step, cut in self.open.items():
+            if model < step or rank not in cut["fresh"]:
+                cut["taken"].append((rank, np.array(data, dtype=np.float32), np.array(stats, dtype=np.float64)))
+            if model >= step:
+                cut["fresh"].add(rank)
+
+    def _points(self, step: int) -> dict[int, int] | None:
+        """Each worker's k_w for the cut of `step`, or None while a worker's file is missing."""
+        run_dir = self.checkpointer.run_dir
+        points = {}
+        for rank in range(1, self.workers + 1):
+            path = checkpoints.rank_path(run_dir, step, rank)
+            if not path.is_file():
+                return None
+            points[rank] = int(checkpoints.peek(path, "worker", "contributions"))
+        return points
+
+    def complete(self, final: bool = False) -> None:
+        """Write the master's file of every open cut whose workers have all saved and whose in-flight
+        contributions are all taken. `final` (after the stop, everything handed over taken): a cut that a worker
+        never reached (the stop came first) cannot be completed; its folder is removed."""
+        for step in sorted(self.open):
+            points = self.open[step]["points"] = self.open[step]["points"] or self._points(step)
+            if points is None:
+                if final:
+                    del self.open[step]
+                    shutil.rmtree(checkpoints.step_dir(self.checkpointer.run_dir, step), ignore_errors=True)
+                continue
+            if not final and any(self.newest.get(rank, 0) < k for rank, k in points.items()):
+                continue
+            cut = self.open.pop(step)
+            worker_step = ASYNC_LAYOUT["worker_step"]
+            state = cut["state"]
+            state["master"]["in_flight"] = [(rank, data, stats) for rank, data, stats in cut["taken"]
+                                            if int(stats[worker_step]) <= points[rank]]
+            self.checkpointer.save(step, state, cut["info"])
+
+
 # --- the protocol in the run shell ---------------------------------------------------------------------------------
 class AsyncMasterWorkerProtocol(MasterWorkerProtocol[AsyncMasterWorkerConfig]):
     """`train amb|fmb --protocol async`: rank 0 is the master, ranks 1..N the workers."""
@@ -416,6 +507,11 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol[AsyncMasterWorkerConfig]):
         """One row per contribution applied."""
         assert self.master is not None
         return int(self.master.applied)
+
+    def _complete_open_checkpoints(self) -> None:
+        cuts = getattr(self, "cuts", None)
+        if cuts is not None:
+            cuts.complete(final=True)
 
     def _make_worker(self, rank: int) -> Worker:
         worker = super()._make_worker(rank)
@@ -481,18 +577,24 @@ class AsyncMasterWorkerProtocol(MasterWorkerProtocol[AsyncMasterWorkerConfig]):
         self._record_time_limit(master.time_limit)
         checkpointer = self.make_checkpointer()
         self.master_step = master.start_step
+        cuts = self.cuts = CheckpointCuts(checkpointer, self.workers)
 
         def before_publish(update: int) -> None:
             self.master_step = update
             if checkpointer.due(update):
                 master.checkpoint_step = update
-                self.save_checkpoint(checkpointer, update, master.examples / self.config.train_examples)
+                epoch = master.examples / self.config.train_examples
+                elapsed = time.time() - recorder.origin
+                cuts.start(update, self.checkpoint_state(), {"examples": self.examples, "epoch": epoch,
+                                                             "elapsed": elapsed})
 
         def each_turn() -> None:
-            if checkpointer.pending():  # complete a checkpoint once every worker wrote its file and its rows are in
+            if cuts.open:  # the master's file, once every worker has saved and its in-flight contributions are in
+                cuts.complete()
+            if checkpointer.pending():  # the manifest, once that step's rows are in the tables too
                 checkpointer.confirm_written(up_to=recorded["step"])
 
-        master.before_publish, master.each_turn = before_publish, each_turn
+        master.before_publish, master.each_turn, master.on_taken = before_publish, each_turn, cuts.taken
         s = self.settings
         context.note(f"async master: {s.master} ("
                      + (f">= {s.batch_min} contributions" if s.master == "batch" else f"{s.time_limit:g} s")

@@ -638,8 +638,13 @@ class MasterWorkerProtocol(CheckpointingMixin, TrainingProtocol[M]):
         if self.size > 1:
             self.context.rank.comm.barrier()
         if self.rank == 0:
+            self._complete_open_checkpoints()
             for done in checkpointer.pending():
                 checkpointer.confirmed(done)
+
+    def _complete_open_checkpoints(self) -> None:
+        """Rank 0 after the stop, every rank's files written: write what it still owes to a checkpoint taken
+        mid-run (the asynchronous master's file waits for its workers')."""
 
     @property
     def _needs_calibration(self) -> bool:

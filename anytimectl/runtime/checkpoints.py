@@ -233,6 +233,23 @@ def save_rank(run_dir: Path, step: int, rank: int, state: dict[str, Any], backen
     return target
 
 
+def peek(path: Path, *keys: str) -> Any:
+    """One plain value (a number, a string) of a rank's file, found by its keys in the state's tree, without
+    reading the file's arrays: what another rank needs to know of a file it did not write (the asynchronous
+    master reads each worker's contribution count at a checkpoint). Raises KeyError where the tree has no such
+    value, ValueError (or zipfile/OSError) for a file that is not whole."""
+    with zipfile.ZipFile(path) as archive:
+        head = json.loads(archive.read(_TREE))
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint in format {FORMAT}")
+    value = head["tree"]
+    for key in keys:
+        value = value[key]
+    if isinstance(value, (dict, list)):
+        raise KeyError(f"{'/'.join(keys)} is not a plain value in {path}")
+    return value
+
+
 class CheckpointWriteError(OutputError):
     """A checkpoint file could not be written; its message is one line naming the path and the reason."""
 
