@@ -16,6 +16,16 @@ under the shared lock; wall times depend on the machine's load, the accuracies d
 
 `--configs all` runs every configuration below; `--out` keeps the run directories for the figures.
 
+Across hosts: `--emulated-hosts N [--rate 1gbit]` (root, `ip` and `tc`: tests/cluster/emulated.py) runs every
+configuration on an emulated cluster of N hosts, the workers spread evenly over them (no shared memory between
+hosts, each rank `cores / all ranks` threads, as the cluster benchmarks). `--same-as FILE` compares each run's
+accuracy after every epoch with the same configuration and seed in an earlier `--json` FILE (one host, say) and
+prints whether they are identical, which a deterministic method must be:
+
+    sudo .venv/bin/python tests/bench/compress_convergence.py --model resnet9 --momentum 0.9 --epochs 10 \
+        --seeds 1 --configs "none,powersgd r=2 EF" --emulated-hosts 2 --rate 1gbit \
+        --same-as docs/results/compress-resnet9-digits.json
+
 The ResNet9 recipe (cifar10-fast's network, rate schedule, weight decay and Nesterov momentum 0.9) on the same
 digits: `--model resnet9 --momentum 0.9`; every run of the sweep gets the same model and training options
 (`--batch-size`, `--momentum`, `--augment`, `--learning-rate`: left out, the command's defaults). `--markdown`
@@ -28,6 +38,7 @@ prints the README's table:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -36,8 +47,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the emulated cluster
 
 CONFIGS = {
     "none": ["--method", "none"],
@@ -56,17 +70,29 @@ TARGETS = {"topk K=0.01 EF": 1.0, "fp16": 0.2, "ef-signsgd": 1.0, "powersgd r=2 
 
 
 def run(out: Path, name: str, args: list[str], seed: int, workers: int, epochs: float | None,
-        train_args: Sequence[str] = ()) -> dict:
+        train_args: Sequence[str] = (), cluster: Any = None) -> dict:
     """One `compress train` run: the configuration's `args`, then `train_args` (model and training options that
-    every configuration of a sweep shares)."""
+    every configuration of a sweep shares); on `cluster` (an EmulatedCluster) across its hosts."""
     length = ["--epochs", str(epochs)] if epochs is not None else []
-    command = [sys.executable, "-m", "anytimectl", "compress", "train", "--workers", str(workers), *args, *length,
-               *train_args, "--seed", str(seed), "--json", "--out", str(out), "--name", name]
+    options = [*args, *length, *train_args, "--seed", str(seed), "--json"]
     start = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    if cluster is None:
+        command = [sys.executable, "-m", "anytimectl", "compress", "train", "--workers", str(workers), *options,
+                   "--out", str(out), "--name", name]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    else:
+        from cluster.jobs import run_across, threads_for
+
+        hosts = len(cluster.hosts)
+        counts = [workers // hosts + (1 if h < workers % hosts else 0) for h in range(hosts)]
+        # threads=0: run_across adds no --quiet (which --json excludes); the threads are set here instead
+        command = ["compress", "train", *options, "--threads", str(threads_for(workers))]
+        job = run_across(cluster, counts, command, out, name, timeout=3600, threads=0)
+        code, stdout, stderr = job.returncode, job.stdout, job.stderr
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({code}):\n{stderr[-2000:]}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
     master = pd.read_csv(out / name / "master_stats.csv")
     evaluated = master.dropna(subset=["accuracy"])
     workers = pd.read_csv(out / name / "worker_stats.csv")
@@ -96,6 +122,19 @@ def markdown(results: dict[str, list[dict]], base: float) -> str:
     return "\n".join(lines)
 
 
+def same_as(earlier: dict, label: str, row: dict) -> str:
+    """Whether `row`'s accuracy after every epoch is the earlier file's for the same configuration and seed."""
+    before = next((r for r in earlier.get(label, []) if r["seed"] == row["seed"]), None)
+    if before is None:
+        return f"--same-as: no run of {label} with seed {row['seed']} in the earlier file"
+    if before["curve"] == row["curve"]:
+        return f"identical to the earlier run at all {len(row['curve'])} evaluations (accuracy after every epoch)"
+    differing = [i for i, (a, b) in enumerate(zip(before["curve"], row["curve"], strict=False)) if a != b]
+    first = differing[0] if differing else min(len(before["curve"]), len(row["curve"]))
+    return (f"DIFFERS from the earlier run: {len(differing)} of {len(row['curve'])} evaluations, first at "
+            f"evaluation {first + 1}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -111,7 +150,26 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="peak rate (default: the command's, 0.4)")
     parser.add_argument("--augment", default=None, help="compress train --augment (default: auto, none on digits)")
     parser.add_argument("--markdown", action="store_true", help="also print the results as a markdown table")
+    parser.add_argument("--emulated-hosts", type=int, default=0,
+                        help="run across an emulated cluster of this many hosts (root; default: one host)")
+    parser.add_argument("--rate", default=None, help="with --emulated-hosts: each host's link rate (default: unshaped)")
+    parser.add_argument("--same-as", type=Path, default=None,
+                        help="an earlier --json file: say whether each run's per-epoch accuracy is identical to it")
     args = parser.parse_args()
+    earlier = json.loads(args.same_as.read_text()) if args.same_as else None
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if args.emulated_hosts:
+            from cluster.emulated import EmulatedCluster, missing_requirements
+
+            reason = missing_requirements()
+            if reason:
+                raise SystemExit(reason)
+            cluster = stack.enter_context(EmulatedCluster(args.emulated_hosts, rate=args.rate))
+        sweep(args, earlier, cluster)
+
+
+def sweep(args: argparse.Namespace, earlier: dict | None, cluster: Any) -> None:
     train_args = [item for option, value in (("--model", args.model), ("--batch-size", args.batch_size),
                                              ("--momentum", args.momentum), ("--learning-rate", args.learning_rate),
                                              ("--augment", args.augment))
@@ -125,14 +183,16 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"runs in {out}; load average {os.getloadavg()[0]:.1f}; started {started}; "
           f"every run: --workers {args.workers} {' '.join(train_args) or '(the command defaults)'}"
-          f"{f' --epochs {args.epochs:g}' if args.epochs is not None else ''}", flush=True)
+          f"{f' --epochs {args.epochs:g}' if args.epochs is not None else ''}"
+          + (f"; across {args.emulated_hosts} emulated hosts at {args.rate or 'an unshaped link'}" if cluster else ""),
+          flush=True)
     loads = [os.getloadavg()[0]]
     results: dict[str, list[dict]] = {}
     for seed in range(args.seeds):  # seeds outermost: a partial run still compares every configuration
         for label in chosen:
             extra = CONFIGS[label]
             name = f"{label.replace(' ', '_').replace('=', '')}-s{seed}"
-            row = run(out, name, extra, seed, args.workers, args.epochs, train_args)
+            row = run(out, name, extra, seed, args.workers, args.epochs, train_args, cluster)
             loads.append(os.getloadavg()[0])
             results.setdefault(label, []).append(row)
             print(f"{label:<16} seed {seed}: final accuracy {row['final_accuracy']:.4f} "
@@ -140,6 +200,8 @@ def main() -> None:
                   f"{row['step_bytes']:,.0f} of {row['dense_step_bytes']:,.0f} dense bytes per worker per step "
                   f"({row['compression_ratio']:.1f}x fewer), {row['wall_s']:.0f} s; load average "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
+            if earlier is not None:
+                print(f"{'':<16} {same_as(earlier, label, row)}", flush=True)
     base = sum(r["final_accuracy"] for r in results["none"]) / len(results["none"])
     print(f"\n{'configuration':<16}{'final accuracy (mean)':>23}{'vs none':>10}{'per seed':>28}"
           f"{'bytes/step':>13}{'dense':>13}{'ratio':>9}")
