@@ -14,6 +14,7 @@ its state's P, Q and error memories) and ours_sum<step>, ours_p<step>, ours_q<st
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 
@@ -110,6 +111,12 @@ def _worker(rank: int, args: argparse.Namespace, store: str) -> None:
         out["ours_q"].append(ours.q.numpy().copy() if step >= args.start else empty)
         out["ours_error"].append(ours.residual.numpy().copy() if ours.residual is not None else empty)
     np.savez(f"{args.out}.rank{rank}.npz", **{f"{k}{step}": a for k, v in out.items() for step, a in enumerate(v)})
+    # As in ddp_hooks_run.py: the hook's futures and state must be gone, and every rank done, before the group is
+    # destroyed, or gloo's worker threads can abort a process at exit ("terminate called without an active
+    # exception"; seen once in a whole-suite run with two pytest workers beside it).
+    del state, ours
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
