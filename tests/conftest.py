@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
     that got one of its tests; the runs several modules share are started once for all workers (`_once`)."""
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadfile"
+        config.option.loadscopereorder = False  # the order of pytest_collection_modifyitems below
 
 
 def _torch_follows(config: pytest.Config) -> bool:
@@ -96,15 +98,9 @@ def _torch_follows(config: pytest.Config) -> bool:
     return config.stash.get(_RUN_TORCH, False)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if not _torch_follows(config):
-        return
-    first_failure_stops = config.option.maxfail == 1
-    if exitstatus not in (0, 5) and first_failure_stops:
-        return
+def _torch_args(config: pytest.Config, workers: bool) -> list[str]:
     args = [sys.executable, "-m", "pytest", "-q", str(TORCH_DIR)]
-    if first_failure_stops:
+    if config.option.maxfail == 1:
         args.append("-x")
     if config.option.keyword:
         args += ["-k", config.option.keyword]
@@ -114,21 +110,68 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         args.append("--collect-only")
     if config.option.durations is not None:
         args.append(f"--durations={config.option.durations}")
-    if _xdist_controller(config) and config.option.numprocesses:
+    if workers and config.option.numprocesses:
         args += ["-n", str(config.option.numprocesses)]
+    return args
+
+
+_TORCH_BESIDE = pytest.StashKey[tuple[subprocess.Popen, object]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With pytest-xdist, the torch tests' process runs beside the workers from the start (one process, its
+    output shown at the end), filling the cores while the workers wait for their MPI jobs; with `-x` it still
+    waits for the others to pass first."""
+    config = session.config
+    if not (_xdist_controller(config) and _torch_follows(config)) or config.option.maxfail == 1 \
+            or config.option.collectonly:
+        return
+    import tempfile
+
+    output = tempfile.TemporaryFile(mode="w+")
+    child = subprocess.Popen(_torch_args(config, workers=False), env={**os.environ, _CHILD: "1"},
+                             cwd=config.rootpath, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    config.stash[_TORCH_BESIDE] = child, output
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not _torch_follows(config):
+        return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_sep("=", "torch tests (their own process: TensorFlow and torch never share one)")
-    child = subprocess.run(args, env={**os.environ, _CHILD: "1"}, cwd=config.rootpath)
-    if child.returncode not in (0, 5):
-        session.exitstatus = child.returncode
+    beside = config.stash.get(_TORCH_BESIDE, None)
+    if beside is not None:
+        child, output = beside
+        returncode = child.wait()
+        output.seek(0)
+        text = output.read()
+        output.close()
+        if reporter is not None:
+            reporter.write(text)
+        else:
+            sys.stdout.write(text)
+    else:
+        if exitstatus not in (0, 5) and config.option.maxfail == 1:
+            return
+        returncode = subprocess.run(_torch_args(config, workers=True), env={**os.environ, _CHILD: "1"},
+                                    cwd=config.rootpath).returncode
+    if returncode not in (0, 5):
+        session.exitstatus = returncode
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/torch/ imports torch: it carries the `torch` marker without each file saying so."""
+    """Every test under tests/torch/ imports torch: it carries the `torch` marker without each file saying so.
+    With pytest-xdist, the modules with the most `slow` tests go first (the workers take modules in this order), so
+    that the long ones are not left for the end, when one worker would run them alone."""
     for item in items:
         if TORCH_DIR in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.torch)
+    if _xdist_worker(config):
+        slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(autouse=True)
