@@ -8,12 +8,18 @@ fails any test after which both frameworks are loaded.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,15 +71,36 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 _RUN_TORCH = pytest.StashKey[bool]()
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if not config.stash.get(_RUN_TORCH, False):
-        return
-    first_failure_stops = config.option.maxfail == 1
-    if exitstatus not in (0, 5) and first_failure_stops:
-        return
+def _xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return getattr(config.option, "dist", "no") != "no" and not _xdist_worker(config)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With pytest-xdist (`-n 2`), each worker takes whole modules (`--dist loadfile`) in place of xdist's default
+    of single tests (`load`), which would start a module's fixture, often a set of real runs, in every worker
+    that got one of its tests; the runs several modules share are started once for all workers (`_once`)."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+        config.option.loadscopereorder = False  # the order of pytest_collection_modifyitems below
+
+
+def _torch_follows(config: pytest.Config) -> bool:
+    """Whether this process starts the torch tests' own process when it is done: the one that collected the tests
+    (which saw tests/torch/ and left it out), or, with pytest-xdist, the controller (its workers collect)."""
+    if _xdist_worker(config):
+        return False
+    if _xdist_controller(config):
+        return not os.environ.get(_CHILD) and not _torch_only(config) and _torch_dir_targeted(config)
+    return config.stash.get(_RUN_TORCH, False)
+
+
+def _torch_args(config: pytest.Config, workers: bool) -> list[str]:
     args = [sys.executable, "-m", "pytest", "-q", str(TORCH_DIR)]
-    if first_failure_stops:
+    if config.option.maxfail == 1:
         args.append("-x")
     if config.option.keyword:
         args += ["-k", config.option.keyword]
@@ -83,19 +110,68 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         args.append("--collect-only")
     if config.option.durations is not None:
         args.append(f"--durations={config.option.durations}")
+    if workers and config.option.numprocesses:
+        args += ["-n", str(config.option.numprocesses)]
+    return args
+
+
+_TORCH_BESIDE = pytest.StashKey[tuple[subprocess.Popen, object]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With pytest-xdist, the torch tests' process runs beside the workers from the start (one process, its
+    output shown at the end), filling the cores while the workers wait for their MPI jobs; with `-x` it still
+    waits for the others to pass first."""
+    config = session.config
+    if not (_xdist_controller(config) and _torch_follows(config)) or config.option.maxfail == 1 \
+            or config.option.collectonly:
+        return
+    import tempfile
+
+    output = tempfile.TemporaryFile(mode="w+")
+    child = subprocess.Popen(_torch_args(config, workers=False), env={**os.environ, _CHILD: "1"},
+                             cwd=config.rootpath, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    config.stash[_TORCH_BESIDE] = child, output
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not _torch_follows(config):
+        return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_sep("=", "torch tests (their own process: TensorFlow and torch never share one)")
-    child = subprocess.run(args, env={**os.environ, _CHILD: "1"}, cwd=config.rootpath)
-    if child.returncode not in (0, 5):
-        session.exitstatus = child.returncode
+    beside = config.stash.get(_TORCH_BESIDE, None)
+    if beside is not None:
+        child, output = beside
+        returncode = child.wait()
+        output.seek(0)
+        text = output.read()
+        output.close()
+        if reporter is not None:
+            reporter.write(text)
+        else:
+            sys.stdout.write(text)
+    else:
+        if exitstatus not in (0, 5) and config.option.maxfail == 1:
+            return
+        returncode = subprocess.run(_torch_args(config, workers=True), env={**os.environ, _CHILD: "1"},
+                                    cwd=config.rootpath).returncode
+    if returncode not in (0, 5):
+        session.exitstatus = returncode
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/torch/ imports torch: it carries the `torch` marker without each file saying so."""
+    """Every test under tests/torch/ imports torch: it carries the `torch` marker without each file saying so.
+    With pytest-xdist, the modules with the most `slow` tests go first (the workers take modules in this order), so
+    that the long ones are not left for the end, when one worker would run them alone."""
     for item in items:
         if TORCH_DIR in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.torch)
+    if _xdist_worker(config):
+        slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(autouse=True)
@@ -105,40 +181,83 @@ def _one_framework_per_process():
         pytest.fail("TensorFlow and torch were both imported in one test process; torch tests belong in tests/torch/")
 
 
+def _session_folder(tmp_path_factory) -> Path:
+    """A folder of this test session that every pytest-xdist worker sees: each worker's temporary folder is one of
+    the session's (`popen-gw0`, ...); without xdist, this process's own."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / "session"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder `name` of this session, made by `make(folder)` the first time any process of the session (with
+    pytest-xdist, any worker) asks for it; later ones wait for it to be made and get the same folder. A `make`
+    that fails leaves it to the next one to ask."""
+    shared = _session_folder(tmp_path_factory)
+    folder = shared / name
+    with _locked(shared / f"{name}.lock"):
+        made = shared / f"{name}.made"
+        if not made.is_file():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            make(folder)
+            made.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def real_runs(tmp_path_factory) -> dict[str, Path]:
     """One short 2-worker run of each method on the built-in digits data."""
-    out = tmp_path_factory.mktemp("real-runs")
-    common = ["--workers", "2", "--induce", "cedar:0.2", "--steps", str(REAL_RUN_STEPS), "--test-size", "100",
-              "--out", str(out), "--quiet"]
-    anytimectl("train", "amb", "--batch-size", "32", "--partitions", "4", "--name", "amb", *common)
-    anytimectl("train", "fmb", "--batch-size", "32", "--name", "fmb", *common)
+    def make(out: Path) -> None:
+        common = ["--workers", "2", "--induce", "cedar:0.2", "--steps", str(REAL_RUN_STEPS), "--test-size", "100",
+                  "--out", str(out), "--quiet"]
+        anytimectl("train", "amb", "--batch-size", "32", "--partitions", "4", "--name", "amb", *common)
+        anytimectl("train", "fmb", "--batch-size", "32", "--name", "fmb", *common)
+
+    out = _once(tmp_path_factory, "real-runs", make)
     return {"amb": out / "amb", "fmb": out / "fmb"}
 
 
-def _fingerprint(run: Path) -> list[tuple[str, int, int]]:
-    return sorted((str(path.relative_to(run)), path.stat().st_size, path.stat().st_mtime_ns)
+def _fingerprint(run: Path) -> list[list[str | int]]:
+    return sorted([str(path.relative_to(run)), path.stat().st_size, path.stat().st_mtime_ns]
                   for path in run.rglob("*") if path.is_file())
 
 
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory) -> Callable[..., Path]:
     """`shared_run(*argv)`: the run directory of `anytimectl *argv --out ... --name ...`, started the first time a
-    test of this session asks for that command line and handed to every later one, so that modules reading the same
-    tiny run (the figures, the exchanges, the compressor labels) share one run instead of each starting its own.
-    Only for tests that read a run: one that resumes, stops or writes into a run starts its own. A test that
-    changed a shared run anyway fails the next test that asks for it (files, sizes and times are compared)."""
-    out = tmp_path_factory.mktemp("shared-runs")
-    done: dict[tuple[str, ...], tuple[Path, list[tuple[str, int, int]]]] = {}
+    test of this session (with pytest-xdist, of any worker) asks for that command line and handed to every later
+    one, so that modules reading the same tiny run (the figures, the exchanges, the compressor labels) share one
+    run instead of each starting its own. Only for tests that read a run: one that resumes, stops or writes into
+    a run starts its own. A test that changed a shared run anyway fails the next test that asks for it (files,
+    sizes and times are compared)."""
 
     def run(*argv: str) -> Path:
-        if argv not in done:
-            path = out / f"run{len(done)}"
-            anytimectl(*argv, "--out", str(out), "--name", path.name)
-            done[argv] = path, _fingerprint(path)
-        path, fingerprint = done[argv]
-        assert _fingerprint(path) == fingerprint, f"a test changed the shared run of {' '.join(argv)}"
-        return path
+        key = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+
+        def make(out: Path) -> None:
+            anytimectl(*argv, "--out", str(out), "--name", "run")
+            (out / "fingerprint.json").write_text(json.dumps({"argv": argv, "files": _fingerprint(out / "run")}))
+
+        out = _once(tmp_path_factory, f"shared-run-{key}", make)
+        record = json.loads((out / "fingerprint.json").read_text())
+        assert record["argv"] == list(argv), "two command lines of one key"
+        assert _fingerprint(out / "run") == record["files"], f"a test changed the shared run of {' '.join(argv)}"
+        return out / "run"
 
     return run
 
@@ -148,7 +267,10 @@ def sim_runs(tmp_path_factory) -> Path:
     """A small sweep made by the real tool on the simulated backend (no framework, seconds each): AMB and FMB with
     two seeds each in folders of their own, and an FMB run stopped by Ctrl-C (`interrupted`). For the commands that
     read many run directories (`runs`, TensorBoard export), which need real directories, not a real framework."""
-    out = tmp_path_factory.mktemp("sim-sweep")
+    return _once(tmp_path_factory, "sim-sweep", _sim_sweep)
+
+
+def _sim_sweep(out: Path) -> None:
     common = ["--backend", "sim", "--workers", "2", "--steps", "6", "--test-size", "200", "--quiet"]
     jobs = [
         subprocess.Popen([sys.executable, "-m", "anytimectl", "train", method, *common, "--seed", str(seed),
@@ -176,4 +298,3 @@ def sim_runs(tmp_path_factory) -> Path:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 130, err
-    return out

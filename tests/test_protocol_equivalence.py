@@ -21,12 +21,44 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 SCRIPT = Path(__file__).parent / "mpi" / "protocol_equivalence.py"
 
 
-def _run(method: str, backend: str, mode: str = "broadcast", shared_memory: bool = True) -> dict:
+def _job(backend: str, cases: list[str], shared_memory: bool) -> dict[str, dict]:
+    """One MPI job of 3 ranks that runs `cases` (METHOD:MODE) one after another: each rank starts its framework
+    once for all of them. Returns each case's report."""
     env = {**os.environ, "ANYTIMECTL_SHARED_MEMORY": "1" if shared_memory else "0"}
-    result = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), method, backend,
-                             mode], capture_output=True, text=True, timeout=240, env=env)
+    result = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), backend, *cases],
+                            capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"case"')]
+    assert [r["case"] for r in reports] == cases, result.stdout[-2000:]
+    return {r["case"]: r for r in reports}
+
+
+#: each test's job (backend, shared memory) and case, from its parameters
+CASE_OF = {
+    "test_distributed_steps_equal_single_process_steps_on_the_same_examples":
+        lambda method, backend: ((backend, True), f"{method}:broadcast"),
+    "test_replicated_updates_leave_every_rank_with_the_master_model":
+        lambda method: (("tensorflow", True), f"{method}:replicated"),
+    "test_both_transports_give_the_same_steps": lambda mode, shared_memory: (("sim", shared_memory), f"fmb:{mode}"),
+}
+
+
+@pytest.fixture(scope="module")
+def reports(request) -> dict[tuple[str, bool, str], dict]:
+    """The selected tests' cases, one MPI job per backend and transport (4 TensorFlow jobs of 3 ranks were one
+    each before; now one in all)."""
+    jobs: dict[tuple[str, bool], list[str]] = {}
+    for item in request.session.items:
+        if item.module is request.module and getattr(item, "originalname", None) in CASE_OF:
+            job, case = CASE_OF[item.originalname](**item.callspec.params)
+            jobs.setdefault(job, [])
+            if case not in jobs[job]:
+                jobs[job].append(case)
+    return {(*job, case): report for job, cases in jobs.items() for case, report in _job(job[0], cases, job[1]).items()}
+
+
+def _run(reports, method: str, backend: str, mode: str = "broadcast", shared_memory: bool = True) -> dict:
+    report = reports[(backend, shared_memory, f"{method}:{mode}")]
     assert report["max_update"] > 1e-4  # the parameters really moved
     assert report["max_difference"] < 1e-5 + 1e-3 * report["max_update"]
     assert report["shared_memory"] is shared_memory
@@ -35,19 +67,19 @@ def _run(method: str, backend: str, mode: str = "broadcast", shared_memory: bool
 
 @pytest.mark.parametrize("backend", ["tensorflow", pytest.param("torch", marks=pytest.mark.torch)])
 @pytest.mark.parametrize("method", ["fmb", "amb"])
-def test_distributed_steps_equal_single_process_steps_on_the_same_examples(method, backend):
-    _run(method, backend)
+def test_distributed_steps_equal_single_process_steps_on_the_same_examples(reports, method, backend):
+    _run(reports, method, backend)
 
 
 @pytest.mark.parametrize("method", ["fmb", "amb"])
-def test_replicated_updates_leave_every_rank_with_the_master_model(method):
-    report = _run(method, "tensorflow", "replicated")
+def test_replicated_updates_leave_every_rank_with_the_master_model(reports, method):
+    report = _run(reports, method, "tensorflow", "replicated")
     assert report["workers_equal_master"]  # bit for bit: the same update on the same parameters
 
 
 @pytest.mark.parametrize("mode", ["broadcast", "replicated"])
 @pytest.mark.parametrize("shared_memory", [True, False], ids=["shared-memory", "mpi-messages"])
-def test_both_transports_give_the_same_steps(mode, shared_memory):
-    report = _run("fmb", "sim", mode, shared_memory)
+def test_both_transports_give_the_same_steps(reports, mode, shared_memory):
+    report = _run(reports, "fmb", "sim", mode, shared_memory)
     if mode == "replicated":
         assert report["workers_equal_master"]
