@@ -104,17 +104,7 @@ def test_compress_topk_ef_stopped_by_the_schedulers_signal_resumes_bit_for_bit(s
     command = ["compress", "train", "--compressor", "topk", "--ratio", "0.05", "--error-feedback", "--workers", "2",
                "--test-size", "50", "--log-every", "4", "--quiet", "--steps", str(steps), "--checkpoint-every",
                str(steps)]
-    straight = shared_run(*command)
-    run = tmp_path / "signalled"
-    stopped = signalled([*command, *chosen, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"],
-                             run, sig)
-    assert AFTER <= stopped < steps
-    _resume("compress train", run, stopped, steps)
-    assert_same_rows(straight, run, steps, stopped, 2,
-                     ("master_step", "rank", "num_samples", "batch_size", "payload_bytes"))
-    for x, y in zip(_final_state(straight, steps), _final_state(run, steps), strict=True):
-        _assert_equal_states(x["engine"], y["engine"], "engine")
-        _assert_equal_states(x["exchange"], y["exchange"], "exchange")
+    _compress_signalled_matches_straight(shared_run(*command), [*command, *chosen], tmp_path, sig, steps)
 
 
 def test_sync_fmb_stopped_by_the_schedulers_signal_resumes_bit_for_bit(tmp_path):
@@ -160,10 +150,16 @@ def test_powersgd_stopped_by_the_schedulers_signal_resumes_bit_for_bit(shared_ru
     error-feedback memory, Q and its seed position. The straight run is the kill -9 test's
     (test_resume_runs.py, conftest.py's shared_run); `--slow 2:25` only sleeps."""
     args = compress_straight("powersgd")
-    steps = 2 * N
-    straight = shared_run(*args)
+    _compress_signalled_matches_straight(shared_run(*args), args, tmp_path, "USR1", 2 * N)
+
+
+def _compress_signalled_matches_straight(straight: Path, command: list[str], tmp_path: Path, sig: str,
+                                         steps: int) -> None:
+    """`compress train COMMAND`, slowed (`--slow 2:25` only sleeps), stopped by SIG<sig> once step AFTER is in its
+    table and resumed to `steps`: its rows after the stop and its final state (the model, the optimizer and the
+    exchange's memory) are the straight run's, bit for bit."""
     run = tmp_path / "signalled"
-    stopped = signalled([*args, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"], run, "USR1")
+    stopped = signalled([*command, "--slow", "2:25", "--out", str(tmp_path), "--name", "signalled"], run, sig)
     assert AFTER <= stopped < steps
     _resume("compress train", run, stopped, steps)
     assert_same_rows(straight, run, steps, stopped, 2,
