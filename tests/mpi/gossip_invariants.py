@@ -95,7 +95,7 @@ def run_step(step: int) -> None:
 
 
 # --- allreduce: every worker holds the mean of the pre-exchange gradients (all_reduce_check) ------------------------
-protocol.method = "allreduce"
+protocol.rule = "allreduce"
 captured: dict[str, np.ndarray] = {}
 compute, apply = engine.compute, engine.apply
 
@@ -124,7 +124,7 @@ report["allreduce_equal_after"] = all(np.array_equal(reduced[0], r) for r in red
 report["allreduce_mean_error"] = float(np.abs(reduced[rank][:T] / reduced[rank][-2] - np.mean(pre_grads, axis=0)).max())
 
 # --- elastic: the update is alpha * sum over partners (x_r - x_p); the sum is conserved (elastic_gossip_check) -------
-protocol.method = "elastic"
+protocol.rule = "elastic"
 protocol.gossip = GossipSchedule.create(size, SEED, prob=1.0)
 errors, conserved, changed = [], [], []
 for step in range(2, 8):
@@ -149,7 +149,7 @@ if size == 2:
     report["elastic_midpoint_error"] = float(np.abs(after[rank][:T] - (before[0][:T] + before[1][:T]) / 2).max())
 
 # --- pull gossip: the initiator's update is (x_r - x_peer)/2, the peer does not change (gossiping_sgd_check) ---------
-protocol.method = "gossip"
+protocol.rule = "gossip"
 protocol.gossip = GossipSchedule.create(size, SEED, prob=0.5)
 initiator_errors, bystander_errors, seen = [], [], set()
 for step in range(10, 40):
