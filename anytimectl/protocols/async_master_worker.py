@@ -436,14 +436,14 @@ class CheckpointCuts:
         self.checkpointer = checkpointer
         self.workers = workers
         #: step -> {"state", "info", "taken": [(rank, data, stats)], "fresh": ranks whose first contribution on a
-        #: model of that step or newer was taken, "points": each worker's k_w once all have saved}
+        #: model of that step or newer was taken, "points": each worker's k_w, read once its file exists}
         self.open: dict[int, dict[str, Any]] = {}
         self.newest: dict[int, int] = {}  # rank -> the highest worker_step taken from it
 
     def start(self, step: int, state: dict[str, Any], info: dict[str, Any]) -> None:
         """The master's state after the update of `step`: detached from the live master and engine (Engine.state
         and Master.state return copies), so the steps made meanwhile do not change it."""
-        self.open[step] = {"state": state, "info": dict(info), "taken": [], "fresh": set(), "points": None}
+        self.open[step] = {"state": state, "info": dict(info), "taken": [], "fresh": set(), "points": {}}
 
     def taken(self, rank: int, data: np.ndarray, stats: np.ndarray) -> None:
         number = int(stats[ASYNC_LAYOUT["worker_step"]])
@@ -456,22 +456,23 @@ class CheckpointCuts:
                 cut["fresh"].add(rank)
 
     def _points(self, step: int) -> dict[int, int] | None:
-        """Each worker's k_w for the cut of `step`, or None while a worker's file is missing."""
+        """Each worker's k_w for the cut of `step`, or None while a worker's file is missing. Called on every turn
+        of the master's loop while the cut is open: each file is read once, when it first exists."""
         run_dir = self.checkpointer.run_dir
-        points = {}
+        points = self.open[step]["points"]
         for rank in range(1, self.workers + 1):
-            path = checkpoints.rank_path(run_dir, step, rank)
-            if not path.is_file():
-                return None
-            points[rank] = int(checkpoints.peek(path, "worker", "contributions"))
-        return points
+            if rank not in points:
+                path = checkpoints.rank_path(run_dir, step, rank)
+                if path.is_file():
+                    points[rank] = int(checkpoints.peek(path, "worker", "contributions"))
+        return points if len(points) == self.workers else None
 
     def complete(self, final: bool = False) -> None:
         """Write the master's file of every open cut whose workers have all saved and whose in-flight
         contributions are all taken. `final` (after the stop, everything handed over taken): a cut that a worker
         never reached (the stop came first) cannot be completed; its folder is removed."""
         for step in sorted(self.open):
-            points = self.open[step]["points"] = self.open[step]["points"] or self._points(step)
+            points = self._points(step)
             if points is None:
                 if final:
                     del self.open[step]
