@@ -3,7 +3,7 @@
 A compressor sees one flat float32 tensor at a time (one layer in layerwise mode, the whole model in entire
 mode) and returns the message it means to send (`messages.py`); how that message becomes bytes is its
 encoding's job (`encodings.py`), and error feedback is the memory's (`memory.py`). The rules are the original's
-(sands-lab/layer-wise-aaai20, originals.md section 3), with its defects fixed. Names are case-insensitive; the
+(sands-lab/layer-wise-aaai20; README, "Differences from the original"), with its defects fixed. Names are case-insensitive; the
 original's names are aliases.
 
 - `none`: every element, in the value dtype (Dense).
