@@ -3,8 +3,8 @@
 A compressor sees one flat float32 tensor at a time (one layer in layerwise mode, the whole model in entire
 mode) and returns the message it means to send (`messages.py`); how that message becomes bytes is its
 encoding's job (`encodings.py`), and error feedback is the memory's (`memory.py`). The rules are the original's
-(sands-lab/layer-wise-aaai20; README, "Differences from the original"), with its defects fixed. Names are case-insensitive; the
-original's names are aliases.
+(sands-lab/layer-wise-aaai20; README, "Differences from the original"), with its defects fixed. Names are
+case-insensitive; the original's names are aliases.
 
 - `none`: every element, in the value dtype (Dense).
 - `topk` (Topk): the k = ceil(K n) largest |g| (Sparse). Ties at the k-th magnitude go to the lowest indices,
