@@ -3,6 +3,8 @@
 import gzip
 import io
 import pickle
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -31,6 +33,34 @@ def test_iris():
     assert ds.num_classes == 3 and ds.x_train.dtype == np.float32 and ds.y_test.dtype == np.int64
     np.testing.assert_allclose(ds.x_train.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(ds.x_train.std(axis=0), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["digits", "iris"])
+def test_built_in_sets_read_from_scikit_learns_files_equal_its_loaders(name, monkeypatch):
+    from sklearn import datasets as sklearn_datasets
+
+    from anytimectl.data import datasets
+
+    direct = getattr(datasets, f"_{name}_arrays")()
+    bunch = getattr(sklearn_datasets, f"load_{name}")()
+    expected = (bunch.images if name == "digits" else bunch.data, bunch.target)
+    for got, want in zip(direct, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # scikit-learn keeping its files elsewhere falls back to its loader, with the same data set
+    monkeypatch.setattr(datasets, "_sklearn_data_file", lambda _name: None)
+    fallback = data.load_dataset(name)
+    monkeypatch.undo()
+    original = data.load_dataset(name)
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(fallback, field), getattr(original, field))
+
+
+def test_built_in_sets_load_without_importing_scikit_learn():
+    """A launcher or rank that reads digits does not pay scikit-learn's second of import (scipy, pandas)."""
+    code = ("import sys; from anytimectl import data; data.load_dataset('digits'); data.load_dataset('iris'); "
+            "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_toy():

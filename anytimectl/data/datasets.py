@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import importlib.util
 import io
 import math
 import os
@@ -81,20 +82,58 @@ def _split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return x[train], y[train], x[test], y[test]
 
 
-def _digits() -> Dataset:
-    from sklearn.datasets import load_digits
+def _sklearn_data_file(name: str) -> Path | None:
+    """The file scikit-learn ships `name` in, found without importing scikit-learn.
 
-    bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[..., None]
-    y = bunch.target.astype(np.int64)
+    Importing `sklearn.datasets` costs about a second of CPU (it pulls in scipy and pandas) in every launcher
+    and every rank that reads the built-in sets, which is most of anytimectl's processes; reading the shipped
+    file takes milliseconds. None where scikit-learn keeps its data elsewhere, so the caller falls back to
+    scikit-learn's own loader.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "data" / name
+        if path.is_file():
+            return path
+    return None
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 8x8 images (0..16) and their labels, as scikit-learn's `load_digits` gives them."""
+    path = _sklearn_data_file("digits.csv.gz")
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def _iris_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 150 flowers' 4 measurements and species, as scikit-learn's `load_iris` gives them."""
+    path = _sklearn_data_file("iris.csv")
+    if path is None:
+        from sklearn.datasets import load_iris
+
+        bunch = load_iris()
+        return bunch.data, bunch.target
+    table = np.loadtxt(path, delimiter=",", skiprows=1)  # the header: count, features, species names
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _digits() -> Dataset:
+    images, labels = _digits_arrays()
+    x = (images.astype(np.float32) / 16.0)[..., None]
+    y = labels.astype(np.int64)
     return Dataset("digits", *_split(x, y), num_classes=10)
 
 
 def _iris() -> Dataset:
-    from sklearn.datasets import load_iris
-
-    bunch = load_iris()
-    x_train, y_train, x_test, y_test = _split(bunch.data.astype(np.float64), bunch.target.astype(np.int64))
+    features, labels = _iris_arrays()
+    x_train, y_train, x_test, y_test = _split(features.astype(np.float64), labels.astype(np.int64))
     # Statistics from the train split only, so the test split stays held out.
     mu, sd = x_train.mean(axis=0), x_train.std(axis=0)
     sd[sd == 0] = 1.0

@@ -723,7 +723,7 @@ def leave_process(code: int) -> NoReturn:
     The process flushes its output, runs the atexit handlers, finalizes MPI (with code 0 every rank of a job
     arrives here together, after its last collective; a non-zero code must come after `end_rank`, or the process
     exits normally) and leaves without tearing down its modules, which took 1-2.4 s on a busy 2-core machine for
-    the launching process (scipy, pandas and scikit-learn come in with the data checks) and about 1 s for a
+    the launching process (when its data checks still imported scikit-learn, scipy and pandas) and about 1 s for a
     simulated rank (docs/platform-facts.md, "A process's exit is a teardown too"; README, "How runs end":
     tests/bench/teardown.py). A process that is not an MPI rank leaves with `os._exit`, which also skips
     TensorFlow's and torch's C++ teardown (seconds); an MPI rank leaves with the C library's `exit`, because MPICH

@@ -16,7 +16,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from scipy.special import ndtr
 
 from anytimectl.runtime.errors import UsageError
 
@@ -58,6 +57,8 @@ class DelayModel:
 
     def cdf(self, x: np.ndarray | float) -> np.ndarray:
         """The exact distribution, so plots and bounds need not sample; std 0 components are point masses."""
+        from scipy.special import ndtr  # here, not at the top: most processes that read --induce never need it
+
         x = np.asarray(x, dtype=float)
         total = np.zeros_like(x)
         for mean, std, weight in self.components:
