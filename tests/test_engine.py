@@ -201,3 +201,19 @@ def test_state_of_another_model_is_refused_before_anything_is_assigned():
     with pytest.raises(ValueError, match="shape"):
         engine.load_state(state)
     np.testing.assert_array_equal(engine.get_params(), before)
+
+
+def test_tensorflow_loads_without_keras_optional_packages_which_import_as_usual_afterwards():
+    """A TensorFlow rank does not pay for Keras's scikit-learn, pandas and matplotlib integrations (a third of
+    TensorFlow's import), and a later import of any of them, by anytimectl or a user's model file, is the usual one."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from anytimectl.backends.tensorflow.quiet_import import keras, tf\n"
+            "print(sorted(m for m in ('sklearn', 'pandas', 'matplotlib') if m in sys.modules))\n"
+            "import pandas, sklearn, matplotlib.pyplot\n"
+            "print(pandas.DataFrame({'a': [1]}).shape, keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])"
+            "(tf.zeros((1, 2))).shape)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.splitlines() == ["[]", "(1, 1) (1, 1)"]
