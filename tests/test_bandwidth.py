@@ -59,6 +59,18 @@ def test_measures_an_existing_job_and_only_rank_zero_writes(tmp_path):
     assert "mlp (" in result.stdout and "ms of communication per step" in result.stdout
 
 
+def test_a_round_ends_when_every_rank_has_the_broadcast(tmp_path):
+    """A worker that takes its broadcast 0.3 s late makes the master's round 0.3 s longer, in both layers: the
+    master handing its buffer over is not the broadcast's end (across hosts it returns once TCP has the data)."""
+    script = Path(__file__).resolve().parent / "mpi" / "bandwidth_round_end.py"
+    result = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    for layer, seconds in report["bcast_time"].items():
+        assert seconds >= report["late"], (layer, seconds)
+
+
 def rows(workers: int, elements: int, ours: float, raw: float) -> list[dict]:
     base = {"workers": workers, "elements": elements, "bytes": 4 * elements, "model": ""}
     return [{**base, "layer": "ours", "round_time": ours}, {**base, "layer": "raw", "round_time": raw}]

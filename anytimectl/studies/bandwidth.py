@@ -5,7 +5,7 @@ master's (reduce), then the master's buffer is sent to every worker (broadcast).
 `anytimectl.comm` (non-blocking, sleep-polled: the layer training uses) and, in the same job and interleaved round
 by round, through raw blocking mpi4py `Reduce`/`Bcast` of the same buffers, so the cost of our layer is a ratio
 measured side by side. Times are the master's: from the start of the round (after a barrier) to the end of its
-reduce, and from there to the end of its broadcast.
+reduce, and from there until every rank has the broadcast buffer (a closing barrier, the same for both layers).
 
 Message sizes count float32 elements, as the flat model buffers do (2^20 elements = 4 MiB). The original script
 (`test_bandwidth.sh`) sent float64 buffers of the same element counts.
@@ -77,8 +77,13 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def _round(comm: Any, layer: str, send: np.ndarray, recv: np.ndarray | None, model: np.ndarray) -> tuple[float, float]:
-    """One reduce + broadcast, the seconds of each as this rank saw them: through the calls a training step
-    makes (`Comm.collect`, `Comm.distribute`, with their small stats and header messages), or raw blocking MPI."""
+    """One reduce + broadcast, the seconds of each: through the calls a training step makes (`Comm.collect`,
+    `Comm.distribute`, with their small stats and header messages), or raw blocking MPI.
+
+    The broadcast ends at a closing barrier, the same for both layers: a rank's own part of a broadcast can end
+    when its data is handed to TCP (the master's, or a middle host's in the host chain), long before the last
+    rank has the buffer, and a round that ended there would credit a layer with bandwidth the link never gave.
+    """
     import numpy as np
     from mpi4py import MPI
 
@@ -95,6 +100,7 @@ def _round(comm: Any, layer: str, send: np.ndarray, recv: np.ndarray | None, mod
         comm.distribute(np.zeros(HEADER_SIZE), model)
     else:
         comm.mpi.Bcast(model, root=0)
+    comm.barrier(latency_share=0.01)  # sleep-polled, each sleep at most 1% of the wait: no core spins
     return middle - start, time.perf_counter() - middle
 
 
