@@ -107,6 +107,49 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda", int(index))
 
 
+#: torch.optim.Optimizer's methods that torch wraps to keep torch.compile out of them; the wrapper imports the
+#: compiler (torch._dynamo) on its first call.
+_COMPILER_GUARDED = ("add_param_group", "state_dict", "load_state_dict", "zero_grad")
+
+
+def _skip_compiler_guards() -> None:
+    """Let the optimizers run without importing torch's compiler, which anytimectl never uses.
+
+    torch wraps `Optimizer.__init__`'s `add_param_group` (and `state_dict`, `load_state_dict`, `zero_grad`) and
+    every `step()` in guards that keep torch.compile from tracing them, and the guards import torch._dynamo, the
+    compiler, on their first call: about 1 s of CPU, a third of a torch rank's start-up on our 2-core machine
+    (torch's own import is 1.3 s). A guard caches its unguarded function on first use; filling that cache with
+    the function itself makes the guard call it directly (nothing is ever compiled in these processes, so the
+    guard has nothing to guard), and `optimizer_step` calls `step()`'s implementation under `torch.no_grad()`, as
+    its guard does. Where torch has already imported the compiler, or its guards have another shape, this does
+    nothing and the optimizers run as torch wrote them.
+    """
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in _COMPILER_GUARDED:
+        guarded = getattr(torch.optim.Optimizer, name)
+        function = getattr(guarded, "__wrapped__", None)
+        if function is not None and getattr(function, "__dynamo_disable", None) is None:
+            setattr(function, "__dynamo_disable", function)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """`optimizer.step()` without its compiler guard (see `_skip_compiler_guards`): the same update, computed
+    without autograd as the guard computes it, for optimizers that are not differentiable."""
+    import inspect
+    import sys
+
+    step = type(optimizer).step
+    update = inspect.unwrap(step)
+    if update is step or optimizer.defaults.get("differentiable") or "torch._dynamo" in sys.modules:
+        optimizer.step()
+        return
+    with torch.no_grad():
+        update(optimizer)
+
+
 def make_optimizer(name: str, parameters: list[torch.Tensor], learning_rate: float, momentum: float | None = None,
                    nesterov: bool = False) -> torch.optim.Optimizer:
     """The optimizer by the CLI's name; weight decay is added to the gradient by the engine, so it gets none.
@@ -114,6 +157,7 @@ def make_optimizer(name: str, parameters: list[torch.Tensor], learning_rate: flo
     rms and adam take Keras' defaults (RMSprop rho 0.9, epsilon 1e-7; Adam epsilon 1e-7) so both backends take the
     same steps; momentum is SGD with momentum 0.9. An explicit `momentum` (the gossip and compression methods:
     SGD(lr, momentum, nesterov) as their originals) sets sgd's or momentum's value, or RMSprop's momentum."""
+    _skip_compiler_guards()
     name = OPTIMIZER_ALIASES.get(name, name)
     if name not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {name!r} for --optimizer; choose one of {', '.join(OPTIMIZERS)}")
@@ -249,7 +293,7 @@ class TorchEngine:
                 self._grad.add_(self._trainable, alpha=self.weight_decay)  # once per update
             for group in self.optimizer.param_groups:
                 group["lr"] = float(learning_rate)
-            self.optimizer.step()
+            optimizer_step(self.optimizer)
             if end > start:  # frozen parameters are the same everywhere: only the statistics are averaged
                 torch.div(values[start:end], n, out=self._values[start:end])
         return float(reduced[-1]) / n

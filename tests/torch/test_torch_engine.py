@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,6 +341,47 @@ def test_optimizers_by_name_alias_and_explicit_momentum():
                         ("sgd", {"momentum": -1.0})):
         with pytest.raises(UsageError):
             make_optimizer(bad, weight, 0.1, **kwargs)
+
+
+_OPTIMIZER_CASES = (("sgd", {}), ("momentum", {}), ("sgd", {"momentum": 0.9, "nesterov": True}), ("rms", {}),
+                    ("rms", {"momentum": 0.5}), ("adam", {}))
+
+
+def _steps_of_each_optimizer(step) -> list[np.ndarray]:
+    """Six updates of every optimizer case, from the same start and gradients, stepped by `step(optimizer)`,
+    with a trip through state_dict/load_state_dict half-way (a checkpoint)."""
+    results = []
+    for name, kwargs in _OPTIMIZER_CASES:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(257, generator=generator)
+        optimizer = make_optimizer(name, [weight], 0.05, **kwargs)
+        for update in range(6):
+            weight.grad = torch.randn(257, generator=generator)
+            step(optimizer)
+            if update == 2:
+                optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        results.append(weight.detach().numpy().copy())
+    return results
+
+
+def test_optimizers_take_torchs_steps_without_importing_its_compiler(tmp_path):
+    """The engine's optimizers skip the guards torch puts around them for torch.compile, which import the compiler
+    (about 1 s of CPU per rank), and take exactly the steps of a plain `optimizer.step()`."""
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parent.parent)!r}]
+        from test_torch_engine import _steps_of_each_optimizer
+        from anytimectl.backends.torch.engine import optimizer_step
+        np.save({str(tmp_path / "steps.npy")!r}, np.stack(_steps_of_each_optimizer(optimizer_step)))
+        print("torch._dynamo" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "False"
+    expected = _steps_of_each_optimizer(lambda optimizer: optimizer.step())  # torch's own path, guards and all
+    for (name, kwargs), got, want in zip(_OPTIMIZER_CASES, np.load(tmp_path / "steps.npy"), expected, strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=f"{name} {kwargs}")
 
 
 def test_devices_other_than_a_visible_gpu_are_one_line_errors():
