@@ -42,16 +42,15 @@ def _rows(path: Path) -> int:
         return 0
 
 
-@pytest.mark.mpi
-@pytest.mark.parametrize(("protocol", "victim"), [("sync", 2), ("async", 1)])
-def test_kill_9_of_a_worker_is_blamed_on_it(tmp_path, protocol, victim):
+def _kill_a_worker(tmp_path: Path, name: str, protocol: str, victim: int) -> tuple[Path, int, str]:
+    """A 2-worker sim `train amb` whose rank `victim` gets kill -9 once the run has 4 steps: (run, pid, stderr)."""
     marker = uuid.uuid4().hex
     process = subprocess.Popen(
         [sys.executable, "-m", "anytimectl", "train", "amb", "--backend", "sim", "--protocol", protocol, "--workers",
-         "2", "--steps", "100000", "--out", str(tmp_path), "--name", "victim", "--quiet"],
+         "2", "--steps", "100000", "--out", str(tmp_path), "--name", name, "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, PROCESS_MARKER: marker})
-    run = tmp_path / "victim"
+    run = tmp_path / name
     try:
         deadline = time.monotonic() + 240
         while _rows(run / "master_stats.csv") < 4:
@@ -65,8 +64,21 @@ def test_kill_9_of_a_worker_is_blamed_on_it(tmp_path, protocol, victim):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-    meta = metadata(run)
-    assert meta["status"] == "failed"
+    return run, pid, stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(("protocol", "victim"), [("sync", 2), ("async", 1)])
+def test_kill_9_of_a_worker_is_blamed_on_it(tmp_path, protocol, victim):
+    """The launcher names the killed rank, never a survivor. When the launcher wakes after mpiexec has already
+    killed the others (or they ended on the closed connection), it sees several ranks end at once and names none
+    (about one kill in eight here, `_RankWatch`): that try is repeated, up to three tries in all."""
+    for attempt in range(3):
+        run, pid, stderr = _kill_a_worker(tmp_path, f"victim{attempt}", protocol, victim)
+        meta = metadata(run)
+        assert meta["status"] == "failed"
+        if not meta["reason"].startswith("the MPI job ended with exit code"):  # it names a rank: the right one
+            break
     assert meta["reason"].startswith(f"rank {victim} (worker {victim}, pid {pid}) ended first"), meta["reason"]
     assert stderr.count(f"anytimectl: error: {meta['reason']}") == 1, stderr[-2000:]
     assert meta["pids"][victim] == pid  # every rank's pid is recorded, to match what a launcher reports
