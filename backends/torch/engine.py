@@ -137,13 +137,21 @@ def _skip_compiler_guards() -> None:
 
 def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     """`optimizer.step()` without its compiler guard (see `_skip_compiler_guards`): the same update, computed
-    without autograd as the guard computes it, for optimizers that are not differentiable."""
+    without autograd as the guard computes it, for optimizers that are not differentiable. The wrapper that runs
+    step hooks is skipped with it, so where any step hook is registered (the engine's optimizers have none, but a
+    user's model file could add a global one) the full `step()` runs."""
     import inspect
     import sys
 
+    from torch.optim import optimizer as optimizer_module
+
     step = type(optimizer).step
     update = inspect.unwrap(step)
-    if update is step or optimizer.defaults.get("differentiable") or "torch._dynamo" in sys.modules:
+    hooks = (getattr(optimizer, "_optimizer_step_pre_hooks", None), getattr(optimizer, "_optimizer_step_post_hooks",
+             None), getattr(optimizer_module, "_global_optimizer_pre_hooks", None),
+             getattr(optimizer_module, "_global_optimizer_post_hooks", None))
+    if update is step or optimizer.defaults.get("differentiable") or "torch._dynamo" in sys.modules \
+            or any(hooks):
         optimizer.step()
         return
     with torch.no_grad():

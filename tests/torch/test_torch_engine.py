@@ -384,6 +384,23 @@ def test_optimizers_take_torchs_steps_without_importing_its_compiler(tmp_path):
         np.testing.assert_array_equal(got, want, err_msg=f"{name} {kwargs}")
 
 
+def test_a_registered_step_hook_still_runs_through_the_engines_step():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from anytimectl.backends.torch.engine import optimizer_step
+
+    calls = []
+    handle = register_optimizer_step_pre_hook(lambda *args: calls.append(args[0]))
+    try:
+        weight = torch.ones(3)
+        optimizer = make_optimizer("sgd", [weight], 0.5)
+        weight.grad = torch.ones(3)
+        optimizer_step(optimizer)
+    finally:
+        handle.remove()
+    assert calls == [optimizer] and torch.equal(weight, torch.full((3,), 0.5))
+
+
 def test_devices_other_than_a_visible_gpu_are_one_line_errors():
     assert make_engine(device="cpu").device.type == "cpu"
     with pytest.raises(UsageError, match="cpu or cuda"):
