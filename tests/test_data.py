@@ -41,10 +41,9 @@ def test_built_in_sets_read_from_scikit_learns_files_equal_its_loaders(name, mon
 
     from anytimectl.data import datasets
 
-    direct = getattr(datasets, f"_{name}_arrays")()
+    direct = datasets._sklearn_table(name)
     bunch = getattr(sklearn_datasets, f"load_{name}")()
-    expected = (bunch.images if name == "digits" else bunch.data, bunch.target)
-    for got, want in zip(direct, expected, strict=True):
+    for got, want in zip(direct, (bunch.data, bunch.target), strict=True):
         np.testing.assert_array_equal(got, want)
     # scikit-learn keeping its files elsewhere falls back to its loader, with the same data set
     monkeypatch.setattr(datasets, "_sklearn_data_file", lambda _name: None)

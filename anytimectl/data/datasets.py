@@ -100,39 +100,30 @@ def _sklearn_data_file(name: str) -> Path | None:
     return None
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 1,797 8x8 images (0..16) and their labels, as scikit-learn's `load_digits` gives them."""
-    path = _sklearn_data_file("digits.csv.gz")
+def _sklearn_table(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's built-in set `name` ("digits", "iris") as (features, labels), as its `load_NAME().data` and
+    `.target` give them: read from the file it ships (`_sklearn_data_file`), or through its loader where that file
+    is not found."""
+    path = _sklearn_data_file("digits.csv.gz" if name == "digits" else f"{name}.csv")
     if path is None:
-        from sklearn.datasets import load_digits
+        from sklearn import datasets
 
-        bunch = load_digits()
-        return bunch.images, bunch.target
-    table = np.loadtxt(path, delimiter=",")
-    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-
-
-def _iris_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 150 flowers' 4 measurements and species, as scikit-learn's `load_iris` gives them."""
-    path = _sklearn_data_file("iris.csv")
-    if path is None:
-        from sklearn.datasets import load_iris
-
-        bunch = load_iris()
+        bunch = getattr(datasets, f"load_{name}")()
         return bunch.data, bunch.target
-    table = np.loadtxt(path, delimiter=",", skiprows=1)  # the header: count, features, species names
+    # digits.csv.gz is the table alone; iris.csv starts with a header line (count, features, species names)
+    table = np.loadtxt(path, delimiter=",", skiprows=0 if name == "digits" else 1)
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
 def _digits() -> Dataset:
-    images, labels = _digits_arrays()
-    x = (images.astype(np.float32) / 16.0)[..., None]
+    pixels, labels = _sklearn_table("digits")
+    x = (pixels.reshape(-1, 8, 8).astype(np.float32) / 16.0)[..., None]
     y = labels.astype(np.int64)
     return Dataset("digits", *_split(x, y), num_classes=10)
 
 
 def _iris() -> Dataset:
-    features, labels = _iris_arrays()
+    features, labels = _sklearn_table("iris")
     x_train, y_train, x_test, y_test = _split(features.astype(np.float64), labels.astype(np.int64))
     # Statistics from the train split only, so the test split stays held out.
     mu, sd = x_train.mean(axis=0), x_train.std(axis=0)
