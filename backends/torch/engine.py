@@ -24,8 +24,10 @@ clock is read after synchronising, so the pace is the device's, not the launch q
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
+from torch.optim import optimizer as optimizer_module
 
 from anytimectl.backends.torch.models import build_model, to_model_input
 from anytimectl.runtime.errors import UsageError
@@ -124,8 +127,6 @@ def _skip_compiler_guards() -> None:
     its guard does. Where torch has already imported the compiler, or its guards have another shape, this does
     nothing and the optimizers run as torch wrote them.
     """
-    import sys
-
     if "torch._dynamo" in sys.modules:
         return
     for name in _COMPILER_GUARDED:
@@ -140,11 +141,6 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     without autograd as the guard computes it, for optimizers that are not differentiable. The wrapper that runs
     step hooks is skipped with it, so where any step hook is registered (the engine's optimizers have none, but a
     user's model file could add a global one) the full `step()` runs."""
-    import inspect
-    import sys
-
-    from torch.optim import optimizer as optimizer_module
-
     step = type(optimizer).step
     update = inspect.unwrap(step)
     hooks = (getattr(optimizer, "_optimizer_step_pre_hooks", None), getattr(optimizer, "_optimizer_step_post_hooks",
