@@ -5,7 +5,10 @@ of the whole gradient at most 10% of ResNet9's backward pass at batch 512, on th
 The gradient is one backward pass of the summed cross-entropy of a freshly initialised ResNet9 on a random batch
 (the torch engine's model and layout when `anytimectl.backends.torch.engine` imports, otherwise cifar10-fast's
 ResNet9 defined below). The backward pass is timed alone (forward excluded), median of --backward-repeats.
-Threshold's V is set so that it keeps K n elements (bench.threshold_for_ratio). Run under the shared lock:
+Threshold's V is set so that it keeps K n elements (bench.threshold_for_ratio). A last table times top-k's
+selection of the k largest magnitudes as the codec makes it (candidates that a fixed sample's threshold picks, on
+long tensors) against a selection over each whole tensor (`torch.kthvalue`, what top-k did before), in the same
+run, on the same gradient, checking that both choose the same indices. Run under the shared lock:
 
     flock /tmp/anytimectl-bench.lock .venv/bin/python tests/bench/compression_codecs.py --threads 1
     flock /tmp/anytimectl-bench.lock .venv/bin/python tests/bench/compression_codecs.py            # default threads
@@ -93,6 +96,32 @@ def resnet9_gradient(batch_size: int, backward_repeats: int) -> tuple[list, str,
     return layout, source, grad, backward_s, backward_cpu_s
 
 
+def selection_against_whole_tensor(grad: torch.Tensor, layout: list, ratio: float, repeats: int) -> None:
+    """Top-k's selection as the codec makes it against the whole-tensor selection, per mode (layerwise: every
+    tensor of the layout in turn), medians of `repeats`; the same indices or an AssertionError."""
+    from anytimectl.backends.torch.compression import compressors, segments
+
+    count = compressors.make_compressor("topk", ratio=ratio).count
+    offsets, sizes = segments(layout, grad.numel())
+    print(f"top-k's selection at K = {ratio}: sampled candidates (the codec's) against the whole tensor")
+    print(f"{'mode':<10}{'whole ms':>10}{'sampled ms':>12}{'speed-up':>10}")
+    for mode, parts in (("layerwise", list(zip(offsets.tolist(), sizes.tolist(), strict=True))),
+                        ("entire", [(0, grad.numel())])):
+        tensors = [(grad[o:o + n], count(n)) for o, n in parts]
+        times = {}
+        for name, select in (("whole", compressors._top_indices_whole), ("sampled", compressors._top_indices)):
+            chosen, elapsed = None, []
+            for _ in range(max(1, repeats)):
+                start = time.perf_counter()
+                chosen = [select(t, k) if k < t.numel() else None for t, k in tensors]
+                elapsed.append(time.perf_counter() - start)
+            times[name] = (statistics.median(elapsed), chosen)
+        for a, b in zip(times["whole"][1], times["sampled"][1], strict=True):
+            assert (a is None and b is None) or torch.equal(a, b), "the two selections chose different indices"
+        whole, sampled = times["whole"][0], times["sampled"][0]
+        print(f"{mode:<10}{whole * 1e3:>10.1f}{sampled * 1e3:>12.1f}{whole / sampled:>9.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -132,6 +161,7 @@ def main() -> None:
     print(f"worst bytes/bound {worst_bound:.4f} (target <= 1.1): {'PASS' if worst_bound <= 1.1 else 'FAIL'}; "
           f"worst (encode + decode)/backward {worst_time:.1%} wall, {worst_cpu:.1%} CPU (target <= 10%): "
           f"{'PASS' if worst_time <= 0.10 else 'FAIL'}; load average now {os.getloadavg()[0]:.1f}")
+    selection_against_whole_tensor(grad, layout, args.ratio, args.repeats)
     if args.json:
         with open(args.json, "w") as stream:
             json.dump({"source": source, "threads": torch.get_num_threads(), "backward_s": backward_s,

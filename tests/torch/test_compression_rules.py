@@ -75,6 +75,61 @@ def test_topk_ties_go_to_the_lowest_indices():
     assert message.indices.tolist() == [0, 1, 2] and message.values.tolist() == [1, -1, 3]
 
 
+def _largest_first(g: np.ndarray, k: int) -> np.ndarray:
+    """The k largest |g|, ties to the lowest indices (a stable sort), ascending."""
+    return np.sort(np.argsort(-np.abs(g), kind="stable")[:k])
+
+
+def _long_tensors():
+    rng = np.random.default_rng(7)
+    n = 300_000
+    relu_like = rng.normal(size=n).astype(np.float32)
+    relu_like[rng.random(n) < 0.9] = 0  # mostly exact zeros
+    periodic = np.zeros(n, np.float32)
+    periodic[::7] = 1.0  # every candidate ties
+    spiky = rng.normal(size=n).astype(np.float32)
+    spiky[[3, 50_000, 299_999]] = [np.inf, -np.inf, 1e30]
+    return {"normal": rng.normal(size=n).astype(np.float32), "few-levels": rng.integers(-3, 4, n).astype(np.float32),
+            "relu-like": relu_like, "periodic": periodic, "infinite": spiky}
+
+
+@pytest.mark.parametrize("ratio", [1e-4, 0.01, 0.05])
+@pytest.mark.parametrize("kind", list(_long_tensors()))
+def test_topk_on_a_long_tensor_selects_among_sampled_candidates_with_the_same_result(monkeypatch, kind, ratio):
+    """Long tensors take the sampled-threshold path (the whole-tensor selection is made to fail here); it must
+    send exactly the k largest magnitudes with ties to the lowest indices, as the whole-tensor selection does."""
+    from anytimectl.backends.torch.compression import compressors
+
+    g = _long_tensors()[kind]
+    k = make_compressor("topk", ratio=ratio).count(g.size)
+    whole = compressors._top_indices_whole(torch.from_numpy(g), k).numpy()
+    assert np.array_equal(whole, _largest_first(g, k))
+    if kind != "periodic":  # where a third of the tensor ties at the top, the candidates are all of them: fine
+
+        def refuse(*_):
+            raise AssertionError("took the whole-tensor selection")
+
+        monkeypatch.setattr(compressors, "_top_indices_whole", refuse)
+    message = make_codec("topk", [(0, g.size)], ratio=ratio).compress(g, 0)[0]
+    assert np.array_equal(message.indices, whole) and np.array_equal(message.values, g[whole])
+
+
+def test_topk_falls_back_to_the_whole_tensor_when_the_sample_leaves_too_few_candidates(monkeypatch):
+    """A sample drawn from the largest elements only sets a threshold fewer than k pass: the answer is still the
+    k largest (and so is it with NaN in the tensor, which torch.topk ranks above every number)."""
+    from anytimectl.backends.torch.compression import compressors
+
+    g = np.random.default_rng(3).normal(size=100_000).astype(np.float32)
+    k = 1000
+    monkeypatch.setitem(compressors._SAMPLE_INDICES, g.size, np.argsort(-np.abs(g))[:compressors._SAMPLE])
+    chosen = compressors._top_indices(torch.from_numpy(g), k).numpy()
+    assert np.array_equal(chosen, _largest_first(g, k))
+    g[10] = np.nan
+    expected = compressors._top_indices_whole(torch.from_numpy(g), k).numpy()
+    monkeypatch.delitem(compressors._SAMPLE_INDICES, g.size)
+    assert 10 in expected and np.array_equal(compressors._top_indices(torch.from_numpy(g), k).numpy(), expected)
+
+
 def test_k_is_ceil_of_the_decimal_ratio():
     assert make_compressor("topk", ratio=0.07).count(100) == 7  # not 8 from 0.07 * 100 = 7.000000000000001
     assert make_compressor("topk", ratio=0.01).count(10) == 1
