@@ -80,8 +80,9 @@ def test_trace_has_every_phase_per_worker(real_runs):
 
 @pytest.mark.slow
 def test_single_process_run_with_json_summary(tmp_path):
-    result = anytimectl("train", "fmb", "--workers", "0", "--steps", "3", "--batch-size", "16", "--out",
-                        str(tmp_path), "--json")
+    """The summary is the run shell's, the same for every backend (the simulated one starts in a second)."""
+    result = anytimectl("train", "fmb", "--backend", "sim", "--workers", "0", "--steps", "3", "--batch-size", "16",
+                        "--out", str(tmp_path), "--json")
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert Path(summary["run_dir"]).is_dir()
@@ -98,8 +99,11 @@ def test_target_accuracy_stops_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_persistent_slow_rank_reports_fewer_examples(tmp_path):
-    anytimectl("train", "amb", "--workers", "2", "--slow", "2:4", "--time-limit", "0.2", "--batch-size", "256",
-               "--partitions", "32", "--steps", "5", "--out", str(tmp_path), "--name", "slow", "--quiet")
+    """The slow rank's padding is the run shell's (runtime/round_clock.py), the same for every backend: the simulated
+    one checks it without a framework's start-up."""
+    anytimectl("train", "amb", "--backend", "sim", "--workers", "2", "--slow", "2:4", "--time-limit", "0.2",
+               "--batch-size", "256", "--partitions", "32", "--steps", "5", "--out", str(tmp_path), "--name", "slow",
+               "--quiet")
     workers = table(tmp_path / "slow", "worker_stats")
     per_rank = workers.groupby("rank").num_samples.mean()
     assert per_rank[1] > 1.5 * per_rank[2]
@@ -174,13 +178,14 @@ def test_python_dash_m_and_console_script_agree():
 
 @pytest.mark.slow
 def test_a_job_started_with_mpiexec_takes_its_size_from_the_job(tmp_path):
+    """The size comes from the launch, before any backend: the simulated one spares a framework's start-up."""
     from anytimectl.runtime.launch import find_mpiexec
 
     script = Path(sys.executable).parent / "anytimectl"
     if not script.exists():
         pytest.skip("console script not installed next to this Python")
-    result = subprocess.run([find_mpiexec(), "-n", "3", str(script), "train", "fmb", "--steps", "2", "--batch-size",
-                             "16", "--out", str(tmp_path), "--name", "direct", "--quiet"],
+    result = subprocess.run([find_mpiexec(), "-n", "3", str(script), "train", "fmb", "--backend", "sim", "--steps",
+                             "2", "--batch-size", "16", "--out", str(tmp_path), "--name", "direct", "--quiet"],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "direct")  # printed once, by rank 0
