@@ -109,9 +109,9 @@ def _top_indices(tensor: torch.Tensor, k: int) -> torch.Tensor:
     magnitude going to the lowest indices.
 
     Selecting the k-th magnitude over the whole tensor (torch.kthvalue) was most of top-k's cost (the README's
-    codec benchmark times both). On a long tensor, the magnitude that the sample's share
-    of 2k elements, plus 32, of a fixed random sample reach is a threshold that at least k elements pass; the k-th
-    is then selected among those candidates only, which gives the same value, so the same indices. A sample that
+    codec benchmark times both). On a long tensor, a fixed random sample of 8192 of its elements gives a threshold:
+    the sample's (2k * 8192 / n + 32)-th largest magnitude, which about twice k elements of the tensor reach. The k-th
+    magnitude is then selected among those candidates only: the same value, so the same indices. A sample that
     leaves fewer than k candidates (by a Chernoff bound, a chance below 1e-12 for every k), or NaN in the tensor,
     takes the selection over the whole tensor, as a shorter tensor or a larger fraction (k > n / 16) does."""
     size = tensor.numel()
