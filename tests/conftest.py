@@ -116,6 +116,7 @@ def _torch_args(config: pytest.Config, workers: bool) -> list[str]:
 
 
 _TORCH_BESIDE = pytest.StashKey[tuple[subprocess.Popen, object]]()
+_LEFTOVERS_BEFORE = pytest.StashKey[set[Path]]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -123,6 +124,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     output shown at the end), filling the cores while the workers wait for their MPI jobs; with `-x` it still
     waits for the others to pass first."""
     config = session.config
+    if not _xdist_worker(config):
+        from anytimectl.runtime import leftovers
+
+        config.stash[_LEFTOVERS_BEFORE] = leftovers.snapshot()
     if not (_xdist_controller(config) and _torch_follows(config)) or config.option.maxfail == 1 \
             or config.option.collectonly:
         return
@@ -135,6 +140,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    try:
+        _finish_torch_tests(session, exitstatus)
+    finally:
+        _remove_leftovers(config)
+
+
+def _remove_leftovers(config: pytest.Config) -> None:
+    """What the session's killed ranks and bare `mpiexec` jobs left (MPICH's shared-memory segments, 3 MB of RAM
+    each in /dev/shm, and TensorFlow's autograph files), removed once the session is over, by the same rules as
+    the launcher's clean-up after a failed job (anytimectl.runtime.leftovers: files in use by a live process,
+    another suite's, or written in the last seconds stay). Each full run used to leave about a dozen segments."""
+    before = config.stash.get(_LEFTOVERS_BEFORE, None)
+    if before is not None:
+        from anytimectl.runtime import leftovers
+
+        leftovers.clean(before)
+
+
+def _finish_torch_tests(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not _torch_follows(config):
         return

@@ -1,6 +1,7 @@
 """The launching parent removes what killed ranks leave (anytimectl.runtime.leftovers): MPICH's /dev/shm segments and
 TensorFlow's autograph files that appeared during the job and are no longer in use; a segment a live process
-still maps, and anything that existed before, stay."""
+still maps, and anything that existed before, stay. The test suite applies the same rules to what its own killed
+jobs left, when a session ends (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -49,4 +50,32 @@ def test_new_unused_leftovers_go_and_files_in_use_or_being_made_stay():
         holder.communicate("", timeout=30)
         reader.close()
         for path in (old, dead, alive, autograph, opened, fresh):
+            path.unlink(missing_ok=True)
+
+
+def test_a_test_session_removes_what_its_killed_jobs_left(tmp_path):
+    """The suite's own clean-up (tests/conftest.py, at the end of a session): a session whose test leaves a segment
+    and an autograph file, as a killed rank of a bare `mpiexec` job does, ends with both gone; a segment that
+    existed before the session stays. The conftest runs as a plugin of a pytest in a folder of its own."""
+    tag = uuid.uuid4().hex[:8]
+    old = Path("/dev/shm") / f"mpich_shm_before{tag}"
+    old.write_bytes(b"\0" * 4096)
+    left = [Path("/dev/shm") / f"mpich_shm_left{tag}",
+            Path(tempfile.gettempdir()) / f"__autograph_generated_file{tag}.py"]
+    (tmp_path / "test_leaves.py").write_text(
+        "import os, time\n"
+        "def test_leaves():\n"
+        f"    for name in {[str(p) for p in left]!r}:\n"
+        "        open(name, 'wb').write(bytes(4096))\n"
+        "        os.utime(name, (time.time() - 60, time.time() - 60))\n")
+    tests = Path(__file__).parent
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                                 "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_leaves.py")],
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get(
+                                    "PYTHONPATH", "")])}, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert [p for p in left if p.exists()] == [] and old.exists()
+    finally:
+        for path in (old, *left):
             path.unlink(missing_ok=True)
