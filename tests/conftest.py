@@ -122,7 +122,8 @@ _LEFTOVERS_BEFORE = pytest.StashKey[set[Path]]()
 def pytest_sessionstart(session: pytest.Session) -> None:
     """With pytest-xdist, the torch tests' process runs beside the workers from the start (one process, its
     output shown at the end), filling the cores while the workers wait for their MPI jobs; with `-x` it still
-    waits for the others to pass first."""
+    waits for the others to pass first. Every session but a worker's notes the leftover-like files that exist
+    now, which its end leaves alone (`_remove_leftovers`)."""
     config = session.config
     if not _xdist_worker(config):
         from anytimectl.runtime import leftovers
