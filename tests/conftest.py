@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from helpers import anytimectl
 
+from anytimectl.runtime import leftovers
+
 REAL_RUN_STEPS = 6
 
 
@@ -126,8 +128,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     now, which its end leaves alone (`_remove_leftovers`)."""
     config = session.config
     if not _xdist_worker(config):
-        from anytimectl.runtime import leftovers
-
         config.stash[_LEFTOVERS_BEFORE] = leftovers.snapshot()
     if not (_xdist_controller(config) and _torch_follows(config)) or config.option.maxfail == 1 \
             or config.option.collectonly:
@@ -155,8 +155,6 @@ def _remove_leftovers(config: pytest.Config) -> None:
     another suite's, or written in the last seconds stay). Each full run used to leave about a dozen segments."""
     before = config.stash.get(_LEFTOVERS_BEFORE, None)
     if before is not None:
-        from anytimectl.runtime import leftovers
-
         leftovers.clean(before)
 
 
